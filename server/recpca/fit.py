@@ -1,0 +1,157 @@
+"""Rec-PCA end to end: counts and raw vectors in, a projection and its diagnostics out.
+
+The project's formulation of TF-LLMER's Rec-PCA (see the README's "Rec-PCA" section):
+
+1. ``x̂_i = x_i/||x_i||``; 2. ``μ = mean x̂_i``, ``X̄ = X̂ − 1μᵀ``;
+3. ``A = f(C)``, ``A_n = D^{-1/2} A D^{-1/2}``, ``L = Π_V − A_n``;
+4. ``S = X̄ᵀX̄``, ``G = X̄ᵀLX̄``; 5. ``M = S/tr(S) − λ·G/tr(G)``, ``W`` = top-d eigenvectors;
+6. served ``e_i = normalize(Wᵀ(x̂_i − μ))``.
+
+λ is given directly or chosen by a retention budget ρ (the default): the largest λ whose
+retained variance is at least ρ × plain PCA's. A fixed λ does not transfer between catalogs
+because the scales of ``S`` and ``G`` differ; ρ does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from server.recpca.diagnostics import alignment_at_k
+from server.recpca.graph import GraphOptions, build_graph
+from server.recpca.moments import (
+    DEFAULT_BLOCK_ROWS,
+    Backend,
+    Moments,
+    ProgressCallback,
+    compute_moments,
+)
+from server.recpca.projection import Projection
+from server.recpca.solve import lambda_for_retention, scores, solve
+
+DEFAULT_RETENTION = 0.9
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    dim: int = 64
+    lam: float | None = None  # set λ directly, or
+    retention: float | None = None  # choose λ by this budget (DEFAULT_RETENTION if neither)
+    graph: GraphOptions = GraphOptions()
+
+    def __post_init__(self) -> None:
+        if self.lam is not None and self.retention is not None:
+            raise ValueError("give either lambda or a retention budget, not both")
+
+    @property
+    def effective_retention(self) -> float | None:
+        if self.lam is not None:
+            return None
+        return DEFAULT_RETENTION if self.retention is None else self.retention
+
+
+@dataclass(frozen=True)
+class FitDiagnostics:
+    """Recorded next to every version; the ``pca_*`` fields are plain PCA (λ = 0) on the
+    same normalized vectors, for comparison."""
+
+    lam: float
+    retention_budget: float | None
+    retained_variance: float
+    graph_tv: float | None
+    alignment: float | None
+    pca_retained_variance: float
+    pca_graph_tv: float | None
+    pca_alignment: float | None
+    alignment_k: int
+    n_items: int
+    n_edges: int
+    graph_to_scatter_trace: float | None  # tr(G)/tr(S): where λ starts to bite (≈ 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    projection: Projection
+    moments: Moments
+    diagnostics: FitDiagnostics
+
+
+def fit_projection(moments: Moments, settings: FitSettings) -> Projection:
+    """Solve for ``W`` from precomputed moments (cheap: D×D work only)."""
+    retention = settings.effective_retention
+    if retention is None:
+        lam = float(settings.lam)
+    else:
+        lam = lambda_for_retention(moments, settings.dim, retention)
+    return Projection(solve(moments, settings.dim, lam), moments.mean, lam)
+
+
+def diagnose(
+    moments: Moments,
+    projection: Projection,
+    raw: Any,
+    counts: sp.csr_matrix | None,
+    settings: FitSettings,
+    alignment_k: int = 10,
+    alignment_sample: int | None = 2000,
+    n_edges: int = 0,
+) -> FitDiagnostics:
+    pca_projection = Projection(solve(moments, settings.dim, 0.0), moments.mean, 0.0)
+    fitted = scores(moments, projection.components)
+    pca = scores(moments, pca_projection.components)
+    if counts is not None and counts.nnz:
+        alignment = alignment_at_k(projection.transform(raw), counts, alignment_k, alignment_sample)
+        pca_alignment = alignment_at_k(
+            pca_projection.transform(raw), counts, alignment_k, alignment_sample
+        )
+    else:
+        alignment = pca_alignment = None
+    return FitDiagnostics(
+        lam=projection.lam,
+        retention_budget=settings.effective_retention,
+        retained_variance=fitted.retained_variance,
+        graph_tv=fitted.graph_tv,
+        alignment=alignment,
+        pca_retained_variance=pca.retained_variance,
+        pca_graph_tv=pca.graph_tv,
+        pca_alignment=pca_alignment,
+        alignment_k=alignment_k,
+        n_items=moments.n_items,
+        n_edges=n_edges,
+        graph_to_scatter_trace=(
+            moments.trace_graph / moments.trace_scatter if moments.has_graph else None
+        ),
+    )
+
+
+def fit_recpca(
+    raw: Any,
+    counts: sp.spmatrix | sp.sparray | None,
+    settings: FitSettings = FitSettings(),
+    *,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    backend: Backend = "auto",
+    device: str | None = None,
+    progress: ProgressCallback | None = None,
+    alignment_k: int = 10,
+    alignment_sample: int | None = 2000,
+) -> FitResult:
+    """Fit Rec-PCA on ``raw`` (n × D) and co-occurrence ``counts`` (n × n, or None)."""
+    n_items = getattr(raw, "shape", (0,))[0]
+    graph = build_graph(counts, n_items, settings.graph) if counts is not None else None
+    moments = compute_moments(
+        raw, graph, block_rows=block_rows, backend=backend, device=device, progress=progress
+    )
+    projection = fit_projection(moments, settings)
+    validated = sp.csr_matrix(counts) if counts is not None else None
+    diagnostics = diagnose(
+        moments, projection, raw, validated, settings, alignment_k, alignment_sample,
+        n_edges=graph.n_edges if graph is not None else 0,
+    )
+    return FitResult(projection, moments, diagnostics)
