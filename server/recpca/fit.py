@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import scipy.sparse as sp
 
 from server.recpca.diagnostics import alignment_at_k

@@ -115,4 +115,5 @@ def build_graph(
     counts: sp.spmatrix | sp.sparray, n_items: int, options: GraphOptions | None = None
 ) -> NormalizedGraph:
     """Validate, transform and normalize co-occurrence counts in one call."""
-    return normalized_adjacency(transform_counts(validate_counts(counts, n_items), options or GraphOptions()))
+    weights = transform_counts(validate_counts(counts, n_items), options or GraphOptions())
+    return normalized_adjacency(weights)

@@ -131,7 +131,8 @@ class _NumpyOps:
 
     def sparse_times_dense(self, rows: sp.csr_matrix) -> np.ndarray:
         cuts = np.linspace(0, rows.shape[0], self.threads + 1).astype(int)
-        parts = self.pool.map(lambda ab: rows[ab[0] : ab[1]] @ self.dense, zip(cuts, cuts[1:]))
+        spans = zip(cuts[:-1], cuts[1:], strict=True)
+        parts = self.pool.map(lambda span: rows[span[0] : span[1]] @ self.dense, spans)
         return np.concatenate(list(parts))
 
     def accumulate(self, total: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:

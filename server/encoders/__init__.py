@@ -1,0 +1,1 @@
+"""Text encoder backends behind one small interface (see ``base.Encoder``)."""
