@@ -29,7 +29,8 @@ class SubspaceScores:
 def validate_dim(moments: Moments, dim: int) -> None:
     if not 1 <= dim <= moments.dim:
         raise ValueError(f"dim must be between 1 and the raw dimension {moments.dim}, got {dim}")
-    if moments.trace_scatter <= 0:
+    # Unit rows give tr(S) = n(1 − ||μ||²); anything near zero is rounding, not variance.
+    if moments.trace_scatter <= 1e-10 * moments.n_items:
         raise ValueError(
             "the normalized raw vectors have no variance (all items point the same way)"
         )
