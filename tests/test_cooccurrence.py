@@ -40,7 +40,9 @@ def naive_counts(lists: list[list[int]], n: int, window: int, inverse: bool) -> 
     st.integers(1, 5),
     st.booleans(),
 )
-def test_counts_equal_a_naive_double_loop(lists: list[list[int]], window: int, inverse: bool) -> None:
+def test_counts_equal_a_naive_double_loop(
+    lists: list[list[int]], window: int, inverse: bool
+) -> None:
     weighting = "inverse_distance" if inverse else "count"
     counts = count_cooccurrences(sequences_of(lists), 8, window, weighting)
     np.testing.assert_allclose(counts.toarray(), naive_counts(lists, 8, window, inverse))
@@ -84,7 +86,8 @@ def test_merge_rejects_counts_larger_than_the_catalog() -> None:
 
 
 def test_pairs_become_symmetric_counts() -> None:
-    counts = counts_from_pairs(np.array([0, 0, 2]), np.array([1, 1, 0]), np.array([1.0, 2.0, 0.5]), 3)
+    rows, cols = np.array([0, 0, 2]), np.array([1, 1, 0])
+    counts = counts_from_pairs(rows, cols, np.array([1.0, 2.0, 0.5]), 3)
     assert counts[0, 1] == counts[1, 0] == 3.0
     assert counts[0, 2] == counts[2, 0] == 0.5
 
