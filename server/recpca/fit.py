@@ -31,7 +31,7 @@ from server.recpca.moments import (
 from server.recpca.projection import Projection
 from server.recpca.solve import lambda_for_retention, scores, solve
 
-DEFAULT_RETENTION = 0.9
+DEFAULT_RETENTION = 0.8
 
 
 @dataclass(frozen=True)
