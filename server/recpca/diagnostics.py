@@ -9,7 +9,6 @@ catalogs are scored on a fixed random sample of query items.
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import scipy.sparse as sp
 
@@ -39,6 +38,8 @@ def alignment_at_k(
         return None
     if sample_size is not None and len(queries) > sample_size:
         queries = np.sort(np.random.default_rng(seed).choice(queries, sample_size, replace=False))
+    import faiss  # lazy: fitting alone should not load faiss
+
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)

@@ -100,13 +100,16 @@ def _symmetric_top_k(counts: sp.csr_matrix, k: int) -> sp.csr_matrix:
     return kept.maximum(kept.T).tocsr()
 
 
-def normalized_adjacency(weights: sp.csr_matrix) -> NormalizedGraph:
+def normalized_adjacency(weights: sp.csr_matrix, *, in_place: bool = False) -> NormalizedGraph:
+    """Scales ``weights`` (a copy, or itself when ``in_place``) entry by entry rather than by
+    two sparse products, which would build two more matrices of the same size."""
     degrees = np.asarray(weights.sum(axis=1)).ravel()
     connected = degrees > 0
     inv_sqrt = np.zeros_like(degrees)
     inv_sqrt[connected] = 1.0 / np.sqrt(degrees[connected])
-    scale = sp.diags_array(inv_sqrt)
-    adjacency = (scale @ weights @ scale).tocsr()
+    adjacency = weights if in_place else weights.copy()
+    adjacency.data *= np.repeat(inv_sqrt, np.diff(adjacency.indptr))
+    adjacency.data *= inv_sqrt[adjacency.indices]
     adjacency.sort_indices()
     return NormalizedGraph(adjacency, connected)
 
@@ -116,4 +119,4 @@ def build_graph(
 ) -> NormalizedGraph:
     """Validate, transform and normalize co-occurrence counts in one call."""
     weights = transform_counts(validate_counts(counts, n_items), options or GraphOptions())
-    return normalized_adjacency(weights)
+    return normalized_adjacency(weights, in_place=True)  # weights is our own copy

@@ -252,7 +252,8 @@ def compute_moments(
             isolated_rows = np.zeros(n, dtype=bool)
         for start in range(0, n, block_rows):
             stop = min(start + block_rows, n)
-            centered = ops.rows(start, stop) * inv_dev[start:stop, None] - mean_dev
+            centered = ops.rows(start, stop) * inv_dev[start:stop, None]
+            centered -= mean_dev
             ops.accumulate(scatter, centered, centered)
             iso = isolated_rows[start:stop]
             if iso.any():
@@ -261,7 +262,7 @@ def compute_moments(
             if upper is not None:
                 # (U X̄)_block = (U diag(1/||x||))_block X − (U 1)_block μᵀ
                 neighbours = ops.sparse_times_dense(upper[start:stop])
-                neighbours = neighbours - upper_row_sums[start:stop, None] * mean_dev
+                neighbours -= upper_row_sums[start:stop, None] * mean_dev
                 ops.accumulate(upper_cross, centered, neighbours)
             if progress is not None:
                 progress(stop)
