@@ -1,0 +1,1 @@
+"""Protobuf packages ``tfllmer.*`` (generated stubs live in the versioned subpackages)."""

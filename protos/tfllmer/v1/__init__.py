@@ -1,0 +1,1 @@
+"""Protobuf package ``tfllmer.v1``: ``embedding_service.proto`` and its generated stubs."""
