@@ -66,13 +66,31 @@ def validate_counts(counts: sp.spmatrix | sp.sparray, n_items: int) -> sp.csr_ma
         raise ValueError("co-occurrence counts must have a zero diagonal (no self-pairs)")
     transpose = matrix.T.tocsr()
     transpose.sort_indices()
-    if not (
-        np.array_equal(matrix.indptr, transpose.indptr)
-        and np.array_equal(matrix.indices, transpose.indices)
-        and np.allclose(matrix.data, transpose.data, rtol=1e-9, atol=0.0)
+    same_pattern = np.array_equal(matrix.indptr, transpose.indptr) and np.array_equal(
+        matrix.indices, transpose.indices
+    )
+    # Counts built as U + Uᵀ are exactly symmetric; the tolerant check (which allocates
+    # several temporaries of nnz floats) only runs for weights summed in different orders.
+    if not same_pattern or not (
+        np.array_equal(matrix.data, transpose.data)
+        or np.allclose(matrix.data, transpose.data, rtol=1e-9, atol=0.0)
     ):
         raise ValueError("co-occurrence counts must be symmetric (C[i, j] == C[j, i])")
     return matrix
+
+
+def strict_upper_triangle(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """Entries with column > row, straight from the CSR arrays (``scipy.sparse.triu`` goes
+    through a full COO copy with 64-bit indices)."""
+    per_row = np.diff(matrix.indptr)
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=matrix.indices.dtype), per_row)
+    keep = matrix.indices > rows
+    kept_per_row = np.bincount(rows[keep], minlength=matrix.shape[0])
+    del rows
+    indptr = np.concatenate(([0], np.cumsum(kept_per_row))).astype(matrix.indptr.dtype)
+    return sp.csr_matrix(
+        (matrix.data[keep], matrix.indices[keep], indptr), shape=matrix.shape
+    )
 
 
 def transform_counts(counts: sp.csr_matrix, options: GraphOptions) -> sp.csr_matrix:

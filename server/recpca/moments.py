@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from server.recpca.graph import NormalizedGraph
+from server.recpca.graph import NormalizedGraph, strict_upper_triangle
 
 Backend = Literal["auto", "numpy", "torch"]
 ProgressCallback = Callable[[int], None]
@@ -243,7 +243,7 @@ def compute_moments(
         mean_dev = ops.asarray(mean.astype(dtype))
         scatter, upper_cross, isolated = ops.zeros(dim), ops.zeros(dim), ops.zeros(dim)
         if graph is not None and graph.n_edges:
-            upper = sp.triu(graph.adjacency, k=1, format="csr")
+            upper = strict_upper_triangle(graph.adjacency)
             upper_row_sums = ops.asarray(np.asarray(upper.sum(axis=1)).ravel().astype(dtype))
             upper.data = (upper.data * inv_norms[upper.indices]).astype(dtype)  # U·diag(1/||x||)
             isolated_rows = ~graph.connected
