@@ -129,17 +129,20 @@ class _NumpyOps:
     def rows(self, start: int, stop: int) -> np.ndarray:
         return self.dense[start:stop]
 
-    def sparse_times_dense(self, rows: sp.csr_matrix) -> np.ndarray:
-        cuts = np.linspace(0, rows.shape[0], self.threads + 1).astype(int)
-        spans = zip(cuts[:-1], cuts[1:], strict=True)
-        parts = self.pool.map(lambda span: rows[span[0] : span[1]] @ self.dense, spans)
-        return np.concatenate(list(parts))
-
     def accumulate(self, total: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
         total += left.T @ right
 
-    def zeros(self, dim: int) -> np.ndarray:
-        return np.zeros((dim, dim), dtype=np.float64)
+    def accumulate_graph(self, total: np.ndarray, left: np.ndarray, rows: sp.csr_matrix) -> None:
+        """``total += leftᵀ (rows @ X)``, one row slice per thread; each slice's product
+        goes straight into the D×D sum, so no block-sized result is ever concatenated."""
+        cuts = np.linspace(0, rows.shape[0], self.threads + 1).astype(int)
+        spans = list(zip(cuts[:-1], cuts[1:], strict=True))
+        parts = self.pool.map(lambda span: rows[span[0] : span[1]] @ self.dense, spans)
+        for (start, stop), part in zip(spans, parts, strict=True):
+            total += left[start:stop].T @ part
+
+    def zeros(self, rows: int, cols: int) -> np.ndarray:
+        return np.zeros((rows, cols), dtype=np.float64)
 
     def to_host(self, array: np.ndarray) -> np.ndarray:
         return array
@@ -164,7 +167,7 @@ class _TorchOps:
     def rows(self, start: int, stop: int) -> Any:
         return self.dense[start:stop]
 
-    def sparse_times_dense(self, rows: sp.csr_matrix) -> Any:
+    def accumulate_graph(self, total: Any, left: Any, rows: sp.csr_matrix) -> None:
         torch = self.torch
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -175,13 +178,13 @@ class _TorchOps:
                 size=rows.shape,
                 check_invariants=False,  # scipy already guarantees a valid CSR
             ).to(self.device)
-        return matrix @ self.dense
+        total += (left.T @ (matrix @ self.dense)).double()
 
     def accumulate(self, total: Any, left: Any, right: Any) -> None:
         total += (left.T @ right).double()
 
-    def zeros(self, dim: int) -> Any:
-        return self.torch.zeros((dim, dim), dtype=self.torch.float64, device=self.device)
+    def zeros(self, rows: int, cols: int) -> Any:
+        return self.torch.zeros((rows, cols), dtype=self.torch.float64, device=self.device)
 
     def to_host(self, array: Any) -> np.ndarray:
         return array.cpu().numpy()
@@ -241,10 +244,11 @@ def compute_moments(
     try:
         inv_dev = ops.asarray(inv_norms.astype(dtype))
         mean_dev = ops.asarray(mean.astype(dtype))
-        scatter, upper_cross, isolated = ops.zeros(dim), ops.zeros(dim), ops.zeros(dim)
+        scatter, upper_cross, isolated = (ops.zeros(dim, dim) for _ in range(3))
+        mean_weight = ops.zeros(dim, 1)  # Σ_b Z_bᵀ (U1)_b, for the μ part of (U X̄)
         if graph is not None and graph.n_edges:
             upper = strict_upper_triangle(graph.adjacency)
-            upper_row_sums = ops.asarray(np.asarray(upper.sum(axis=1)).ravel().astype(dtype))
+            upper_row_sums = ops.asarray(np.asarray(upper.sum(axis=1)).astype(dtype))  # (n, 1)
             upper.data = (upper.data * inv_norms[upper.indices]).astype(dtype)  # U·diag(1/||x||)
             isolated_rows = ~graph.connected
         else:
@@ -260,13 +264,15 @@ def compute_moments(
                 alone = centered[ops.asarray(iso)]
                 ops.accumulate(isolated, alone, alone)
             if upper is not None:
-                # (U X̄)_block = (U diag(1/||x||))_block X − (U 1)_block μᵀ
-                neighbours = ops.sparse_times_dense(upper[start:stop])
-                neighbours -= upper_row_sums[start:stop, None] * mean_dev
-                ops.accumulate(upper_cross, centered, neighbours)
+                # Z_bᵀ(U X̄)_b = Z_bᵀ(U diag(1/||x||))_b X − Z_bᵀ(U1)_b μᵀ; the second term
+                # is a D-vector times μᵀ, applied once after the pass.
+                ops.accumulate_graph(upper_cross, centered, upper[start:stop])
+                ops.accumulate(mean_weight, centered, upper_row_sums[start:stop])
             if progress is not None:
                 progress(stop)
-        scatter_h, cross_h, isolated_h = (ops.to_host(m) for m in (scatter, upper_cross, isolated))
+        scatter_h, cross_h, isolated_h, mean_weight_h = (
+            ops.to_host(m) for m in (scatter, upper_cross, isolated, mean_weight)
+        )
     finally:
         ops.close()
     scatter_h = (scatter_h + scatter_h.T) / 2  # exact symmetry for eigh
@@ -274,5 +280,6 @@ def compute_moments(
         graph_variation = np.zeros_like(scatter_h)
     else:
         connected_scatter = scatter_h - (isolated_h + isolated_h.T) / 2  # X̄ᵀ Π_V X̄
+        cross_h = cross_h - mean_weight_h @ mean[None, :]  # X̄ᵀ U X̄
         graph_variation = connected_scatter - (cross_h + cross_h.T)  # − X̄ᵀ A_n X̄
     return Moments(n, mean, scatter_h, graph_variation)
