@@ -15,9 +15,11 @@ because the scales of ``S`` and ``G`` differ; ρ does.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cache
 from typing import Any
 
 import scipy.sparse as sp
+from threadpoolctl import ThreadpoolController
 
 from server.recpca.diagnostics import alignment_at_k
 from server.recpca.graph import GraphOptions, build_graph
@@ -81,14 +83,25 @@ class FitResult:
     diagnostics: FitDiagnostics
 
 
+@cache
+def _thread_pools() -> ThreadpoolController:
+    """Scanning the loaded BLAS libraries takes milliseconds: do it once per process."""
+    return ThreadpoolController()
+
+
 def fit_projection(moments: Moments, settings: FitSettings) -> Projection:
-    """Solve for ``W`` from precomputed moments (cheap: D×D work only)."""
-    retention = settings.effective_retention
-    if retention is None:
-        lam = float(settings.lam)
-    else:
-        lam = lambda_for_retention(moments, settings.dim, retention)
-    return Projection(solve(moments, settings.dim, lam), moments.mean, lam)
+    """Solve for ``W`` from precomputed moments (cheap: D×D work only).
+
+    The D×D eigensolves run on one BLAS thread: at this size a second thread only
+    contends (measured 2× faster single-threaded at D = 768 on 2 cores).
+    """
+    with _thread_pools().limit(limits=1, user_api="blas"):
+        retention = settings.effective_retention
+        if retention is None:
+            lam = float(settings.lam)
+        else:
+            lam = lambda_for_retention(moments, settings.dim, retention)
+        return Projection(solve(moments, settings.dim, lam), moments.mean, lam)
 
 
 def diagnose(
