@@ -9,7 +9,9 @@ structure, a shared mean direction and uneven norms, like LLM embeddings):
   The three stages are also timed separately.
 * ``cov_pca`` — plain covariance PCA: ``XᵀX − n·μμᵀ`` (no centered copy of X), ``eigh``,
   top d.
-* ``sklearn_pca`` — ``sklearn.decomposition.PCA(n_components=d).fit(X)``.
+* ``sklearn_pca`` — ``sklearn.decomposition.PCA(n_components=d).fit(X)`` (its default
+  solver, which scikit-learn ≥ 1.5 resolves to ``covariance_eigh`` for tall X);
+  ``sklearn_pca_randomized`` — the same with ``svd_solver="randomized"``, for context.
 * ``sparse_ax`` — one ``A @ X`` with the float32 CSR graph: the pass over the graph that
   Rec-PCA needs beyond PCA, so ``cov_pca + sparse_ax`` is the floor to compare it with.
 
@@ -53,7 +55,7 @@ import scipy.sparse as sp
 from bench.report import machine_info, write_results
 
 NAME = "recpca_fit"
-METHODS = ("recpca", "cov_pca", "sklearn_pca", "sparse_ax")
+METHODS = ("recpca", "cov_pca", "sklearn_pca", "sklearn_pca_randomized", "sparse_ax")
 COOCCURRENCE = "cooccurrence"
 COOCCURRENCE_DATASET = "ml-1m"
 COOCCURRENCE_WINDOW = 3
@@ -205,11 +207,13 @@ def prepare(method: str, x: np.ndarray, counts: sp.csr_matrix, components: int) 
             return {"explained_variance_ratio": float(values[-components:].sum() / values.sum())}
 
         return cov_pca
-    if method == "sklearn_pca":
+    if method in ("sklearn_pca", "sklearn_pca_randomized"):
         from sklearn.decomposition import PCA
 
+        solver = "randomized" if method.endswith("randomized") else "auto"
+
         def sklearn_pca() -> dict[str, Any]:
-            pca = PCA(n_components=components).fit(x)
+            pca = PCA(n_components=components, svd_solver=solver, random_state=0).fit(x)
             return {
                 "explained_variance_ratio": float(pca.explained_variance_ratio_.sum()),
                 "svd_solver": pca._fit_svd_solver,  # what "auto" resolved to
