@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from bench.report import machine_info, write_results
 from server.encoders.sentence_transformer import SentenceTransformerEncoder
@@ -61,8 +62,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{len(dataset.sequences.items)} interactions")
 
     started = time.perf_counter()
-    encoder = SentenceTransformerEncoder(output="pooled", show_progress=True)
-    raw = encoder.encode(dataset.catalog.texts)
+    encoder = SentenceTransformerEncoder(output="pooled")
+    with tqdm(total=n_items, desc="encoding", unit="item") as bar:
+        raw = encoder.encode(dataset.catalog.texts, progress=bar.update)
     encode_seconds = time.perf_counter() - started
     norms = np.linalg.norm(raw, axis=1)
 

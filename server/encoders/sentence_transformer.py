@@ -16,6 +16,9 @@ from typing import Literal
 
 import numpy as np
 
+from server.encoders.base import ProgressCallback
+from server.encoders.batching import token_budget_batches
+
 Output = Literal["pooled", "normalized"]
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
@@ -28,14 +31,16 @@ def default_model_path() -> Path:
 
 
 class SentenceTransformerEncoder:
+    """Encodes on CPU or CUDA in token-budget batches (see ``batching``)."""
+
     def __init__(
         self,
         model_path: str | Path | None = None,
         *,
         output: Output = "pooled",
         device: str | None = None,
-        batch_size: int = 128,
-        show_progress: bool = False,
+        token_budget: int = 2048,  # padded tokens per batch; CPU-friendly, raise on a GPU
+        max_batch: int = 128,
     ) -> None:
         if output not in ("pooled", "normalized"):
             raise ValueError(f"output must be 'pooled' or 'normalized', got {output!r}")
@@ -52,8 +57,8 @@ class SentenceTransformerEncoder:
         self._output = output
         self._model_name = DEFAULT_MODEL_NAME if model_path is None else path.name
         self._dim = int(full.get_embedding_dimension())
-        self.batch_size = batch_size
-        self.show_progress = show_progress
+        self.token_budget = token_budget
+        self.max_batch = max_batch
 
     @property
     def name(self) -> str:
@@ -67,12 +72,33 @@ class SentenceTransformerEncoder:
     def device(self) -> str:
         return str(self._model.device)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=False,
-            show_progress_bar=self.show_progress,
+    @property
+    def max_tokens(self) -> int:
+        """Texts are truncated to this many tokens by the model."""
+        return int(self._model.max_seq_length)
+
+    def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
+        encoded = self._model.tokenizer(
+            list(texts), truncation=True, max_length=self.max_tokens, add_special_tokens=True
         )
-        return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self._dim)
+        return np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64)
+
+    def encode(
+        self, texts: Sequence[str], progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        texts = list(texts)
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
+        if not texts:
+            return out
+        lengths = self.token_lengths(texts)
+        for batch in token_budget_batches(lengths, self.token_budget, self.max_batch):
+            out[batch] = self._model.encode(
+                [texts[i] for i in batch],
+                batch_size=len(batch),
+                convert_to_numpy=True,
+                normalize_embeddings=False,
+                show_progress_bar=False,
+            )
+            if progress is not None:
+                progress(len(batch))
+        return out
