@@ -57,6 +57,8 @@ class EmbeddingHandler(BaseHTTPRequestHandler):
     requests_seen: list[dict] = []
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path != "/v1/embeddings":
+            return self._answer(404, {"error": "not found"})
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests_seen.append(body)
         if self.headers.get("Authorization") != f"Bearer {self.token}":
@@ -92,7 +94,7 @@ def embedding_server(pooled_encoder) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), EmbeddingHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
     server.server_close()
 

@@ -1,5 +1,8 @@
 """Client for an OpenAI-compatible ``/v1/embeddings`` server (vLLM, TEI, Infinity, …).
 
+The base URL follows the OpenAI SDK convention and includes the version prefix, e.g.
+``http://vllm:8000/v1``; requests go to ``<base URL>/embeddings``.
+
 Lets the service use an embedding server that is already running instead of loading a
 model itself. Vectors are requested as base64 (``encoding_format="base64"``: packed
 little-endian float32, far cheaper to decode than JSON numbers); a server that ignores the
@@ -48,7 +51,7 @@ class OpenAICompatibleEncoder:
                 f"embedding server URL must be http(s)://host[:port], got {base_url!r}"
             )
         self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
-        self._path = parts.path.rstrip("/") + "/v1/embeddings"
+        self._path = parts.path.rstrip("/") + "/embeddings"  # base URL ends in /v1
         self._model = model
         self._api_key = api_key
         self._timeout = timeout_seconds

