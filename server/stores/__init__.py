@@ -1,0 +1,49 @@
+"""Store backends behind one interface, and ``open_store`` to pick one from a URL."""
+
+from __future__ import annotations
+
+from server.stores.base import (
+    CatalogState,
+    CatalogStore,
+    ConflictError,
+    CooccurrenceTotals,
+    EncoderIdentity,
+    ItemChanges,
+    NewVersion,
+    NotFoundError,
+    PairBatch,
+    StoreError,
+    StoreUnavailableError,
+    VersionRecord,
+)
+from server.stores.local_store import LocalStore
+from server.stores.redis_store import RedisStore
+
+__all__ = [
+    "CatalogState",
+    "CatalogStore",
+    "ConflictError",
+    "CooccurrenceTotals",
+    "EncoderIdentity",
+    "ItemChanges",
+    "LocalStore",
+    "NewVersion",
+    "NotFoundError",
+    "PairBatch",
+    "RedisStore",
+    "StoreError",
+    "StoreUnavailableError",
+    "VersionRecord",
+    "open_store",
+]
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def open_store(url_or_path: str) -> CatalogStore:
+    """``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs open a ``RedisStore``; anything
+    else a ``LocalStore`` on that file, also as ``sqlite:///relative`` or ``sqlite:////abs``
+    (SQLAlchemy's spelling)."""
+    if url_or_path.startswith(_REDIS_SCHEMES):
+        return RedisStore(url_or_path)
+    return LocalStore(url_or_path.removeprefix("sqlite:///"))

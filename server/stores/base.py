@@ -1,0 +1,232 @@
+"""The store interface: everything the service persists, behind one abstract class.
+
+Two implementations run the same contract tests (``tests/test_store_contract.py``):
+``RedisStore`` (production; keys carry a per-catalog hash tag so a catalog lives in one
+Redis Cluster slot) and ``LocalStore`` (embedded default for the quickstart and
+single-machine use, like Feast's local online store). Methods are synchronous; the gRPC
+servicer calls them through ``asyncio.to_thread`` so numpy work never blocks its event loop.
+
+Invariants every implementation keeps:
+
+* A catalog's item table is append-only: an id keeps its row forever.
+* ``commit_items`` is atomic and optimistic: it applies all of an upsert or nothing, and
+  fails with ``ConflictError`` when the item count moved since the caller read it.
+* A version is immutable and becomes visible only when completely written; with
+  ``activate`` the active pointer switches in the same atomic step.
+* ``apply_pair_batches`` is exactly-once per ``(worker_id, batch_id)`` and all-or-nothing
+  per call.
+* Nothing read from a store is unpickled or evaluated: vectors are raw little-endian
+  bytes, metadata is JSON.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class StoreError(Exception):
+    """Base class of store failures."""
+
+
+class StoreUnavailableError(StoreError):
+    """The backing store does not answer (maps to UNAVAILABLE; safe to retry)."""
+
+
+class NotFoundError(StoreError):
+    """An unknown catalog or version (maps to NOT_FOUND)."""
+
+
+class ConflictError(StoreError):
+    """A concurrent writer committed first; nothing was applied (maps to ABORTED)."""
+
+
+@dataclass(frozen=True)
+class EncoderIdentity:
+    name: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class CatalogState:
+    name: str
+    encoder: EncoderIdentity
+    item_count: int
+    active_version: int  # 0: no version active yet
+    raw_dtype: str  # numpy dtype string of stored raw vectors: "<f4" or "<f2"
+
+
+@dataclass(frozen=True)
+class ItemChanges:
+    """One upsert. New items take rows ``base_count, base_count + 1, …`` in order; changed
+    rows get new text hashes and vectors. Vectors are float32 (n × encoder dim)."""
+
+    base_count: int
+    new_ids: list[str]
+    new_text_hashes: list[str]
+    new_vectors: np.ndarray
+    changed_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    changed_text_hashes: list[str] = field(default_factory=list)
+    changed_vectors: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class CooccurrenceTotals:
+    pairs: int = 0  # pairs applied (each unordered pair of each applied batch counts once)
+    weight: float = 0.0  # sum of applied pair weights
+    batches: int = 0  # distinct batches applied
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """Unordered pairs pushed by one worker; ``(worker_id, batch_id)`` identifies it."""
+
+    worker_id: str
+    batch_id: str
+    rows: np.ndarray  # uint32
+    cols: np.ndarray  # uint32
+    weights: np.ndarray  # float32, finite and > 0
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """What a store keeps about a version besides its arrays (JSON-serializable)."""
+
+    version: int
+    status: str  # "staged" | "active" | "retired"
+    item_count: int  # rows the version was fitted on (and whose reduced vectors it stores)
+    dim: int
+    encoder: EncoderIdentity
+    parameters: dict[str, Any]
+    diagnostics: dict[str, Any]
+    counts: CooccurrenceTotals
+    created_at: float  # unix seconds
+    activated_at: float | None
+    fit_seconds: float
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """A fitted version to write; the store assigns its number and status."""
+
+    item_count: int
+    dim: int
+    encoder: EncoderIdentity
+    parameters: dict[str, Any]
+    diagnostics: dict[str, Any]
+    counts: CooccurrenceTotals
+    fit_seconds: float
+    components: np.ndarray  # W, (D, d) float64
+    mean: np.ndarray  # μ, (D,) float64
+    reduced: np.ndarray  # served vectors of rows [0, item_count), float32 (item_count × d)
+
+
+class CatalogStore(abc.ABC):
+    """Persistence of catalogs, items, raw vectors, versions, co-occurrence counts and the
+    refit lock. Every method raises ``StoreUnavailableError`` when the backend is down."""
+
+    # -- lifecycle ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise ``StoreUnavailableError`` unless the store answers."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # -- catalogs and items -------------------------------------------------------------
+    @abc.abstractmethod
+    def create_catalog(
+        self, name: str, encoder: EncoderIdentity, raw_dtype: str = "<f4"
+    ) -> CatalogState:
+        """Create the catalog, or return it unchanged if it already exists."""
+
+    @abc.abstractmethod
+    def get_catalog(self, name: str) -> CatalogState | None: ...
+
+    @abc.abstractmethod
+    def find_rows(self, name: str, ids: Sequence[str]) -> np.ndarray:
+        """Row of each id (int64), -1 for ids the catalog does not have."""
+
+    @abc.abstractmethod
+    def text_hashes(self, name: str, rows: np.ndarray) -> list[str]: ...
+
+    @abc.abstractmethod
+    def item_ids(self, name: str, start: int, stop: int) -> list[str]:
+        """External ids of rows ``[start, stop)`` (clipped to the item count)."""
+
+    @abc.abstractmethod
+    def commit_items(self, name: str, changes: ItemChanges) -> int:
+        """Apply one upsert atomically; returns the new item count."""
+
+    @abc.abstractmethod
+    def read_raw(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Raw vectors of rows ``[start, stop)`` as float32 (clipped to the item count)."""
+
+    @abc.abstractmethod
+    def read_raw_rows(self, name: str, rows: np.ndarray) -> np.ndarray: ...
+
+    # -- versions -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def write_version(self, name: str, new: NewVersion, activate: bool) -> VersionRecord:
+        """Write a complete version, then publish it (and, with ``activate``, make it the
+        active one) in one atomic step. A crash before that step leaves nothing visible."""
+
+    @abc.abstractmethod
+    def versions(self, name: str) -> list[VersionRecord]:
+        """All published versions, oldest first."""
+
+    @abc.abstractmethod
+    def activate(self, name: str, version: int) -> int:
+        """Make ``version`` active; returns the previously active version (0 if none)."""
+
+    @abc.abstractmethod
+    def read_projection(self, name: str, version: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(W, μ)`` of a published version."""
+
+    @abc.abstractmethod
+    def read_reduced(self, name: str, version: int, start: int, stop: int) -> np.ndarray:
+        """Stored served vectors of rows ``[start, stop)`` (clipped to the version's
+        item count), float32."""
+
+    @abc.abstractmethod
+    def collect_garbage(self, name: str, min_age_seconds: float) -> int:
+        """Delete the payloads of versions written but never published (a refit that died
+        between writing and publishing) that started more than ``min_age_seconds`` ago;
+        returns how many. Pass at least the longest refit (its lock lease, renewals
+        included): a refit whose payload was collected fails to publish with
+        ``ConflictError``, so a published version always has its arrays."""
+
+    # -- co-occurrence ------------------------------------------------------------------
+    @abc.abstractmethod
+    def apply_pair_batches(self, name: str, batches: Sequence[PairBatch]) -> tuple[int, int]:
+        """Apply all batches not seen before, atomically; returns ``(applied, duplicates)``."""
+
+    @abc.abstractmethod
+    def read_counts(self, name: str, n_items: int) -> sp.csr_matrix:
+        """The symmetric sum of all applied batches, ``n_items × n_items`` float64."""
+
+    @abc.abstractmethod
+    def cooccurrence_totals(self, name: str) -> CooccurrenceTotals: ...
+
+    @abc.abstractmethod
+    def compact_counts(self, name: str) -> int:
+        """Replace the logged pairs of all applied batches by one merged entry (``read_counts``
+        is unchanged, batches applied meanwhile are kept); returns the entries merged."""
+
+    # -- refit lock ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def acquire_refit_lock(self, name: str, owner: str, lease_seconds: float) -> bool:
+        """Take the catalog's refit lock for ``lease_seconds`` unless someone holds it."""
+
+    @abc.abstractmethod
+    def renew_refit_lock(self, name: str, owner: str, lease_seconds: float) -> bool:
+        """Extend the lease if ``owner`` still holds it."""
+
+    @abc.abstractmethod
+    def release_refit_lock(self, name: str, owner: str) -> None:
+        """Release the lock if ``owner`` holds it (never someone else's)."""

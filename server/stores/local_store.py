@@ -1,0 +1,625 @@
+"""Local store: the embedded default, one SQLite database file (no server to run).
+
+Transactions give the atomicity the interface asks for: every write runs in one
+``BEGIN IMMEDIATE`` transaction, and every multi-statement read in one snapshot (WAL mode, so
+readers never wait for a writer). Each thread gets its own connection; writers of this process
+queue on a lock, writers of other processes on SQLite's file lock (``timeout``).
+
+Schema::
+
+    catalogs(name PK, encoder_name, encoder_dim, raw_dtype, block_rows, item_count,
+             active_version, last_version, pairs, weight, batches, created_at)
+    items(catalog, row, item_id, text_hash)        PK (catalog, row), UNIQUE (catalog, item_id)
+    raw_blocks(catalog, block, data)                raw vectors of rows [b·B, (b+1)·B)
+    versions(catalog, version, published, started_at, record, activated_at, components, mean)
+    reduced_blocks(catalog, version, block, data)   float32 served vectors, row blocks
+    pair_batches(catalog, worker_id, batch_id)      PK: exactly-once batches
+    pair_log(seq, catalog, pairs)                   packed pair blobs of applied batches
+    refit_locks(catalog PK, owner, expires_at)      expiry in unix seconds (this machine's clock)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from server.cooccurrence_merge import counts_from_pairs
+from server.stores.base import (
+    CatalogState,
+    CatalogStore,
+    ConflictError,
+    CooccurrenceTotals,
+    EncoderIdentity,
+    ItemChanges,
+    NewVersion,
+    NotFoundError,
+    PairBatch,
+    StoreUnavailableError,
+    VersionRecord,
+)
+from server.stores.checks import (
+    check_catalog_name,
+    check_changes,
+    check_new_version,
+    check_pair_batch,
+    check_raw_dtype,
+)
+from server.stores.packing import pack_array, pack_pairs, pair_arrays, unpack_array
+from server.stores.records import parse_record, record_json
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS catalogs (
+    name TEXT PRIMARY KEY, encoder_name TEXT NOT NULL, encoder_dim INTEGER NOT NULL,
+    raw_dtype TEXT NOT NULL, block_rows INTEGER NOT NULL,
+    item_count INTEGER NOT NULL DEFAULT 0, active_version INTEGER NOT NULL DEFAULT 0,
+    last_version INTEGER NOT NULL DEFAULT 0, pairs INTEGER NOT NULL DEFAULT 0,
+    weight REAL NOT NULL DEFAULT 0, batches INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    catalog TEXT NOT NULL, row INTEGER NOT NULL, item_id TEXT NOT NULL,
+    text_hash TEXT NOT NULL, PRIMARY KEY (catalog, row), UNIQUE (catalog, item_id));
+CREATE TABLE IF NOT EXISTS raw_blocks (
+    catalog TEXT NOT NULL, block INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (catalog, block));
+CREATE TABLE IF NOT EXISTS versions (
+    catalog TEXT NOT NULL, version INTEGER NOT NULL, published INTEGER NOT NULL,
+    started_at REAL NOT NULL, record TEXT, activated_at REAL,
+    components BLOB NOT NULL, mean BLOB NOT NULL, PRIMARY KEY (catalog, version));
+CREATE TABLE IF NOT EXISTS reduced_blocks (
+    catalog TEXT NOT NULL, version INTEGER NOT NULL, block INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (catalog, version, block));
+CREATE TABLE IF NOT EXISTS pair_batches (
+    catalog TEXT NOT NULL, worker_id TEXT NOT NULL, batch_id TEXT NOT NULL,
+    PRIMARY KEY (catalog, worker_id, batch_id));
+CREATE TABLE IF NOT EXISTS pair_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, catalog TEXT NOT NULL, pairs BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS pair_log_by_catalog ON pair_log (catalog, seq);
+CREATE TABLE IF NOT EXISTS refit_locks (
+    catalog TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
+"""
+
+_IN_CHUNK = 900  # bound parameters per IN (...) query
+
+
+def _blocks_of(rows: np.ndarray, block_rows: int) -> Iterator[tuple[int, slice]]:
+    """``(block, slice of rows)`` for sorted ``rows``."""
+    blocks = rows // block_rows
+    for block in np.unique(blocks).tolist():
+        lo, hi = np.searchsorted(blocks, [block, block + 1])
+        yield block, slice(int(lo), int(hi))
+
+
+class LocalStore(CatalogStore):
+    """``CatalogStore`` in one SQLite file; safe to share between threads and processes."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        block_rows: int = 4096,
+        compact_after: int = 256,
+        timeout: float = 30.0,
+    ) -> None:
+        if str(path) == ":memory:":
+            raise ValueError("LocalStore needs a file (every thread opens its own connection)")
+        if block_rows < 1:
+            raise ValueError("block_rows must be >= 1")
+        self._path = Path(path)
+        self._block_rows = block_rows
+        self._compact_after = compact_after
+        self._timeout = timeout
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._connections_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        conn = self._connection()
+        with self._write_lock:
+            try:
+                conn.executescript(_SCHEMA)  # outside any transaction: it commits
+            except sqlite3.OperationalError as error:
+                raise StoreUnavailableError(f"{self._path}: {error}") from error
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    self._path,
+                    timeout=self._timeout,
+                    isolation_level=None,
+                    check_same_thread=False,  # only so that close() can close it
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.row_factory = sqlite3.Row
+            except sqlite3.Error as error:
+                raise StoreUnavailableError(f"cannot open {self._path}: {error}") from error
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One consistent snapshot for several SELECTs."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailableError(f"{self._path}: {error}") from error
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: everything in it is applied, or nothing."""
+        with self._write_lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as error:
+                raise StoreUnavailableError(f"{self._path}: {error}") from error
+
+    @staticmethod
+    def _catalog(conn: sqlite3.Connection, name: str) -> sqlite3.Row:
+        check_catalog_name(name)
+        row = conn.execute("SELECT * FROM catalogs WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"catalog {name!r} does not exist")
+        return row
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute("SELECT 1 FROM catalogs LIMIT 1").fetchall()
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- catalogs and items -------------------------------------------------------------
+    def create_catalog(
+        self, name: str, encoder: EncoderIdentity, raw_dtype: str = "<f4"
+    ) -> CatalogState:
+        check_catalog_name(name)
+        check_raw_dtype(raw_dtype)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO catalogs (name, encoder_name, encoder_dim, raw_dtype, "
+                "block_rows, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, encoder.name, encoder.dim, raw_dtype, self._block_rows, time.time()),
+            )
+            return self._state(self._catalog(conn, name))
+
+    @staticmethod
+    def _state(row: sqlite3.Row) -> CatalogState:
+        encoder = EncoderIdentity(row["encoder_name"], row["encoder_dim"])
+        return CatalogState(
+            row["name"], encoder, row["item_count"], row["active_version"], row["raw_dtype"]
+        )
+
+    def get_catalog(self, name: str) -> CatalogState | None:
+        with self._read() as conn:
+            try:
+                return self._state(self._catalog(conn, name))
+            except NotFoundError:
+                return None
+
+    def find_rows(self, name: str, ids: Sequence[str]) -> np.ndarray:
+        found: dict[str, int] = {}
+        with self._read() as conn:
+            self._catalog(conn, name)
+            unique = list(dict.fromkeys(ids))
+            for i in range(0, len(unique), _IN_CHUNK):
+                chunk = unique[i : i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    conn.execute(
+                        "SELECT item_id, row FROM items "
+                        f"WHERE catalog = ? AND item_id IN ({marks})",
+                        (name, *chunk),
+                    ).fetchall()
+                )
+        return np.array([found.get(id_, -1) for id_ in ids], dtype=np.int64)
+
+    def text_hashes(self, name: str, rows: np.ndarray) -> list[str]:
+        wanted = [int(row) for row in np.asarray(rows).ravel()]
+        found: dict[int, str] = {}
+        with self._read() as conn:
+            self._catalog(conn, name)
+            unique = list(dict.fromkeys(wanted))
+            for i in range(0, len(unique), _IN_CHUNK):
+                chunk = unique[i : i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    conn.execute(
+                        f"SELECT row, text_hash FROM items WHERE catalog = ? AND row IN ({marks})",
+                        (name, *chunk),
+                    ).fetchall()
+                )
+        missing = [row for row in wanted if row not in found]
+        if missing:
+            raise ValueError(f"row {missing[0]} is not in catalog {name!r}")
+        return [found[row] for row in wanted]
+
+    def item_ids(self, name: str, start: int, stop: int) -> list[str]:
+        with self._read() as conn:
+            self._catalog(conn, name)
+            cursor = conn.execute(
+                "SELECT item_id FROM items WHERE catalog = ? AND row >= ? AND row < ? ORDER BY row",
+                (name, max(start, 0), stop),
+            )
+            return [id_ for (id_,) in cursor.fetchall()]
+
+    def commit_items(self, name: str, changes: ItemChanges) -> int:
+        with self._write() as conn:
+            catalog = self._catalog(conn, name)
+            count = catalog["item_count"]
+            if count != changes.base_count:
+                raise ConflictError(
+                    f"catalog {name!r} has {count} items, the upsert expected {changes.base_count}"
+                )
+            check_changes(changes, catalog["encoder_dim"], count)
+            new_rows = range(count, count + len(changes.new_ids))
+            try:
+                conn.executemany(
+                    "INSERT INTO items (catalog, row, item_id, text_hash) VALUES (?, ?, ?, ?)",
+                    zip(
+                        [name] * len(new_rows),
+                        new_rows,
+                        changes.new_ids,
+                        changes.new_text_hashes,
+                        strict=True,
+                    ),
+                )
+            except sqlite3.IntegrityError as error:
+                raise ValueError(f"an item id of the upsert already has a row: {error}") from error
+            rows = np.asarray(changes.changed_rows, dtype=np.int64)
+            conn.executemany(
+                "UPDATE items SET text_hash = ? WHERE catalog = ? AND row = ?",
+                zip(changes.changed_text_hashes, [name] * len(rows), rows.tolist(), strict=True),
+            )
+            if len(new_rows):
+                self._put_rows(conn, name, catalog, np.asarray(new_rows), changes.new_vectors)
+            if len(rows):
+                order = np.argsort(rows)
+                vectors = np.asarray(changes.changed_vectors)[order]
+                self._put_rows(conn, name, catalog, rows[order], vectors)
+            conn.execute("UPDATE catalogs SET item_count = ? WHERE name = ?", (new_rows.stop, name))
+        return new_rows.stop
+
+    def _put_rows(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        catalog: sqlite3.Row,
+        rows: np.ndarray,
+        vectors: np.ndarray,
+    ) -> None:
+        """Write vectors of sorted ``rows`` (existing rows or the next new ones) into their
+        raw blocks, each block read and written once."""
+        block_rows, dim = catalog["block_rows"], catalog["encoder_dim"]
+        vectors = np.asarray(vectors, dtype=catalog["raw_dtype"])
+        for block, part in _blocks_of(rows, block_rows):
+            found = conn.execute(
+                "SELECT data FROM raw_blocks WHERE catalog = ? AND block = ?", (name, block)
+            ).fetchone()
+            stored = np.frombuffer(found[0] if found else b"", dtype=catalog["raw_dtype"])
+            within = rows[part] - block * block_rows
+            data = np.zeros((max(len(stored) // dim, int(within.max()) + 1), dim), stored.dtype)
+            data[: len(stored) // dim] = stored.reshape(-1, dim)
+            data[within] = vectors[part]
+            conn.execute(
+                "INSERT OR REPLACE INTO raw_blocks (catalog, block, data) VALUES (?, ?, ?)",
+                (name, block, data.tobytes()),
+            )
+
+    @staticmethod
+    def _get_rows(
+        conn: sqlite3.Connection,
+        query: str,
+        params: tuple,
+        rows: np.ndarray,
+        block_rows: int,
+        dim: int,
+        dtype: str,
+    ) -> np.ndarray:
+        """Vectors of sorted ``rows`` from row blocks (``query`` selects one block's data,
+        its last parameter being the block), as float32."""
+        out = np.empty((len(rows), dim), dtype=np.float32)
+        for block, part in _blocks_of(rows, block_rows):
+            data = conn.execute(query, (*params, block)).fetchone()[0]
+            stored = np.frombuffer(data, dtype=dtype).reshape(-1, dim)
+            out[part] = stored[rows[part] - block * block_rows]
+        return out
+
+    def _raw(self, conn: sqlite3.Connection, name: str, rows: np.ndarray) -> np.ndarray:
+        catalog = self._catalog(conn, name)
+        query = "SELECT data FROM raw_blocks WHERE catalog = ? AND block = ?"
+        return self._get_rows(
+            conn,
+            query,
+            (name,),
+            rows,
+            catalog["block_rows"],
+            catalog["encoder_dim"],
+            catalog["raw_dtype"],
+        )
+
+    def read_raw(self, name: str, start: int, stop: int) -> np.ndarray:
+        with self._read() as conn:
+            count = self._catalog(conn, name)["item_count"]
+            start, stop = max(start, 0), min(stop, count)
+            return self._raw(conn, name, np.arange(start, max(start, stop)))
+
+    def read_raw_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        with self._read() as conn:
+            count = self._catalog(conn, name)["item_count"]
+            if len(rows) and (rows.min() < 0 or rows.max() >= count):
+                raise ValueError(f"a row is outside catalog {name!r}")
+            unique, inverse = np.unique(rows, return_inverse=True)
+            return self._raw(conn, name, unique)[inverse]
+
+    # -- versions -----------------------------------------------------------------------
+    def write_version(self, name: str, new: NewVersion, activate: bool) -> VersionRecord:
+        with self._read() as conn:
+            catalog = self._catalog(conn, name)
+            check_new_version(new, catalog["encoder_dim"], catalog["item_count"])
+        created_at = time.time()
+        record = record_json(new, created_at)
+        version = self._write_payload(name, new, created_at)
+        activated_at = time.time() if activate else None
+        self._publish(name, version, record, activated_at)
+        return parse_record(version, record, version if activate else 0, activated_at)
+
+    def _write_payload(self, name: str, new: NewVersion, started: float) -> int:
+        """Allocate a version number and write W, μ and the reduced vectors, unpublished."""
+        reduced = np.ascontiguousarray(new.reduced, dtype="<f4")
+        with self._write() as conn:
+            catalog = self._catalog(conn, name)
+            version = catalog["last_version"] + 1
+            conn.execute("UPDATE catalogs SET last_version = ? WHERE name = ?", (version, name))
+            conn.execute(
+                "INSERT INTO versions (catalog, version, published, started_at, components, "
+                "mean) VALUES (?, ?, 0, ?, ?, ?)",
+                (
+                    name,
+                    version,
+                    started,
+                    pack_array(np.asarray(new.components, dtype=np.float64)),
+                    pack_array(np.asarray(new.mean, dtype=np.float64)),
+                ),
+            )
+            block_rows = catalog["block_rows"]
+            conn.executemany(
+                "INSERT INTO reduced_blocks (catalog, version, block, data) VALUES (?, ?, ?, ?)",
+                (
+                    (name, version, block, reduced[start : start + block_rows].tobytes())
+                    for block, start in enumerate(range(0, len(reduced), block_rows))
+                ),
+            )
+        return version
+
+    def _publish(self, name: str, version: int, record: str, activated_at: float | None) -> int:
+        """Make the version visible (and active, with ``activated_at``) in one transaction;
+        returns the previously active version."""
+        with self._write() as conn:
+            previous = self._catalog(conn, name)["active_version"]
+            published = conn.execute(
+                "UPDATE versions SET published = 1, record = ?, activated_at = ? "
+                "WHERE catalog = ? AND version = ? AND published = 0",
+                (record, activated_at, name, version),
+            ).rowcount
+            if not published:
+                raise ConflictError(
+                    f"version {version} of {name!r} was garbage-collected before it was "
+                    "published (the refit outlived collect_garbage's min_age_seconds); refit again"
+                )
+            if activated_at is not None:
+                conn.execute(
+                    "UPDATE catalogs SET active_version = ? WHERE name = ?", (version, name)
+                )
+        return previous
+
+    def versions(self, name: str) -> list[VersionRecord]:
+        with self._read() as conn:
+            active = self._catalog(conn, name)["active_version"]
+            rows = conn.execute(
+                "SELECT version, record, activated_at FROM versions "
+                "WHERE catalog = ? AND published = 1 ORDER BY version",
+                (name,),
+            ).fetchall()
+        return [parse_record(v, record, active, at) for v, record, at in rows]
+
+    def activate(self, name: str, version: int) -> int:
+        with self._write() as conn:
+            previous = self._catalog(conn, name)["active_version"]
+            self._record(conn, name, version)
+            if previous != version:
+                conn.execute(
+                    "UPDATE catalogs SET active_version = ? WHERE name = ?", (version, name)
+                )
+                conn.execute(
+                    "UPDATE versions SET activated_at = ? WHERE catalog = ? AND version = ?",
+                    (time.time(), name, version),
+                )
+        return previous
+
+    @staticmethod
+    def _record(conn: sqlite3.Connection, name: str, version: int) -> dict:
+        found = conn.execute(
+            "SELECT record FROM versions WHERE catalog = ? AND version = ? AND published = 1",
+            (name, version),
+        ).fetchone()
+        if found is None:
+            raise NotFoundError(f"catalog {name!r} has no version {version}")
+        return json.loads(found[0])
+
+    def read_projection(self, name: str, version: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._read() as conn:
+            self._catalog(conn, name)
+            self._record(conn, name, version)
+            components, mean = conn.execute(
+                "SELECT components, mean FROM versions WHERE catalog = ? AND version = ?",
+                (name, version),
+            ).fetchone()
+        return unpack_array(components), unpack_array(mean)
+
+    def read_reduced(self, name: str, version: int, start: int, stop: int) -> np.ndarray:
+        with self._read() as conn:
+            block_rows = self._catalog(conn, name)["block_rows"]
+            record = self._record(conn, name, version)
+            start, stop = max(start, 0), min(stop, int(record["item_count"]))
+            query = (
+                "SELECT data FROM reduced_blocks WHERE catalog = ? AND version = ? AND block = ?"
+            )
+            rows = np.arange(start, max(start, stop))
+            return self._get_rows(
+                conn, query, (name, version), rows, block_rows, int(record["dim"]), "<f4"
+            )
+
+    def collect_garbage(self, name: str, min_age_seconds: float) -> int:
+        with self._write() as conn:
+            self._catalog(conn, name)
+            stale = [
+                version
+                for (version,) in conn.execute(
+                    "SELECT version FROM versions WHERE catalog = ? AND published = 0 "
+                    "AND started_at <= ?",
+                    (name, time.time() - min_age_seconds),
+                ).fetchall()
+            ]
+            for version in stale:
+                conn.execute(
+                    "DELETE FROM reduced_blocks WHERE catalog = ? AND version = ?", (name, version)
+                )
+                conn.execute(
+                    "DELETE FROM versions WHERE catalog = ? AND version = ?", (name, version)
+                )
+        return len(stale)
+
+    # -- co-occurrence ------------------------------------------------------------------
+    def apply_pair_batches(self, name: str, batches: Sequence[PairBatch]) -> tuple[int, int]:
+        applied = pairs = 0
+        weight = 0.0
+        with self._write() as conn:
+            count = self._catalog(conn, name)["item_count"]
+            for batch in batches:
+                check_pair_batch(batch, count)
+            for batch in batches:
+                new = conn.execute(
+                    "INSERT OR IGNORE INTO pair_batches (catalog, worker_id, batch_id) "
+                    "VALUES (?, ?, ?)",
+                    (name, batch.worker_id, batch.batch_id),
+                ).rowcount
+                if not new:
+                    continue
+                blob = pack_pairs(batch.rows, batch.cols, np.asarray(batch.weights, np.float32))
+                conn.execute("INSERT INTO pair_log (catalog, pairs) VALUES (?, ?)", (name, blob))
+                applied += 1
+                pairs += len(batch.rows)
+                weight += float(np.sum(batch.weights, dtype=np.float64))
+            conn.execute(
+                "UPDATE catalogs SET pairs = pairs + ?, weight = weight + ?, "
+                "batches = batches + ? WHERE name = ?",
+                (pairs, weight, applied, name),
+            )
+        return applied, len(batches) - applied
+
+    def _log(self, name: str) -> tuple[int, list[bytes]]:
+        """The co-occurrence log: its last sequence number and its blobs."""
+        with self._read() as conn:
+            self._catalog(conn, name)
+            rows = conn.execute(
+                "SELECT seq, pairs FROM pair_log WHERE catalog = ? ORDER BY seq", (name,)
+            ).fetchall()
+        return (rows[-1][0] if rows else 0), [blob for _, blob in rows]
+
+    def _replace_log(self, name: str, last_seq: int, entries: int, counts: sp.csr_matrix) -> bool:
+        """Replace the log entries up to ``last_seq`` by one merged blob, unless another
+        compaction removed some of them meanwhile."""
+        upper = sp.triu(counts, k=1).tocoo()
+        merged = pack_pairs(upper.row, upper.col, upper.data.astype(np.float64))
+        with self._write() as conn:
+            (still,) = conn.execute(
+                "SELECT COUNT(*) FROM pair_log WHERE catalog = ? AND seq <= ?", (name, last_seq)
+            ).fetchone()
+            if still != entries:
+                return False
+            conn.execute("DELETE FROM pair_log WHERE catalog = ? AND seq <= ?", (name, last_seq))
+            conn.execute("INSERT INTO pair_log (catalog, pairs) VALUES (?, ?)", (name, merged))
+        return True
+
+    def read_counts(self, name: str, n_items: int) -> sp.csr_matrix:
+        last_seq, blobs = self._log(name)
+        counts = counts_from_pairs(*pair_arrays(blobs), n_items)
+        if len(blobs) > self._compact_after:  # the merge is done already: keep it
+            self._replace_log(name, last_seq, len(blobs), counts)
+        return counts
+
+    def compact_counts(self, name: str) -> int:
+        last_seq, blobs = self._log(name)
+        if len(blobs) < 2:
+            return 0
+        state = self.get_catalog(name)
+        assert state is not None  # _log found it; catalogs are never deleted
+        counts = counts_from_pairs(*pair_arrays(blobs), state.item_count)
+        return len(blobs) if self._replace_log(name, last_seq, len(blobs), counts) else 0
+
+    def cooccurrence_totals(self, name: str) -> CooccurrenceTotals:
+        with self._read() as conn:
+            catalog = self._catalog(conn, name)
+        return CooccurrenceTotals(catalog["pairs"], catalog["weight"], catalog["batches"])
+
+    # -- refit lock ---------------------------------------------------------------------
+    def acquire_refit_lock(self, name: str, owner: str, lease_seconds: float) -> bool:
+        check_catalog_name(name)
+        now = time.time()
+        with self._write() as conn:
+            held = conn.execute(
+                "SELECT 1 FROM refit_locks WHERE catalog = ? AND expires_at > ?", (name, now)
+            ).fetchone()
+            if held:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO refit_locks (catalog, owner, expires_at) VALUES (?, ?, ?)",
+                (name, owner, now + lease_seconds),
+            )
+        return True
+
+    def renew_refit_lock(self, name: str, owner: str, lease_seconds: float) -> bool:
+        check_catalog_name(name)
+        now = time.time()
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE refit_locks SET expires_at = ? "
+                    "WHERE catalog = ? AND owner = ? AND expires_at > ?",
+                    (now + lease_seconds, name, owner, now),
+                ).rowcount
+            )
+
+    def release_refit_lock(self, name: str, owner: str) -> None:
+        check_catalog_name(name)
+        with self._write() as conn:
+            conn.execute("DELETE FROM refit_locks WHERE catalog = ? AND owner = ?", (name, owner))

@@ -1,0 +1,601 @@
+"""Redis store: production persistence, one Redis Cluster hash slot per catalog.
+
+Key layout (``P`` the key prefix; every key of catalog ``c`` carries the hash tag ``{c}``, so
+a catalog lives in one slot and every MULTI/EXEC or script touches one catalog only)::
+
+    P:{c}:meta              JSON {encoder, raw_dtype, block_rows, created_at}, written once
+    P:{c}:count             item count; commit_items WATCHes it
+    P:{c}:ids               hash  item id -> row
+    P:{c}:rowids            list  row -> item id
+    P:{c}:texthash          hash  row -> text hash
+    P:{c}:raw:<b>           raw vectors of rows [b·B, (b+1)·B) in the raw dtype (APPEND, SETRANGE)
+    P:{c}:vseq              last version number handed out (INCR)
+    P:{c}:pending           hash  version -> JSON {started, blocks}: payloads not yet published
+    P:{c}:v:<n>:W           packed float64 W (D × d);  P:{c}:v:<n>:mean  packed float64 μ
+    P:{c}:v:<n>:red:<b>     reduced float32 vectors of rows [b·B, (b+1)·B)
+    P:{c}:versions          hash  version -> immutable record JSON (published versions only)
+    P:{c}:active            active version number
+    P:{c}:activated         hash  version -> last activation time (unix seconds)
+    P:{c}:batches           set of "worker\\0batch" ids applied
+    P:{c}:pairs             list of packed pair blobs (the co-occurrence log)
+    P:{c}:pairs_gen         compaction generation of that log
+    P:{c}:cooc              hash  pairs, weight, batches
+    P:{c}:refit_lock        owner of the refit lock, with a PX lease
+
+``B`` (rows per block) is fixed per catalog at creation, so a 1M-item catalog is a few
+hundred values of a few MiB, and a range read is one GETRANGE per block touched.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
+import redis
+import scipy.sparse as sp
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from server.cooccurrence_merge import counts_from_pairs
+from server.stores.base import (
+    CatalogState,
+    CatalogStore,
+    ConflictError,
+    CooccurrenceTotals,
+    EncoderIdentity,
+    ItemChanges,
+    NewVersion,
+    NotFoundError,
+    PairBatch,
+    StoreError,
+    StoreUnavailableError,
+    VersionRecord,
+)
+from server.stores.checks import (
+    check_catalog_name,
+    check_changes,
+    check_new_version,
+    check_pair_batch,
+    check_raw_dtype,
+)
+from server.stores.packing import pack_array, pack_pairs, pair_arrays, row_runs, unpack_array
+from server.stores.records import parse_record, record_json
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_CHUNK = 10_000  # fields per HSET/HMGET/RPUSH command, so no single command is huge
+
+# Applies the batches not seen before and updates the totals: one script for the whole
+# call, so a call is all-or-nothing and a retried batch is counted once.
+_APPLY_BATCHES = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
+local applied, pairs = 0, 0
+for i = 1, #ARGV, 4 do
+  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+    redis.call('HINCRBYFLOAT', KEYS[3], 'weight', ARGV[i + 3])
+    applied = applied + 1
+    pairs = pairs + tonumber(ARGV[i + 2])
+  end
+end
+if applied > 0 then
+  redis.call('HINCRBY', KEYS[3], 'batches', applied)
+  redis.call('HINCRBY', KEYS[3], 'pairs', pairs)
+end
+return applied
+"""
+
+# Replaces the first ARGV[2] log entries by one merged blob unless another compaction ran
+# since they were read (pushes only append, so those entries are still the first ones).
+_COMPACT = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
+redis.call('LTRIM', KEYS[1], ARGV[2], -1)
+redis.call('LPUSH', KEYS[1], ARGV[3])
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
+# Publishes a written payload (and optionally activates it); -1 if it was collected.
+_PUBLISH = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local previous = tonumber(redis.call('GET', KEYS[3]) or '0')
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[3], ARGV[1])
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
+end
+return previous
+"""
+
+_ACTIVATE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+if previous ~= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+end
+return previous
+"""
+
+# Deletes one unpublished payload if its pending entry is still the one the collector saw.
+_COLLECT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+for i = 2, #KEYS do redis.call('UNLINK', KEYS[i]) end
+return 1
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _unavailable_as_store_error(method: Callable[P, T]) -> Callable[P, T]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise StoreUnavailableError(f"redis does not answer: {error}") from error
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """A catalog's immutable settings (cached per process: they never change)."""
+
+    encoder: EncoderIdentity
+    raw_dtype: str
+    block_rows: int
+
+    @property
+    def raw_row_bytes(self) -> int:
+        return self.encoder.dim * np.dtype(self.raw_dtype).itemsize
+
+
+class RedisStore(CatalogStore):
+    """``CatalogStore`` on Redis (``redis://``, ``rediss://`` TLS, ``unix://``; passwords in
+    the URL). Extra keyword arguments go to ``redis.Redis.from_url``.
+
+    The client does not retry on its own (``retries=0``): a write whose reply was lost may
+    have been applied, and only the caller (with batch ids, base counts) can retry safely.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "tfllmer",
+        block_rows: int = 4096,
+        compact_after: int = 256,
+        **client_options: Any,
+    ) -> None:
+        if block_rows < 1:
+            raise ValueError("block_rows must be >= 1")
+        options: dict[str, Any] = {
+            "socket_connect_timeout": 5.0,
+            "socket_timeout": 60.0,
+            "health_check_interval": 30,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        options.update(client_options)
+        self._client = redis.Redis.from_url(url, **options)
+        self._prefix = key_prefix
+        self._block_rows = block_rows
+        self._compact_after = compact_after
+        self._metas: dict[str, _Meta] = {}
+        scripts = {
+            "apply": _APPLY_BATCHES,
+            "compact": _COMPACT,
+            "publish": _PUBLISH,
+            "activate": _ACTIVATE,
+            "collect": _COLLECT,
+            "renew": _RENEW,
+            "release": _RELEASE,
+        }
+        self._scripts = {key: self._client.register_script(src) for key, src in scripts.items()}
+
+    def _key(self, name: str, *parts: object) -> str:
+        return ":".join((self._prefix, f"{{{name}}}", *map(str, parts)))
+
+    def _meta(self, name: str) -> _Meta:
+        """The catalog's settings; ``NotFoundError`` for an unknown catalog."""
+        meta = self._metas.get(name)
+        if meta is None:
+            check_catalog_name(name)
+            text = self._client.get(self._key(name, "meta"))
+            if text is None:
+                raise NotFoundError(f"catalog {name!r} does not exist")
+            fields = json.loads(text)
+            meta = _Meta(
+                EncoderIdentity(**fields["encoder"]), fields["raw_dtype"], fields["block_rows"]
+            )
+            self._metas[name] = meta
+        return meta
+
+    def _count(self, name: str) -> int:
+        return int(self._client.get(self._key(name, "count")) or 0)
+
+    def _read_rows(
+        self, block_key: Callable[[int], str], rows: np.ndarray, row_bytes: int, block_rows: int
+    ) -> bytes:
+        """Bytes of sorted unique ``rows`` from row blocks: one GETRANGE per run, pipelined in
+        one MULTI so the rows come from one consistent snapshot."""
+        starts, stops = row_runs(rows, block_rows)
+        with self._client.pipeline(transaction=True) as pipe:
+            for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
+                block, within = divmod(start, block_rows)
+                end = (within + stop - start) * row_bytes - 1
+                pipe.getrange(block_key(block), within * row_bytes, end)
+            data = b"".join(pipe.execute())
+        if len(data) != len(rows) * row_bytes:
+            raise StoreError(f"row blocks hold {len(data)} bytes, expected {len(rows) * row_bytes}")
+        return data
+
+    # -- lifecycle ----------------------------------------------------------------------
+    @_unavailable_as_store_error
+    def ping(self) -> None:
+        self._client.ping()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- catalogs and items -------------------------------------------------------------
+    @_unavailable_as_store_error
+    def create_catalog(
+        self, name: str, encoder: EncoderIdentity, raw_dtype: str = "<f4"
+    ) -> CatalogState:
+        check_catalog_name(name)
+        check_raw_dtype(raw_dtype)
+        meta = {
+            "encoder": {"name": encoder.name, "dim": encoder.dim},
+            "raw_dtype": raw_dtype,
+            "block_rows": self._block_rows,
+            "created_at": time.time(),
+        }
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(name, "meta"), json.dumps(meta), nx=True)
+            pipe.set(self._key(name, "count"), 0, nx=True)
+            pipe.execute()
+        state = self.get_catalog(name)
+        assert state is not None  # created above or before; catalogs are never deleted
+        return state
+
+    @_unavailable_as_store_error
+    def get_catalog(self, name: str) -> CatalogState | None:
+        try:
+            meta = self._meta(name)
+        except NotFoundError:
+            return None
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._key(name, "count"))
+            pipe.get(self._key(name, "active"))
+            count, active = pipe.execute()
+        return CatalogState(name, meta.encoder, int(count or 0), int(active or 0), meta.raw_dtype)
+
+    @_unavailable_as_store_error
+    def find_rows(self, name: str, ids: Sequence[str]) -> np.ndarray:
+        self._meta(name)
+        key = self._key(name, "ids")
+        with self._client.pipeline(transaction=False) as pipe:
+            for i in range(0, len(ids), _CHUNK):
+                pipe.hmget(key, list(ids[i : i + _CHUNK]))
+            found = [row for chunk in pipe.execute() for row in chunk]
+        return np.array([-1 if row is None else int(row) for row in found], dtype=np.int64)
+
+    @_unavailable_as_store_error
+    def text_hashes(self, name: str, rows: np.ndarray) -> list[str]:
+        self._meta(name)
+        fields = [int(row) for row in np.asarray(rows).ravel()]
+        key = self._key(name, "texthash")
+        with self._client.pipeline(transaction=False) as pipe:
+            for i in range(0, len(fields), _CHUNK):
+                pipe.hmget(key, fields[i : i + _CHUNK])
+            found = [value for chunk in pipe.execute() for value in chunk]
+        missing = [row for row, value in zip(fields, found, strict=True) if value is None]
+        if missing:
+            raise ValueError(f"row {missing[0]} is not in catalog {name!r}")
+        return [value.decode() for value in found]
+
+    @_unavailable_as_store_error
+    def item_ids(self, name: str, start: int, stop: int) -> list[str]:
+        self._meta(name)
+        start = max(start, 0)
+        if stop <= start:
+            return []
+        values = self._client.lrange(self._key(name, "rowids"), start, stop - 1)
+        return [value.decode() for value in values]
+
+    @_unavailable_as_store_error
+    def commit_items(self, name: str, changes: ItemChanges) -> int:
+        meta = self._meta(name)
+        count_key, ids_key = self._key(name, "count"), self._key(name, "ids")
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.watch(count_key)
+                count = int(pipe.get(count_key) or 0)
+                if count != changes.base_count:
+                    raise ConflictError(
+                        f"catalog {name!r} has {count} items, the upsert expected "
+                        f"{changes.base_count}"
+                    )
+                check_changes(changes, meta.encoder.dim, count)
+                # Ids only change together with the WATCHed count, so this read is current.
+                for i in range(0, len(changes.new_ids), _CHUNK):
+                    chunk = changes.new_ids[i : i + _CHUNK]
+                    rows = pipe.hmget(ids_key, chunk)
+                    taken = [id_ for id_, row in zip(chunk, rows, strict=True) if row is not None]
+                    if taken:
+                        raise ValueError(f"item id {taken[0]!r} already has a row")
+                pipe.multi()
+                self._queue_items(pipe, name, meta, changes)
+                pipe.execute()
+        except redis.WatchError as error:
+            raise ConflictError(f"a concurrent upsert of {name!r} committed first") from error
+        return changes.base_count + len(changes.new_ids)
+
+    def _queue_items(self, pipe: Any, name: str, meta: _Meta, changes: ItemChanges) -> None:
+        base, block_rows = changes.base_count, meta.block_rows
+        new_rows = range(base, base + len(changes.new_ids))
+        for i in range(0, len(new_rows), _CHUNK):
+            rows, ids = new_rows[i : i + _CHUNK], changes.new_ids[i : i + _CHUNK]
+            pipe.hset(self._key(name, "ids"), mapping=dict(zip(ids, rows, strict=True)))
+            pipe.rpush(self._key(name, "rowids"), *ids)
+            hashes = zip(rows, changes.new_text_hashes[i : i + _CHUNK], strict=True)
+            pipe.hset(self._key(name, "texthash"), mapping=dict(hashes))
+        if len(new_rows):
+            data = np.ascontiguousarray(changes.new_vectors, dtype=meta.raw_dtype)
+            done = 0
+            while done < len(data):
+                block, within = divmod(base + done, block_rows)
+                take = min(block_rows - within, len(data) - done)
+                # The last block holds exactly `within` rows, so APPEND lands at the right row.
+                pipe.append(self._key(name, "raw", block), data[done : done + take].tobytes())
+                done += take
+        rows = np.asarray(changes.changed_rows, dtype=np.int64)
+        if len(rows):
+            hashes = dict(zip(rows.tolist(), changes.changed_text_hashes, strict=True))
+            pipe.hset(self._key(name, "texthash"), mapping=hashes)
+            vectors = np.ascontiguousarray(changes.changed_vectors, dtype=meta.raw_dtype)
+            for row, vector in zip(rows.tolist(), vectors, strict=True):
+                block, within = divmod(row, block_rows)
+                offset = within * meta.raw_row_bytes
+                pipe.setrange(self._key(name, "raw", block), offset, vector.tobytes())
+        pipe.set(self._key(name, "count"), base + len(new_rows))
+
+    def _raw(self, name: str, meta: _Meta, rows: np.ndarray) -> np.ndarray:
+        data = self._read_rows(
+            lambda block: self._key(name, "raw", block), rows, meta.raw_row_bytes, meta.block_rows
+        )
+        vectors = np.frombuffer(data, dtype=meta.raw_dtype).reshape(len(rows), meta.encoder.dim)
+        return vectors.astype(np.float32)
+
+    @_unavailable_as_store_error
+    def read_raw(self, name: str, start: int, stop: int) -> np.ndarray:
+        meta = self._meta(name)
+        start, stop = max(start, 0), min(stop, self._count(name))
+        return self._raw(name, meta, np.arange(start, max(start, stop)))
+
+    @_unavailable_as_store_error
+    def read_raw_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        meta = self._meta(name)
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self._count(name)):
+            raise ValueError(f"a row is outside catalog {name!r}")
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return self._raw(name, meta, unique)[inverse]
+
+    # -- versions -----------------------------------------------------------------------
+    @_unavailable_as_store_error
+    def write_version(self, name: str, new: NewVersion, activate: bool) -> VersionRecord:
+        meta = self._meta(name)
+        check_new_version(new, meta.encoder.dim, self._count(name))
+        created_at = time.time()
+        record = record_json(new, created_at)
+        version = self._write_payload(name, new, created_at)
+        activated_at = time.time() if activate else None
+        try:
+            self._publish(name, version, record, activated_at)
+        except ConflictError:  # collected meanwhile: drop blocks written after the collection
+            blocks = -(-new.item_count // meta.block_rows)
+            self._client.unlink(*self._payload_keys(name, version, blocks))
+            raise
+        return parse_record(version, record, version if activate else 0, activated_at)
+
+    def _payload_keys(self, name: str, version: int, blocks: int) -> list[str]:
+        keys = [self._key(name, "v", version, "W"), self._key(name, "v", version, "mean")]
+        return keys + [self._key(name, "v", version, "red", b) for b in range(blocks)]
+
+    def _write_payload(self, name: str, new: NewVersion, started: float) -> int:
+        """Allocate a version number and write W, μ and the reduced vectors, unpublished:
+        until ``_publish`` nothing reads them, and ``collect_garbage`` can find them."""
+        meta = self._meta(name)
+        version = int(self._client.incr(self._key(name, "vseq")))
+        reduced = np.ascontiguousarray(new.reduced, dtype="<f4")
+        blocks = -(-len(reduced) // meta.block_rows)
+        pending = json.dumps({"started": started, "blocks": blocks})
+        self._client.hset(self._key(name, "pending"), str(version), pending)
+        keys = self._payload_keys(name, version, blocks)
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(keys[0], pack_array(np.asarray(new.components, dtype=np.float64)))
+            pipe.set(keys[1], pack_array(np.asarray(new.mean, dtype=np.float64)))
+            for block, key in enumerate(keys[2:]):
+                rows = reduced[block * meta.block_rows : (block + 1) * meta.block_rows]
+                pipe.set(key, rows.tobytes())
+                if block % 16 == 15:  # bound what the client buffers
+                    pipe.execute()
+            pipe.execute()
+        return version
+
+    def _publish(self, name: str, version: int, record: str, activated_at: float | None) -> int:
+        """Make the version visible (and active, with ``activated_at``) in one atomic step;
+        returns the previously active version."""
+        keys = [self._key(name, k) for k in ("pending", "versions", "active", "activated")]
+        activate = "1" if activated_at is not None else "0"
+        args = [version, record, activate, activated_at or 0.0]
+        previous = int(self._scripts["publish"](keys=keys, args=args))
+        if previous < 0:
+            raise ConflictError(
+                f"version {version} of {name!r} was garbage-collected before it was published "
+                "(the refit outlived collect_garbage's min_age_seconds); refit again"
+            )
+        return previous
+
+    @_unavailable_as_store_error
+    def versions(self, name: str) -> list[VersionRecord]:
+        self._meta(name)
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._key(name, "versions"))
+            pipe.get(self._key(name, "active"))
+            pipe.hgetall(self._key(name, "activated"))
+            records, active, activated = pipe.execute()
+        active = int(active or 0)
+        times = {int(v): float(t) for v, t in activated.items()}
+        versions = sorted(int(v) for v in records)
+        return [parse_record(v, records[str(v).encode()], active, times.get(v)) for v in versions]
+
+    @_unavailable_as_store_error
+    def activate(self, name: str, version: int) -> int:
+        self._meta(name)
+        keys = [self._key(name, k) for k in ("versions", "active", "activated")]
+        previous = int(self._scripts["activate"](keys=keys, args=[version, time.time()]))
+        if previous < 0:
+            raise NotFoundError(f"catalog {name!r} has no version {version}")
+        return previous
+
+    def _record(self, name: str, version: int) -> dict[str, Any]:
+        text = self._client.hget(self._key(name, "versions"), str(version))
+        if text is None:
+            raise NotFoundError(f"catalog {name!r} has no version {version}")
+        return json.loads(text)
+
+    @_unavailable_as_store_error
+    def read_projection(self, name: str, version: int) -> tuple[np.ndarray, np.ndarray]:
+        self._meta(name)
+        self._record(name, version)
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._key(name, "v", version, "W"))
+            pipe.get(self._key(name, "v", version, "mean"))
+            components, mean = pipe.execute()
+        return unpack_array(components), unpack_array(mean)
+
+    @_unavailable_as_store_error
+    def read_reduced(self, name: str, version: int, start: int, stop: int) -> np.ndarray:
+        meta = self._meta(name)
+        record = self._record(name, version)
+        dim = int(record["dim"])
+        start, stop = max(start, 0), min(stop, int(record["item_count"]))
+        rows = np.arange(start, max(start, stop))
+        data = self._read_rows(
+            lambda block: self._key(name, "v", version, "red", block),
+            rows,
+            dim * 4,
+            meta.block_rows,
+        )
+        return np.frombuffer(data, dtype="<f4").reshape(len(rows), dim).astype(np.float32)
+
+    @_unavailable_as_store_error
+    def collect_garbage(self, name: str, min_age_seconds: float) -> int:
+        self._meta(name)
+        pending = self._client.hgetall(self._key(name, "pending"))
+        collected = 0
+        for version, text in pending.items():
+            fields = json.loads(text)
+            if time.time() - float(fields["started"]) < min_age_seconds:
+                continue
+            keys = [self._key(name, "pending")]
+            keys += self._payload_keys(name, int(version), int(fields["blocks"]))
+            collected += int(self._scripts["collect"](keys=keys, args=[version, text]))
+        return collected
+
+    # -- co-occurrence ------------------------------------------------------------------
+    @_unavailable_as_store_error
+    def apply_pair_batches(self, name: str, batches: Sequence[PairBatch]) -> tuple[int, int]:
+        self._meta(name)
+        count = self._count(name)  # counts only grow: a row valid now stays valid
+        args: list[Any] = []
+        for batch in batches:
+            check_pair_batch(batch, count)
+            weight = float(np.sum(batch.weights, dtype=np.float64))
+            blob = pack_pairs(batch.rows, batch.cols, np.asarray(batch.weights, np.float32))
+            args += [f"{batch.worker_id}\x00{batch.batch_id}", blob, len(batch.rows), repr(weight)]
+        if not batches:
+            return 0, 0
+        keys = [self._key(name, k) for k in ("batches", "pairs", "cooc", "meta")]
+        applied = int(self._scripts["apply"](keys=keys, args=args))
+        if applied < 0:
+            raise NotFoundError(f"catalog {name!r} does not exist")
+        return applied, len(batches) - applied
+
+    def _log_snapshot(self, name: str) -> tuple[bytes, list[bytes]]:
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._key(name, "pairs_gen"))
+            pipe.lrange(self._key(name, "pairs"), 0, -1)
+            generation, blobs = pipe.execute()
+        return generation or b"0", blobs
+
+    def _replace_log(
+        self, name: str, generation: bytes, entries: int, counts: sp.csr_matrix
+    ) -> bool:
+        upper = sp.triu(counts, k=1).tocoo()
+        merged = pack_pairs(upper.row, upper.col, upper.data.astype(np.float64))
+        keys = [self._key(name, "pairs"), self._key(name, "pairs_gen")]
+        return bool(self._scripts["compact"](keys=keys, args=[generation, entries, merged]))
+
+    @_unavailable_as_store_error
+    def read_counts(self, name: str, n_items: int) -> sp.csr_matrix:
+        self._meta(name)
+        generation, blobs = self._log_snapshot(name)
+        counts = counts_from_pairs(*pair_arrays(blobs), n_items)
+        if len(blobs) > self._compact_after:  # the merge is done already: keep it
+            self._replace_log(name, generation, len(blobs), counts)
+        return counts
+
+    @_unavailable_as_store_error
+    def compact_counts(self, name: str) -> int:
+        self._meta(name)
+        generation, blobs = self._log_snapshot(name)
+        if len(blobs) < 2:
+            return 0
+        counts = counts_from_pairs(*pair_arrays(blobs), self._count(name))
+        return len(blobs) if self._replace_log(name, generation, len(blobs), counts) else 0
+
+    @_unavailable_as_store_error
+    def cooccurrence_totals(self, name: str) -> CooccurrenceTotals:
+        self._meta(name)
+        pairs, weight, batches = self._client.hmget(
+            self._key(name, "cooc"), ["pairs", "weight", "batches"]
+        )
+        return CooccurrenceTotals(int(pairs or 0), float(weight or 0.0), int(batches or 0))
+
+    # -- refit lock ---------------------------------------------------------------------
+    @_unavailable_as_store_error
+    def acquire_refit_lock(self, name: str, owner: str, lease_seconds: float) -> bool:
+        check_catalog_name(name)
+        lease_ms = max(1, round(lease_seconds * 1000))
+        return bool(self._client.set(self._key(name, "refit_lock"), owner, nx=True, px=lease_ms))
+
+    @_unavailable_as_store_error
+    def renew_refit_lock(self, name: str, owner: str, lease_seconds: float) -> bool:
+        check_catalog_name(name)
+        lease_ms = max(1, round(lease_seconds * 1000))
+        keys = [self._key(name, "refit_lock")]
+        return bool(self._scripts["renew"](keys=keys, args=[owner, lease_ms]))
+
+    @_unavailable_as_store_error
+    def release_refit_lock(self, name: str, owner: str) -> None:
+        check_catalog_name(name)
+        self._scripts["release"](keys=[self._key(name, "refit_lock")], args=[owner])

@@ -1,0 +1,143 @@
+"""A real ``redis-server`` for tests: started on a free loopback port in a temp dir, never the
+shared 127.0.0.1:6379 instance.
+
+Use ``RedisServer`` directly, or the fixtures: ``redis_server`` (one per session; tests that
+share it must not stop it) and ``fresh_redis_server`` (one per test; stop, start and restart it
+freely, e.g. to test reconnects or AOF recovery). Import the fixtures into a ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """One ``redis-server`` process; ``restart`` keeps its port and data directory, so with
+    ``appendonly=True`` the data survives a restart (or a kill)."""
+
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        appendonly: bool = False,
+        appendfsync: str = "always",
+        extra_args: tuple[str, ...] = (),
+        startup_timeout: float = 10.0,
+    ) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self._binary = binary
+        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="tfllmer-redis-")
+        self.directory = Path(directory or self._tmp.name)  # type: ignore[union-attr]
+        self.port = _free_port()
+        self._args = [
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+            "--appendonly", "yes" if appendonly else "no", "--appendfsync", appendfsync,
+            *extra_args,
+        ]  # fmt: skip
+        self._startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> None:
+        """Start the server and return once it answers PING."""
+        if self.running:
+            return
+        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 (owned by the process)
+        self._process = subprocess.Popen([self._binary, *self._args], stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + self._startup_timeout
+        with self.client() as client:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    pass
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    tail = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"redis-server did not start:\n{tail}")
+                time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (the server flushes its AOF), or SIGKILL if it does not exit in time."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to write anything."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _server() -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One server for the whole session (flush it, do not stop it)."""
+    yield from _server()
+
+
+@pytest.fixture
+def fresh_redis_server() -> Iterator[RedisServer]:
+    """A server of this test's own, to stop, kill or restart."""
+    yield from _server()

@@ -1,0 +1,620 @@
+"""One contract suite for every store: each test runs on LocalStore (a fresh SQLite file) and
+on RedisStore (a real redis-server, flushed before the test). Blocks of 4 rows make small
+arrays cross block boundaries."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pytest
+from redis.crc import key_slot
+
+from server.cooccurrence_merge import counts_from_pairs
+from server.stores import (
+    ConflictError,
+    CooccurrenceTotals,
+    EncoderIdentity,
+    ItemChanges,
+    LocalStore,
+    NewVersion,
+    NotFoundError,
+    PairBatch,
+    RedisStore,
+    StoreUnavailableError,
+    open_store,
+)
+from server.stores.records import record_json
+
+ENCODER = EncoderIdentity("test-encoder", 6)
+CATALOG = "ml-1m"
+BLOCK_ROWS = 4
+
+
+@pytest.fixture(params=["local", "redis"])
+def store(request, tmp_path):
+    if request.param == "local":
+        store = LocalStore(tmp_path / "store.sqlite3", block_rows=BLOCK_ROWS)
+    else:
+        server = request.getfixturevalue("redis_server")
+        with server.client() as client:
+            client.flushall()
+        store = RedisStore(server.url, block_rows=BLOCK_ROWS)
+    yield store
+    store.close()
+
+
+def vectors(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, ENCODER.dim)).astype(np.float32)
+
+
+def add_items(store, ids: list[str], seed: int = 0, name: str = CATALOG) -> np.ndarray:
+    """Append ``ids`` with random vectors; returns the vectors."""
+    state = store.get_catalog(name) or store.create_catalog(name, ENCODER)
+    new = vectors(len(ids), seed)
+    changes = ItemChanges(state.item_count, ids, [f"h-{i}" for i in ids], new)
+    store.commit_items(name, changes)
+    return new
+
+
+def new_version(n_items: int, dim: int = 3, seed: int = 0) -> NewVersion:
+    rng = np.random.default_rng(seed)
+    reduced = rng.standard_normal((n_items, dim)).astype(np.float32)
+    return NewVersion(
+        item_count=n_items,
+        dim=dim,
+        encoder=ENCODER,
+        parameters={"lam": 0.5, "graph": {"transform": "identity", "top_k": 0}},
+        diagnostics={"retained_variance": 0.9, "graph_tv": None},
+        counts=CooccurrenceTotals(3, 4.5, 1),
+        fit_seconds=0.25,
+        components=rng.standard_normal((ENCODER.dim, dim)),
+        mean=rng.standard_normal(ENCODER.dim),
+        reduced=reduced / np.linalg.norm(reduced, axis=1, keepdims=True),
+    )
+
+
+def batch(worker: str, batch_id: str, pairs: list[tuple[int, int, float]]) -> PairBatch:
+    rows, cols, weights = zip(*pairs, strict=True)
+    return PairBatch(
+        worker,
+        batch_id,
+        np.array(rows, np.uint32),
+        np.array(cols, np.uint32),
+        np.array(weights, np.float32),
+    )
+
+
+def expected_counts(batches: list[PairBatch], n_items: int):
+    return counts_from_pairs(
+        np.concatenate([b.rows for b in batches]),
+        np.concatenate([b.cols for b in batches]),
+        np.concatenate([b.weights for b in batches]),
+        n_items,
+    )
+
+
+def assert_same_matrix(actual, expected) -> None:
+    assert actual.shape == expected.shape
+    assert (actual != expected).nnz == 0
+
+
+# -- catalogs and items -------------------------------------------------------------------
+
+
+def test_create_catalog_is_idempotent_and_keeps_the_first_settings(store):
+    assert store.get_catalog(CATALOG) is None
+    first = store.create_catalog(CATALOG, ENCODER, "<f2")
+    again = store.create_catalog(CATALOG, EncoderIdentity("other", 9), "<f4")
+    assert first == again == store.get_catalog(CATALOG)
+    assert (first.item_count, first.active_version, first.raw_dtype) == (0, 0, "<f2")
+    assert first.encoder == ENCODER
+
+
+@pytest.mark.parametrize("name", ["", "{ml}", "a b", "-x", "x" * 65])
+def test_bad_catalog_names_are_rejected(store, name):
+    with pytest.raises(ValueError, match="catalog name"):
+        store.create_catalog(name, ENCODER)
+
+
+def test_unknown_raw_dtype_is_rejected(store):
+    with pytest.raises(ValueError, match="raw dtype"):
+        store.create_catalog(CATALOG, ENCODER, "<f8")
+
+
+def test_rows_are_appended_in_order_and_never_move(store):
+    add_items(store, ["a", "b", "c"])
+    add_items(store, ["d", "e"], seed=1)
+    assert store.get_catalog(CATALOG).item_count == 5
+    assert store.find_rows(CATALOG, ["e", "a", "c"]).tolist() == [4, 0, 2]
+    assert store.item_ids(CATALOG, 0, 100) == ["a", "b", "c", "d", "e"]
+    assert store.item_ids(CATALOG, 2, 4) == ["c", "d"]
+    assert store.item_ids(CATALOG, 4, 2) == []
+    assert store.text_hashes(CATALOG, np.array([3, 0])) == ["h-d", "h-a"]
+
+
+def test_find_rows_marks_unknown_ids(store):
+    add_items(store, ["a", "b"])
+    rows = store.find_rows(CATALOG, ["b", "zz", "a", ""])
+    assert rows.dtype == np.int64
+    assert rows.tolist() == [1, -1, 0, -1]
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda s: s.find_rows("nope", ["a"]),
+        lambda s: s.text_hashes("nope", np.array([0])),
+        lambda s: s.item_ids("nope", 0, 1),
+        lambda s: s.read_raw("nope", 0, 1),
+        lambda s: s.read_raw_rows("nope", np.array([0])),
+        lambda s: s.commit_items("nope", ItemChanges(0, ["a"], ["h"], vectors(1))),
+        lambda s: s.versions("nope"),
+        lambda s: s.activate("nope", 1),
+        lambda s: s.read_projection("nope", 1),
+        lambda s: s.read_reduced("nope", 1, 0, 1),
+        lambda s: s.write_version("nope", new_version(2), activate=True),
+        lambda s: s.apply_pair_batches("nope", [batch("w", "b", [(0, 1, 1.0)])]),
+        lambda s: s.read_counts("nope", 2),
+        lambda s: s.cooccurrence_totals("nope"),
+        lambda s: s.compact_counts("nope"),
+        lambda s: s.collect_garbage("nope", 0),
+    ],
+)
+def test_an_unknown_catalog_is_not_found(store, read):
+    with pytest.raises(NotFoundError):
+        read(store)
+
+
+def test_commit_with_a_stale_base_count_conflicts_and_changes_nothing(store):
+    raw = add_items(store, ["a", "b"])
+    stale = ItemChanges(
+        base_count=1,
+        new_ids=["c"],
+        new_text_hashes=["h-c"],
+        new_vectors=vectors(1, 5),
+        changed_rows=np.array([0]),
+        changed_text_hashes=["h-a2"],
+        changed_vectors=vectors(1, 6),
+    )
+    with pytest.raises(ConflictError):
+        store.commit_items(CATALOG, stale)
+    assert store.get_catalog(CATALOG).item_count == 2
+    assert store.find_rows(CATALOG, ["c"]).tolist() == [-1]
+    assert store.text_hashes(CATALOG, np.array([0])) == ["h-a"]
+    np.testing.assert_array_equal(store.read_raw(CATALOG, 0, 10), raw)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        ItemChanges(2, ["c", "a"], ["h", "h"], vectors(2)),  # "a" already has a row
+        ItemChanges(2, ["c", "c"], ["h", "h"], vectors(2)),  # an id twice
+        ItemChanges(2, ["c"], ["h"], vectors(2)),  # ragged
+        ItemChanges(2, ["c"], ["h"], vectors(1)[:, :3]),  # wrong dim
+        ItemChanges(2, [], [], vectors(0), np.array([2]), ["h"], vectors(1)),  # not a row yet
+    ],
+)
+def test_an_inconsistent_upsert_is_rejected_and_changes_nothing(store, changes):
+    raw = add_items(store, ["a", "b"])
+    with pytest.raises(ValueError):
+        store.commit_items(CATALOG, changes)
+    assert store.get_catalog(CATALOG).item_count == 2
+    assert store.item_ids(CATALOG, 0, 10) == ["a", "b"]
+    np.testing.assert_array_equal(store.read_raw(CATALOG, 0, 10), raw)
+
+
+@pytest.mark.parametrize("raw_dtype", ["<f4", "<f2"])
+def test_raw_vectors_round_trip_across_blocks(store, raw_dtype):
+    store.create_catalog(CATALOG, ENCODER, raw_dtype)
+    ids = [f"i{i}" for i in range(11)]
+    raw = np.concatenate(
+        [add_items(store, ids[:3]), add_items(store, ids[3:9], 1), add_items(store, ids[9:], 2)]
+    )
+    expected = raw.astype(raw_dtype).astype(np.float32)
+    for start, stop in [(0, 11), (3, 9), (5, 100), (-3, 2), (11, 20), (7, 7)]:
+        got = store.read_raw(CATALOG, start, stop)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected[max(start, 0) : stop])
+    rows = np.array([10, 0, 4, 4, 3, 7])
+    np.testing.assert_array_equal(store.read_raw_rows(CATALOG, rows), expected[rows])
+    assert store.read_raw_rows(CATALOG, np.array([], np.int64)).shape == (0, ENCODER.dim)
+
+
+def test_changed_rows_replace_vectors_and_hashes_in_place(store):
+    raw = add_items(store, [f"i{i}" for i in range(10)])
+    rows = np.array([9, 1, 4])
+    changed = vectors(3, seed=7)
+    count = store.commit_items(
+        CATALOG,
+        ItemChanges(10, ["new"], ["h-new"], vectors(1, 8), rows, ["x9", "x1", "x4"], changed),
+    )
+    assert count == 11
+    raw[rows] = changed
+    np.testing.assert_array_equal(store.read_raw(CATALOG, 0, 10), raw)
+    np.testing.assert_array_equal(store.read_raw(CATALOG, 10, 11), vectors(1, 8))
+    assert store.text_hashes(CATALOG, np.array([1, 4, 9, 0])) == ["x1", "x4", "x9", "h-i0"]
+    assert store.find_rows(CATALOG, ["i9", "new"]).tolist() == [9, 10]
+
+
+def test_a_commit_with_nothing_new_keeps_the_count(store):
+    add_items(store, ["a"])
+    assert store.commit_items(CATALOG, ItemChanges(1, [], [], vectors(0))) == 1
+
+
+# -- versions -----------------------------------------------------------------------------
+
+
+def test_versions_are_numbered_in_order_with_derived_statuses(store):
+    add_items(store, [f"i{i}" for i in range(6)])
+    first = store.write_version(CATALOG, new_version(6, seed=1), activate=True)
+    second = store.write_version(CATALOG, new_version(6, seed=2), activate=False)
+    third = store.write_version(CATALOG, new_version(6, seed=3), activate=True)
+    assert [first.version, second.version, third.version] == [1, 2, 3]
+    assert (first.status, second.status, third.status) == ("active", "staged", "active")
+    assert second.activated_at is None and third.activated_at is not None
+    listed = store.versions(CATALOG)
+    assert [(v.version, v.status) for v in listed] == [(1, "retired"), (2, "staged"), (3, "active")]
+    assert listed[2] == third
+    assert listed[0].parameters == {"lam": 0.5, "graph": {"transform": "identity", "top_k": 0}}
+    assert listed[0].diagnostics == {"retained_variance": 0.9, "graph_tv": None}
+    assert listed[0].counts == CooccurrenceTotals(3, 4.5, 1)
+    assert (listed[0].item_count, listed[0].dim, listed[0].encoder) == (6, 3, ENCODER)
+    assert store.get_catalog(CATALOG).active_version == 3
+
+
+def test_activate_switches_the_pointer_and_returns_the_previous_version(store):
+    add_items(store, [f"i{i}" for i in range(6)])
+    store.write_version(CATALOG, new_version(6, seed=1), activate=False)
+    store.write_version(CATALOG, new_version(6, seed=2), activate=True)
+    assert store.activate(CATALOG, 1) == 2
+    assert store.get_catalog(CATALOG).active_version == 1
+    assert store.activate(CATALOG, 1) == 1  # already active: changes nothing
+    assert [v.status for v in store.versions(CATALOG)] == ["active", "retired"]
+    assert store.activate(CATALOG, 2) == 1  # roll forward again
+    assert [v.status for v in store.versions(CATALOG)] == ["retired", "active"]
+
+
+def test_the_first_activation_returns_zero(store):
+    add_items(store, [f"i{i}" for i in range(4)])
+    store.write_version(CATALOG, new_version(4), activate=False)
+    assert store.activate(CATALOG, 1) == 0
+
+
+def test_a_pinned_version_reads_bit_for_bit_after_a_newer_one_is_activated(store):
+    add_items(store, [f"i{i}" for i in range(10)])
+    old = new_version(10, seed=1)
+    store.write_version(CATALOG, old, activate=True)
+    store.write_version(CATALOG, new_version(10, dim=2, seed=2), activate=True)
+    components, mean = store.read_projection(CATALOG, 1)
+    assert components.dtype == mean.dtype == np.float64
+    assert components.tobytes() == old.components.tobytes()
+    assert mean.tobytes() == old.mean.tobytes()
+    for start, stop in [(0, 10), (3, 9), (5, 50)]:
+        got = store.read_reduced(CATALOG, 1, start, stop)
+        assert got.dtype == np.float32
+        assert got.tobytes() == old.reduced[start:stop].tobytes()
+    assert store.read_reduced(CATALOG, 2, 0, 10).shape == (10, 2)
+
+
+def test_an_unknown_version_is_not_found_and_changes_nothing(store):
+    add_items(store, [f"i{i}" for i in range(4)])
+    store.write_version(CATALOG, new_version(4), activate=True)
+    for call in (
+        lambda: store.activate(CATALOG, 7),
+        lambda: store.read_projection(CATALOG, 7),
+        lambda: store.read_reduced(CATALOG, 7, 0, 4),
+        lambda: store.read_projection(CATALOG, 0),
+    ):
+        with pytest.raises(NotFoundError):
+            call()
+    assert store.get_catalog(CATALOG).active_version == 1
+
+
+def test_a_version_of_the_wrong_shape_is_rejected(store):
+    add_items(store, [f"i{i}" for i in range(4)])
+    bad = new_version(4)
+    for fields in ({"item_count": 5}, {"dim": 2}, {"mean": np.zeros(3)}):
+        with pytest.raises(ValueError):
+            store.write_version(CATALOG, NewVersion(**{**bad.__dict__, **fields}), True)
+    assert store.versions(CATALOG) == []
+
+
+def payload_left(store, version: int) -> bool:
+    """Whether any payload of ``version`` is still stored (published or not)."""
+    if isinstance(store, RedisStore):
+        return bool(list(store._client.scan_iter(match=f"*:v:{version}:*")))
+    with sqlite3.connect(store._path) as conn:
+        query = "SELECT COUNT(*) FROM {} WHERE version = ?"
+        return any(
+            conn.execute(query.format(table), (version,)).fetchone()[0]
+            for table in ("versions", "reduced_blocks")
+        )
+
+
+def test_a_version_that_was_never_published_is_invisible_and_collected(store, monkeypatch):
+    add_items(store, [f"i{i}" for i in range(10)])
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("crash between payload and publish")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_publish", crash)
+        with pytest.raises(RuntimeError, match="crash"):
+            store.write_version(CATALOG, new_version(10), activate=True)
+    assert store.versions(CATALOG) == []
+    assert store.get_catalog(CATALOG).active_version == 0
+    with pytest.raises(NotFoundError):
+        store.read_reduced(CATALOG, 1, 0, 10)
+    with pytest.raises(NotFoundError):
+        store.activate(CATALOG, 1)
+    assert payload_left(store, 1)
+    assert store.collect_garbage(CATALOG, min_age_seconds=3600) == 0  # may still be running
+    assert store.collect_garbage(CATALOG, min_age_seconds=0) == 1
+    assert not payload_left(store, 1)
+    assert store.write_version(CATALOG, new_version(10), activate=True).version == 2
+
+
+def test_a_collected_payload_can_not_be_published(store):
+    add_items(store, [f"i{i}" for i in range(5)])
+    new = new_version(5)
+    version = store._write_payload(CATALOG, new, time.time())
+    assert store.collect_garbage(CATALOG, min_age_seconds=0) == 1
+    with pytest.raises(ConflictError):
+        store._publish(CATALOG, version, record_json(new, time.time()), time.time())
+    assert store.versions(CATALOG) == []
+    assert store.get_catalog(CATALOG).active_version == 0
+
+
+def test_collect_garbage_leaves_published_versions_alone(store):
+    add_items(store, [f"i{i}" for i in range(5)])
+    new = new_version(5)
+    store.write_version(CATALOG, new, activate=True)
+    assert store.collect_garbage(CATALOG, min_age_seconds=0) == 0
+    assert store.read_reduced(CATALOG, 1, 0, 5).tobytes() == new.reduced.tobytes()
+
+
+# -- co-occurrence ------------------------------------------------------------------------
+
+
+def test_a_batch_retried_three_times_counts_once(store):
+    add_items(store, [f"i{i}" for i in range(5)])
+    pushed = batch("w0", "b0", [(0, 1, 1.0), (1, 2, 0.5), (0, 1, 2.0)])
+    results = [store.apply_pair_batches(CATALOG, [pushed]) for _ in range(3)]
+    assert results == [(1, 0), (0, 1), (0, 1)]
+    assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals(3, 3.5, 1)
+    assert_same_matrix(store.read_counts(CATALOG, 5), expected_counts([pushed], 5))
+
+
+def test_duplicates_inside_one_call_count_once(store):
+    add_items(store, [f"i{i}" for i in range(5)])
+    first, other = batch("w0", "b0", [(0, 1, 1.0)]), batch("w1", "b0", [(2, 3, 1.0)])
+    assert store.apply_pair_batches(CATALOG, [first, first, other]) == (2, 1)
+    assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals(2, 2.0, 2)
+
+
+def test_a_call_with_a_bad_batch_applies_none_of_its_batches(store):
+    add_items(store, [f"i{i}" for i in range(5)])
+    good, bad = batch("w0", "b0", [(0, 1, 1.0)]), batch("w0", "b1", [(0, 5, 1.0)])
+    with pytest.raises(ValueError):
+        store.apply_pair_batches(CATALOG, [good, bad])
+    assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals()
+    assert store.read_counts(CATALOG, 5).nnz == 0
+    assert store.apply_pair_batches(CATALOG, [good]) == (1, 0)  # it was not marked as seen
+
+
+@pytest.mark.parametrize(
+    "pairs", [[(1, 1, 1.0)], [(0, 1, 0.0)], [(0, 1, -1.0)], [(0, 1, float("nan"))]]
+)
+def test_self_pairs_and_bad_weights_are_rejected(store, pairs):
+    add_items(store, [f"i{i}" for i in range(3)])
+    with pytest.raises(ValueError):
+        store.apply_pair_batches(CATALOG, [batch("w", "b", pairs)])
+    assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals()
+
+
+def test_concurrent_pushers_give_exact_totals(store):
+    n_items, workers, per_worker = 20, 8, 6
+    add_items(store, [f"i{i}" for i in range(n_items)])
+    rng = np.random.default_rng(0)
+    batches = {}
+    for w in range(workers):
+        for b in range(per_worker):
+            rows = rng.integers(0, n_items, 30)
+            cols = (rows + rng.integers(1, n_items, 30)) % n_items
+            weights = rng.integers(1, 8, 30) / 4  # exact in float32 and in any summation order
+            batches[w, b] = PairBatch(
+                f"w{w}", f"b{b}", rows.astype(np.uint32), cols.astype(np.uint32),
+                weights.astype(np.float32),
+            )  # fmt: skip
+    results: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def push(worker: int) -> None:
+        try:
+            for b in range(per_worker):
+                for _ in range(2):  # every batch retried once
+                    results.append(store.apply_pair_batches(CATALOG, [batches[worker, b]]))
+        except BaseException as error:  # surfaced in the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=push, args=(w,)) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sum(a for a, _ in results) == workers * per_worker
+    assert sum(d for _, d in results) == workers * per_worker
+    everything = list(batches.values())
+    weight = float(sum(b.weights.astype(np.float64).sum() for b in everything))
+    assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals(
+        workers * per_worker * 30, weight, workers * per_worker
+    )
+    assert_same_matrix(store.read_counts(CATALOG, n_items), expected_counts(everything, n_items))
+
+
+def test_compaction_keeps_the_counts_and_the_seen_batches(store):
+    add_items(store, [f"i{i}" for i in range(6)])
+    pushed = [batch("w", f"b{i}", [(i % 5, 5, 0.5), (0, 1 + i % 5, 1.25)]) for i in range(10)]
+    store.apply_pair_batches(CATALOG, pushed)
+    before = store.read_counts(CATALOG, 6)
+    totals = store.cooccurrence_totals(CATALOG)
+    assert store.compact_counts(CATALOG) == 10
+    assert store.compact_counts(CATALOG) == 0  # one entry left: nothing to merge
+    assert_same_matrix(store.read_counts(CATALOG, 6), before)
+    assert store.cooccurrence_totals(CATALOG) == totals
+    assert store.apply_pair_batches(CATALOG, pushed[:2]) == (0, 2)
+    late = batch("w", "late", [(2, 3, 2.0)])
+    store.apply_pair_batches(CATALOG, [late])
+    assert_same_matrix(store.read_counts(CATALOG, 8), expected_counts([*pushed, late], 8))
+
+
+def test_read_counts_compacts_a_long_log(store, monkeypatch):
+    add_items(store, [f"i{i}" for i in range(4)])
+    pushed = [batch("w", f"b{i}", [(0, 1 + i % 3, 0.75)]) for i in range(5)]
+    store.apply_pair_batches(CATALOG, pushed)
+    monkeypatch.setattr(store, "_compact_after", 3)
+    first = store.read_counts(CATALOG, 4)
+    assert store.compact_counts(CATALOG) == 0  # read_counts left a single merged entry
+    assert_same_matrix(store.read_counts(CATALOG, 4), first)
+    assert_same_matrix(first, expected_counts(pushed, 4))
+
+
+# -- refit lock ---------------------------------------------------------------------------
+
+
+def test_the_refit_lock_is_exclusive_and_released_only_by_its_owner(store):
+    assert store.acquire_refit_lock(CATALOG, "a", 30)
+    assert not store.acquire_refit_lock(CATALOG, "b", 30)
+    assert not store.acquire_refit_lock(CATALOG, "a", 30)
+    store.release_refit_lock(CATALOG, "b")  # not b's: nothing happens
+    assert not store.acquire_refit_lock(CATALOG, "b", 30)
+    assert not store.renew_refit_lock(CATALOG, "b", 30)
+    assert store.renew_refit_lock(CATALOG, "a", 30)
+    store.release_refit_lock(CATALOG, "a")
+    assert store.acquire_refit_lock(CATALOG, "b", 30)
+    assert store.acquire_refit_lock("other", "a", 30)  # one lock per catalog
+
+
+def test_the_refit_lock_expires_after_its_lease(store):
+    assert store.acquire_refit_lock(CATALOG, "a", 0.2)
+    assert store.renew_refit_lock(CATALOG, "a", 0.3)
+    time.sleep(0.15)
+    assert not store.acquire_refit_lock(CATALOG, "b", 10)  # the renewal extended it
+    time.sleep(0.25)
+    assert store.acquire_refit_lock(CATALOG, "b", 10)
+    assert not store.renew_refit_lock(CATALOG, "a", 10)  # a's lease is gone
+    store.release_refit_lock(CATALOG, "a")
+    assert not store.acquire_refit_lock(CATALOG, "c", 10)  # still b's
+
+
+# -- backend-specific ---------------------------------------------------------------------
+
+
+def populate(store, name: str) -> None:
+    """Touch every kind of key: items, versions (published and not), batches, the lock."""
+    add_items(store, [f"i{i}" for i in range(6)], name=name)
+    store.write_version(name, new_version(6), activate=True)
+    store._write_payload(name, new_version(6), time.time())
+    store.apply_pair_batches(name, [batch("w", "b", [(0, 1, 1.0)])])
+    store.compact_counts(name)
+    store.acquire_refit_lock(name, "a", 30)
+
+
+@pytest.fixture
+def redis_store(redis_server):
+    with redis_server.client() as client:
+        client.flushall()
+    store = RedisStore(redis_server.url, block_rows=BLOCK_ROWS)
+    yield store
+    store.close()
+
+
+def test_every_redis_key_carries_its_catalog_hash_tag(redis_store):
+    catalogs = ["ml-1m", "ml.100k"]
+    for name in catalogs:
+        populate(redis_store, name)
+    keys = [key.decode() for key in redis_store._client.scan_iter()]
+    assert len(keys) > 20
+    for name in catalogs:
+        mine = [key for key in keys if key.startswith(f"tfllmer:{{{name}}}:")]
+        assert len({key_slot(key.encode()) for key in mine}) == 1
+    assert all(key.startswith(tuple(f"tfllmer:{{{n}}}:" for n in catalogs)) for key in keys)
+
+
+def test_redis_values_are_raw_bytes_or_json_never_pickles(redis_store):
+    populate(redis_store, CATALOG)
+    client = redis_store._client
+    values: list[bytes] = []
+    for key in client.scan_iter():
+        kind = client.type(key)
+        if kind == b"string":
+            values.append(client.get(key))
+        elif kind == b"list":
+            values += client.lrange(key, 0, -1)
+        elif kind == b"hash":
+            values += client.hvals(key)
+        else:
+            values += client.smembers(key)
+        if key.endswith((b":meta", b":versions", b":pending")):
+            text = client.get(key) if kind == b"string" else None
+            for value in [text] if text else client.hvals(key):
+                json.loads(value)
+    assert values and not any(value.startswith(b"\x80") for value in values)
+
+
+def test_an_unreachable_redis_is_store_unavailable(fresh_redis_server):
+    store = RedisStore(fresh_redis_server.url, socket_connect_timeout=1)
+    store.create_catalog(CATALOG, ENCODER)
+    fresh_redis_server.stop()
+    for call in (
+        store.ping,
+        lambda: store.get_catalog(CATALOG),
+        lambda: store.read_raw(CATALOG, 0, 1),
+        lambda: store.acquire_refit_lock(CATALOG, "a", 1),
+    ):
+        with pytest.raises(StoreUnavailableError):
+            call()
+    fresh_redis_server.start()  # empty again (no persistence): the store reconnects
+    store.ping()
+    assert store.create_catalog("back", ENCODER).item_count == 0
+    store.close()
+
+
+def test_redis_store_works_with_a_password_url(fresh_redis_server):
+    with fresh_redis_server.client() as client:
+        client.config_set("requirepass", "s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{fresh_redis_server.port}/0"
+    store = RedisStore(url)
+    store.ping()
+    store.close()
+    with pytest.raises(StoreUnavailableError):
+        RedisStore(fresh_redis_server.url.replace("//", "//:wrong@")).ping()
+
+
+def test_the_local_store_keeps_its_data_across_reopening(tmp_path):
+    path = tmp_path / "store.sqlite3"
+    first = LocalStore(path, block_rows=BLOCK_ROWS)
+    raw = add_items(first, [f"i{i}" for i in range(6)])
+    first.write_version(CATALOG, new_version(6), activate=True)
+    first.close()
+    again = LocalStore(path)
+    assert again.get_catalog(CATALOG).active_version == 1
+    np.testing.assert_array_equal(again.read_raw(CATALOG, 0, 6), raw)
+    again.close()
+
+
+def test_open_store_picks_the_backend_from_the_url(tmp_path, redis_server):
+    for url in (str(tmp_path / "a.db"), f"sqlite:///{tmp_path}/b.db"):
+        store = open_store(url)
+        assert isinstance(store, LocalStore)
+        store.close()
+    assert (tmp_path / "b.db").exists()
+    store = open_store(redis_server.url)
+    assert isinstance(store, RedisStore)
+    store.ping()
+    store.close()
