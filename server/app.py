@@ -1,0 +1,166 @@
+"""The composition root: config in, a running gRPC server out.
+
+``EmbeddingServer`` wires the store, the encoder and the servicer with health checking,
+reflection, auth, metrics and TLS, and shuts down gracefully: health turns NOT_SERVING first
+(so load balancers stop routing), then in-flight calls get ``shutdown_grace_seconds`` to
+finish. ``python -m server`` runs it until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
+from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
+from server.config import ServerConfig
+from server.encoders.base import Encoder
+from server.service.auth import auth_interceptor
+from server.service.catalog_service import CatalogService, Limits
+from server.service.metrics import MetricsInterceptor, ServiceMetrics, start_metrics_server
+from server.service.servicer import EmbeddingServicer
+from server.service.tls import add_listening_port
+from server.stores import CatalogStore, StoreError, open_store
+
+log = logging.getLogger(__name__)
+STORE_CHECK_SECONDS = 5.0
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+
+
+def build_encoder(config: ServerConfig) -> Encoder:
+    """The configured backend; heavy imports happen only for the one chosen."""
+    if config.encoder_backend == "vllm":
+        from server.encoders.vllm_encoder import VLLMEncoder
+
+        return VLLMEncoder(config.model)
+    if config.encoder_backend == "openai":
+        from server.encoders.openai_http import OpenAICompatibleEncoder
+
+        return OpenAICompatibleEncoder(
+            config.openai_base_url or "", config.model, api_key=config.openai_api_key,
+            token_budget=config.encode_batch_tokens,
+            timeout_seconds=config.openai_timeout_seconds,
+        )
+    from server.encoders.sentence_transformer import (
+        DEFAULT_MODEL_NAME,
+        SentenceTransformerEncoder,
+    )
+
+    return SentenceTransformerEncoder(
+        None if config.model == DEFAULT_MODEL_NAME else config.model,
+        output=config.encoder_output,
+        device=None if config.encoder_device == "auto" else config.encoder_device,
+        token_budget=config.encode_batch_tokens,
+    )
+
+
+def build_limits(config: ServerConfig) -> Limits:
+    return Limits(
+        max_items_per_upsert=config.max_items_per_upsert,
+        max_text_chars=config.max_text_chars,
+        max_pairs_per_push=config.max_pairs_per_push,
+        max_similar_k=config.max_similar_k,
+        refit_lock_lease_seconds=config.refit_lock_lease_seconds,
+        version_cache_size=config.version_cache_size,
+        raw_dtype="<f2" if config.raw_vector_dtype == "float16" else "<f4",
+    )
+
+
+class EmbeddingServer:
+    """One server process. ``store`` and ``encoder`` may be passed in (tests, the demo) so
+    a model is loaded once; otherwise they are built from ``config``."""
+
+    def __init__(self, config: ServerConfig, *, store: CatalogStore | None = None,
+                 encoder: Encoder | None = None) -> None:
+        self.config = config
+        self._store = store
+        self._encoder = encoder
+        self.metrics = ServiceMetrics()
+        self.health = HealthServicer()
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._metrics_http: Any = None
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Load the encoder and reach the store, then open the port. Health is NOT_SERVING
+        until both are ready and whenever the store stops answering afterwards."""
+        config = self.config
+        store, encoder = await asyncio.to_thread(self._dependencies)
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        auth = auth_interceptor(config)
+        if auth is not None:
+            interceptors.insert(0, auth)
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[("grpc.max_receive_message_length", config.max_receive_message_bytes),
+                     ("grpc.max_send_message_length", config.max_send_message_bytes)],
+        )
+        service = CatalogService(store, encoder, build_limits(config))
+        pb_grpc.add_EmbeddingServiceServicer_to_server(
+            EmbeddingServicer(service, config.default_chunk_bytes, config.max_send_message_bytes),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server)
+        self.port = add_listening_port(server, config)
+        await server.start()
+        self._server = server
+        if config.metrics_port:
+            self._metrics_http = start_metrics_server(
+                config.metrics_port, config.host, self.metrics.registry)
+        await self._set_health(True)
+        self._watch = asyncio.create_task(self._watch_store(store))
+        log.info("listening on %s:%d with encoder %s and store %s", config.host, self.port,
+                 encoder.name, type(store).__name__)
+        return self.port
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else (
+            health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _watch_store(self, store: CatalogStore) -> None:
+        """Report NOT_SERVING while the store does not answer, SERVING once it does again."""
+        serving = True
+        while True:
+            await asyncio.sleep(STORE_CHECK_SECONDS)
+            try:
+                await asyncio.to_thread(store.ping)
+                healthy = True
+            except StoreError:
+                healthy = False
+            if healthy != serving:
+                serving = healthy
+                log.warning("store %s", "answers again" if healthy else "does not answer")
+                await self._set_health(healthy)
+
+    def _dependencies(self) -> tuple[CatalogStore, Encoder]:
+        store = self._store or open_store(self.config.store_url)
+        store.ping()
+        self._store = store
+        self._encoder = self._encoder or build_encoder(self.config)
+        return store, self._encoder
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first, then let in-flight calls finish within the grace period."""
+        if self._watch is not None:
+            self._watch.cancel()
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()

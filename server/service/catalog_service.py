@@ -1,0 +1,428 @@
+"""What the service does, free of gRPC: upsert, describe, serve, push, refit, activate, search.
+
+Methods are synchronous (numpy and store I/O); the gRPC servicer runs them in worker threads.
+Each validates its request completely before it writes anything, so a rejected call changes
+nothing; store failures surface as ``StoreUnavailableError`` (UNAVAILABLE).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from server.encoders.base import Encoder
+from server.recpca import FitSettings, Projection, fit_recpca
+from server.service.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from server.service.validation import (
+    FitRequest,
+    PairBlock,
+    verify_catalog,
+    verify_fit,
+    verify_items,
+    verify_pair_batches,
+    verify_similar,
+    verify_version,
+)
+from server.stores.base import (
+    CatalogState,
+    CatalogStore,
+    ConflictError,
+    CooccurrenceTotals,
+    EncoderIdentity,
+    ItemChanges,
+    NewVersion,
+    NotFoundError,
+    StoreError,
+    VersionRecord,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_items_per_upsert: int = 100_000
+    max_text_chars: int = 8192
+    max_pairs_per_push: int = 5_000_000
+    max_similar_k: int = 1000
+    refit_lock_lease_seconds: float = 300.0
+    version_cache_size: int = 4
+    raw_dtype: str = "<f4"
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    added: int
+    changed: int
+    unchanged: int
+    item_count: int
+
+
+@dataclass(frozen=True)
+class PushResult:
+    applied: int
+    duplicates: int
+    pairs_added: int
+    weight_added: float
+    totals: CooccurrenceTotals
+
+
+@dataclass(frozen=True)
+class CatalogDescription:
+    state: CatalogState
+    versions: list[VersionRecord]
+    totals: CooccurrenceTotals
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a GetItemEmbeddings call serves, fixed when it starts."""
+
+    version: int  # 0 for raw vectors
+    dim: int
+    kind: str  # "reduced" | "raw"
+    rows: np.ndarray | None  # None: every row in order
+    item_count: int  # rows served
+    encoder: EncoderIdentity
+
+
+class VersionView:
+    """A published version held in memory: ``W``, ``μ``, its stored served vectors and a
+    lazily built search index. Versions are immutable, so views never go stale."""
+
+    def __init__(
+        self, record: VersionRecord, components: np.ndarray, mean: np.ndarray, reduced: np.ndarray
+    ) -> None:
+        self.record = record
+        self.projection = Projection(components, mean, float(record.diagnostics.get("lam", 0)))
+        self.reduced = reduced
+        self._index: Any = None
+        self._lock = threading.Lock()
+
+    def index(self) -> Any:
+        with self._lock:
+            if self._index is None:
+                import faiss
+
+                self._index = faiss.IndexFlatIP(self.reduced.shape[1])
+                self._index.add(np.ascontiguousarray(self.reduced))
+            return self._index
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class CatalogService:
+    def __init__(self, store: CatalogStore, encoder: Encoder, limits: Limits = Limits()) -> None:
+        self.store = store
+        self.encoder = encoder
+        self.limits = limits
+        self.identity = EncoderIdentity(encoder.name, encoder.dim)
+        self._views: OrderedDict[tuple[str, int], VersionView] = OrderedDict()
+        self._views_lock = threading.Lock()
+
+    # -- catalogs ---------------------------------------------------------------------
+    def _catalog(self, name: str) -> CatalogState:
+        verify_catalog(name)
+        state = self.store.get_catalog(name)
+        if state is None:
+            raise NotFound(f"catalog {name!r} does not exist")
+        return state
+
+    def describe(self, name: str) -> CatalogDescription:
+        state = self._catalog(name)
+        return CatalogDescription(
+            state, self.store.versions(name), self.store.cooccurrence_totals(name)
+        )
+
+    # -- UpsertItems ------------------------------------------------------------------
+    def upsert_items(self, name: str, ids: Sequence[str], texts: Sequence[str]) -> UpsertResult:
+        limits = self.limits
+        verify_items(name, ids, texts, limits.max_items_per_upsert, limits.max_text_chars)
+        state = self.store.get_catalog(name)
+        if state is not None and state.encoder != self.identity:
+            raise FailedPrecondition(
+                f"catalog {name!r} was encoded by {state.encoder.name} (dim "
+                f"{state.encoder.dim}); this server runs {self.identity.name} "
+                f"(dim {self.identity.dim})"
+            )
+        base_count = state.item_count if state else 0
+        rows = self.store.find_rows(name, ids) if state else np.full(len(ids), -1)
+        hashes = [text_hash(text) for text in texts]
+        known = np.flatnonzero(rows >= 0)
+        stored = self.store.text_hashes(name, rows[known]) if len(known) else []
+        changed = [i for i, old in zip(known, stored, strict=True) if old != hashes[i]]
+        new = np.flatnonzero(rows < 0).tolist()
+        to_encode = [texts[i] for i in new + changed]
+        started = time.perf_counter()
+        vectors = self.encoder.encode(to_encode) if to_encode else np.empty((0, self.identity.dim))
+        if to_encode:
+            log.info(
+                "encoded %d texts for %s in %.2fs",
+                len(to_encode),
+                name,
+                time.perf_counter() - started,
+            )
+        changes = ItemChanges(
+            base_count=base_count,
+            new_ids=[ids[i] for i in new],
+            new_text_hashes=[hashes[i] for i in new],
+            new_vectors=vectors[: len(new)],
+            changed_rows=rows[changed].astype(np.int64),
+            changed_text_hashes=[hashes[i] for i in changed],
+            changed_vectors=vectors[len(new) :],
+        )
+        if state is None:
+            self.store.create_catalog(name, self.identity, self.limits.raw_dtype)
+        try:
+            count = self.store.commit_items(name, changes)
+        except ConflictError as error:
+            raise Aborted(f"a concurrent UpsertItems on {name!r} committed first; retry") from error
+        return UpsertResult(len(new), len(changed), len(ids) - len(new) - len(changed), count)
+
+    # -- GetItemEmbeddings ------------------------------------------------------------
+    def select(self, name: str, version: int, ids: Sequence[str], kind: str) -> Selection:
+        verify_version(version)
+        state = self._catalog(name)
+        rows = None
+        if ids:
+            rows = self.store.find_rows(name, ids)
+            if np.any(rows < 0):
+                missing = ids[int(np.argmax(rows < 0))]
+                raise NotFound(f"item {missing!r} is not in catalog {name!r}")
+        count = state.item_count if rows is None else len(rows)
+        if kind == "raw":
+            if version:
+                raise InvalidArgument("raw vectors are not versioned: ask for version 0")
+            return Selection(0, state.encoder.dim, "raw", rows, count, state.encoder)
+        view = self.view(name, self._resolve(state, version))
+        return Selection(
+            view.record.version, view.record.dim, "reduced", rows, count, view.record.encoder
+        )
+
+    def chunks(
+        self, name: str, selection: Selection, rows_per_chunk: int
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(start, rows, float32 vectors)`` per chunk, in order."""
+        for start in range(0, selection.item_count, rows_per_chunk):
+            stop = min(start + rows_per_chunk, selection.item_count)
+            if selection.rows is None:
+                rows = np.arange(start, stop, dtype=np.int64)
+            else:
+                rows = selection.rows[start:stop]
+            yield start, rows, self._vectors(name, selection, rows)
+
+    def _vectors(self, name: str, selection: Selection, rows: np.ndarray) -> np.ndarray:
+        if selection.kind == "raw":
+            if selection.rows is None:
+                return self.store.read_raw(name, int(rows[0]), int(rows[-1]) + 1)
+            return self.store.read_raw_rows(name, rows)
+        view = self.view(name, selection.version)
+        fitted = rows < len(view.reduced)
+        if fitted.all():
+            return view.reduced[rows]
+        out = np.empty((len(rows), selection.dim), dtype=np.float32)
+        out[fitted] = view.reduced[rows[fitted]]
+        # Items added after the fit: served through the version's projection (cold start).
+        out[~fitted] = view.projection.transform(self.store.read_raw_rows(name, rows[~fitted]))
+        return out
+
+    def _resolve(self, state: CatalogState, version: int) -> int:
+        if version:
+            return version
+        if not state.active_version:
+            raise FailedPrecondition(
+                f"catalog {state.name!r} has no active version yet: refit and activate first"
+            )
+        return state.active_version
+
+    def view(self, name: str, version: int) -> VersionView:
+        """The cached view of a published version (LRU of ``version_cache_size``)."""
+        key = (name, version)
+        with self._views_lock:
+            if key in self._views:
+                self._views.move_to_end(key)
+                return self._views[key]
+        record = next((r for r in self.store.versions(name) if r.version == version), None)
+        if record is None:
+            raise NotFound(f"catalog {name!r} has no version {version}")
+        components, mean = self.store.read_projection(name, version)
+        reduced = self.store.read_reduced(name, version, 0, record.item_count)
+        view = VersionView(record, components, mean, reduced)
+        with self._views_lock:
+            self._views[key] = view
+            while len(self._views) > max(self.limits.version_cache_size, 1):
+                self._views.popitem(last=False)
+        return view
+
+    # -- PushCooccurrence -------------------------------------------------------------
+    def push(self, name: str, blocks: Sequence[PairBlock]) -> PushResult:
+        state = self._catalog(name)
+        batches = verify_pair_batches(
+            name, blocks, state.item_count, self.limits.max_pairs_per_push
+        )
+        before = self.store.cooccurrence_totals(name)
+        applied, duplicates = self.store.apply_pair_batches(name, batches)
+        after = self.store.cooccurrence_totals(name)
+        return PushResult(
+            applied, duplicates, after.pairs - before.pairs, after.weight - before.weight, after
+        )
+
+    # -- RefitProjection --------------------------------------------------------------
+    def refit(self, name: str, request: FitRequest, activate: bool) -> tuple[VersionRecord, int]:
+        state = self._catalog(name)
+        settings = verify_fit(request, state.encoder.dim)
+        if state.item_count < settings.dim + 1:
+            raise FailedPrecondition(
+                f"catalog {name!r} has {state.item_count} items; a fit of dim {settings.dim} "
+                f"needs at least {settings.dim + 1}"
+            )
+        owner = uuid.uuid4().hex
+        lease = self.limits.refit_lock_lease_seconds
+        if not self.store.acquire_refit_lock(name, owner, lease):
+            raise Aborted(f"a refit of {name!r} is already running; retry after it finishes")
+        renewer = _LeaseRenewer(self.store, name, owner, lease)
+        try:
+            return self._refit_locked(state, settings, activate)
+        finally:
+            renewer.stop()
+            self.store.release_refit_lock(name, owner)
+
+    def _refit_locked(
+        self, state: CatalogState, settings: FitSettings, activate: bool
+    ) -> tuple[VersionRecord, int]:
+        name, count = state.name, state.item_count
+        totals = self.store.cooccurrence_totals(name)
+        if settings.lam and not totals.pairs:
+            raise FailedPrecondition(
+                f"lam > 0 needs co-occurrence counts and catalog {name!r} has none yet"
+            )
+        started = time.perf_counter()
+        raw = self.store.read_raw(name, 0, count)
+        counts = self.store.read_counts(name, count) if totals.pairs else None
+        try:
+            result = fit_recpca(raw, counts, settings)
+        except ValueError as error:  # e.g. vectors without variance
+            raise FailedPrecondition(f"cannot fit catalog {name!r}: {error}") from error
+        reduced = result.projection.transform(raw)
+        parameters = {
+            "dim": settings.dim,
+            "lam": settings.lam,
+            "retention_budget": settings.retention,
+            "graph": asdict(settings.graph),
+        }
+        new = NewVersion(
+            item_count=count,
+            dim=settings.dim,
+            encoder=state.encoder,
+            parameters=parameters,
+            diagnostics=result.diagnostics.to_dict(),
+            counts=totals,
+            fit_seconds=time.perf_counter() - started,
+            components=result.projection.components,
+            mean=result.projection.mean,
+            reduced=reduced,
+        )
+        previous = self.store.get_catalog(name).active_version  # type: ignore[union-attr]
+        record = self.store.write_version(name, new, activate)
+        log.info(
+            "catalog %s: version %d written (%s) in %.2fs, λ=%.4g",
+            name,
+            record.version,
+            record.status,
+            new.fit_seconds,
+            result.projection.lam,
+        )
+        return record, previous
+
+    # -- ActivateVersion --------------------------------------------------------------
+    def activate(self, name: str, version: int) -> tuple[int, int]:
+        if version <= 0:
+            raise InvalidArgument(f"version must be >= 1, got {version}")
+        self._catalog(name)
+        try:
+            previous = self.store.activate(name, version)
+        except NotFoundError as error:
+            raise NotFound(f"catalog {name!r} has no version {version}") from error
+        return previous, version
+
+    # -- SimilarItems -----------------------------------------------------------------
+    def similar(
+        self, name: str, version: int, item_id: str | None, vector: bytes | None, k: int
+    ) -> tuple[int, list[tuple[str, int, float]]]:
+        verify_version(version)
+        k = verify_similar(k, self.limits.max_similar_k)
+        state = self._catalog(name)
+        view = self.view(name, self._resolve(state, version))
+        exclude = -1
+        if item_id is not None:
+            row = int(self.store.find_rows(name, [item_id])[0])
+            if row < 0:
+                raise NotFound(f"item {item_id!r} is not in catalog {name!r}")
+            exclude = row
+            selection = Selection(
+                view.record.version,
+                view.record.dim,
+                "reduced",
+                None,
+                state.item_count,
+                view.record.encoder,
+            )
+            query = self._vectors(name, selection, np.array([row]))
+        else:
+            query = _query_vector(vector or b"", view.record.dim)
+        scores, found = view.index().search(query, min(k + 1, len(view.reduced)))
+        hits = [
+            (int(r), float(s))
+            for r, s in zip(found[0], scores[0], strict=True)
+            if r >= 0 and r != exclude
+        ][:k]
+        return view.record.version, [
+            (self.store.item_ids(name, row, row + 1)[0], row, score) for row, score in hits
+        ]
+
+
+def _query_vector(block: bytes, dim: int) -> np.ndarray:
+    if len(block) != 4 * dim:
+        raise InvalidArgument(f"query vector must be {dim} float32 values ({4 * dim} bytes)")
+    query = np.frombuffer(block, dtype="<f4").reshape(1, dim).astype(np.float32)
+    norm = float(np.linalg.norm(query))
+    if not np.isfinite(norm) or norm == 0:
+        raise InvalidArgument("query vector must be finite and non-zero")
+    return query / norm
+
+
+class _LeaseRenewer:
+    """Keeps a refit lock's lease alive while a long fit runs (renews at a third of it)."""
+
+    def __init__(self, store: CatalogStore, name: str, owner: str, lease: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(store, name, owner, lease), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, store: CatalogStore, name: str, owner: str, lease: float) -> None:
+        while not self._stop.wait(lease / 3):
+            try:
+                renewed = store.renew_refit_lock(name, owner, lease)
+            except StoreError as error:  # the store may come back before the lease ends
+                log.warning("could not renew the refit lock of %s: %s", name, error)
+                continue
+            if not renewed:
+                log.warning("refit lock of %s lost before the fit finished", name)
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

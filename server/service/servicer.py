@@ -1,0 +1,271 @@
+"""The gRPC servicer: protobuf in, ``CatalogService`` call in a worker thread, protobuf out.
+
+It holds no logic of its own beyond reading streams, sizing response chunks and mapping
+errors to status codes in one place (``_run``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
+from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
+from server.service.catalog_service import CatalogService, Selection
+from server.service.errors import ServiceError
+from server.service.validation import FitRequest, PairBlock
+from server.service.vector_codec import bytes_per_value, encode_vectors
+from server.stores.base import (
+    ConflictError,
+    CooccurrenceTotals,
+    EncoderIdentity,
+    NotFoundError,
+    StoreUnavailableError,
+    VersionRecord,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DTYPES = {pb.DTYPE_UNSPECIFIED: "float32", pb.DTYPE_FLOAT32: "float32",
+          pb.DTYPE_FLOAT16: "float16", pb.DTYPE_BFLOAT16: "bfloat16"}
+DTYPE_ENUM = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16,
+              "bfloat16": pb.DTYPE_BFLOAT16}
+KINDS = {pb.EMBEDDING_KIND_UNSPECIFIED: "reduced", pb.EMBEDDING_KIND_REDUCED: "reduced",
+         pb.EMBEDDING_KIND_RAW: "raw"}
+TRANSFORMS = {pb.GRAPH_TRANSFORM_UNSPECIFIED: "identity", pb.GRAPH_TRANSFORM_IDENTITY: "identity",
+              pb.GRAPH_TRANSFORM_LOG1P: "log1p", pb.GRAPH_TRANSFORM_TOP_K: "topk"}
+TRANSFORM_ENUM = {"identity": pb.GRAPH_TRANSFORM_IDENTITY, "log1p": pb.GRAPH_TRANSFORM_LOG1P,
+                  "topk": pb.GRAPH_TRANSFORM_TOP_K}
+STATUS_ENUM = {"staged": pb.VERSION_STATUS_STAGED, "active": pb.VERSION_STATUS_ACTIVE,
+               "retired": pb.VERSION_STATUS_RETIRED}
+# Room for the header, field tags and the chunk's id strings beyond its vector bytes.
+CHUNK_OVERHEAD = 1024
+
+
+class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
+    def __init__(
+        self, service: CatalogService, default_chunk_bytes: int, max_send_bytes: int
+    ) -> None:
+        self.service = service
+        self.default_chunk_bytes = default_chunk_bytes
+        self.max_send_bytes = max_send_bytes
+
+    async def _run(self, context: grpc.aio.ServicerContext, function: Callable[..., T],
+                   *args: Any) -> T:
+        """Run a service call off the event loop; map every expected failure to a status."""
+        try:
+            return await asyncio.to_thread(function, *args)
+        except ServiceError as error:
+            await context.abort(getattr(grpc.StatusCode, error.code), error.message)
+        except StoreUnavailableError as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {error}")
+        except NotFoundError as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        except ConflictError as error:
+            await context.abort(grpc.StatusCode.ABORTED, str(error))
+        except ValueError as error:  # a store's own input checks
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        raise AssertionError("context.abort always raises")
+
+    async def _same_catalog(self, context: grpc.aio.ServicerContext, first: str | None,
+                            catalog: str) -> str:
+        if first is not None and catalog != first:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "every message of a stream must name the same catalog")
+        return catalog
+
+    async def UpsertItems(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
+                          context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
+        catalog: str | None = None
+        ids: list[str] = []
+        texts: list[str] = []
+        limit = self.service.limits.max_items_per_upsert
+        async for message in request_iterator:
+            catalog = await self._same_catalog(context, catalog, message.catalog)
+            ids.extend(item.id for item in message.items)
+            texts.extend(item.text for item in message.items)
+            if len(ids) > limit:  # stop reading early: memory stays bounded
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"more than {limit} items in one call; split the ingest")
+        if catalog is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream had no message")
+        result = await self._run(context, self.service.upsert_items, catalog, ids, texts)
+        return pb.UpsertItemsResponse(added=result.added, changed=result.changed,
+                                      unchanged=result.unchanged, item_count=result.item_count)
+
+    async def DescribeCatalog(self, request: pb.DescribeCatalogRequest,
+                              context: grpc.aio.ServicerContext) -> pb.DescribeCatalogResponse:
+        found = await self._run(context, self.service.describe, request.catalog)
+        return pb.DescribeCatalogResponse(
+            catalog=found.state.name, item_count=found.state.item_count,
+            encoder=_encoder(found.state.encoder), active_version=found.state.active_version,
+            versions=[_version(record) for record in found.versions],
+            cooccurrence=_totals(found.totals),
+        )
+
+    async def GetItemEmbeddings(self, request: pb.GetItemEmbeddingsRequest,
+                                context: grpc.aio.ServicerContext
+                                ) -> AsyncIterator[pb.GetItemEmbeddingsResponse]:
+        dtype, kind = DTYPES.get(request.dtype), KINDS.get(request.kind)
+        if dtype is None or kind is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown dtype or kind")
+        if request.max_chunk_bytes < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_chunk_bytes must be >= 0")
+        selection: Selection = await self._run(
+            context, self.service.select, request.catalog, request.version,
+            list(request.item_ids), kind,
+        )
+        budget = min(request.max_chunk_bytes or self.default_chunk_bytes, self.max_send_bytes)
+        row_bytes = selection.dim * bytes_per_value(dtype) + 8
+        rows_per_chunk = max(1, (budget - CHUNK_OVERHEAD) // (row_bytes + 40))
+        header = pb.EmbeddingHeader(
+            version=selection.version, dim=selection.dim, dtype=DTYPE_ENUM[dtype],
+            kind=pb.EMBEDDING_KIND_RAW if kind == "raw" else pb.EMBEDDING_KIND_REDUCED,
+            item_count=selection.item_count, encoder=_encoder(selection.encoder),
+        )
+        if selection.item_count == 0:
+            yield pb.GetItemEmbeddingsResponse(header=header)
+            return
+        chunks = self.service.chunks(request.catalog, selection, rows_per_chunk)
+        while True:
+            chunk = await self._run(context, next, chunks, None)
+            if chunk is None:
+                return
+            start, rows, vectors = chunk
+            ids = [] if request.omit_item_ids else await self._run(
+                context, self._ids, request.catalog, selection, rows)
+            for message in self._messages(start, rows, ids, vectors, dtype, budget):
+                if header is not None:
+                    message.header.CopyFrom(header)
+                    header = None
+                yield message
+
+    def _ids(self, catalog: str, selection: Selection, rows: np.ndarray) -> list[str]:
+        store = self.service.store
+        if selection.rows is None:
+            return store.item_ids(catalog, int(rows[0]), int(rows[-1]) + 1)
+        return [store.item_ids(catalog, int(row), int(row) + 1)[0] for row in rows]
+
+    def _messages(self, start: int, rows: np.ndarray, ids: list[str], vectors: np.ndarray,
+                  dtype: str, budget: int) -> list[pb.GetItemEmbeddingsResponse]:
+        """One message, or halves of it until each fits the byte budget (long ids)."""
+        message = pb.GetItemEmbeddingsResponse(
+            start=start, rows=rows.astype("<u4").tobytes(), item_ids=ids,
+            vectors=encode_vectors(vectors, dtype),
+        )
+        if len(rows) == 1 or message.ByteSize() + CHUNK_OVERHEAD <= budget:
+            return [message]
+        half = len(rows) // 2
+        return (self._messages(start, rows[:half], ids[:half], vectors[:half], dtype, budget)
+                + self._messages(start + half, rows[half:], ids[half:], vectors[half:], dtype,
+                                 budget))
+
+    async def PushCooccurrence(self, request_iterator: AsyncIterator[pb.PushCooccurrenceRequest],
+                               context: grpc.aio.ServicerContext) -> pb.PushCooccurrenceResponse:
+        catalog: str | None = None
+        blocks: list[PairBlock] = []
+        pairs, limit = 0, self.service.limits.max_pairs_per_push
+        async for message in request_iterator:
+            catalog = await self._same_catalog(context, catalog, message.catalog)
+            blocks.append(PairBlock(message.worker_id, message.batch_id, message.rows,
+                                    message.cols, message.weights))
+            pairs += len(message.rows) // 4
+            if pairs > limit:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"more than {limit} pairs in one call; push in several calls")
+        if catalog is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream had no message")
+        result = await self._run(context, self.service.push, catalog, blocks)
+        return pb.PushCooccurrenceResponse(
+            batches_applied=result.applied, duplicates_ignored=result.duplicates,
+            pairs_added=result.pairs_added, weight_added=result.weight_added,
+            totals=_totals(result.totals),
+        )
+
+    async def RefitProjection(self, request: pb.RefitProjectionRequest,
+                              context: grpc.aio.ServicerContext) -> pb.RefitProjectionResponse:
+        params = request.parameters
+        strength = params.WhichOneof("strength")
+        transform = TRANSFORMS.get(params.graph.transform)
+        if transform is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown graph transform")
+        record, previous = await self._run(
+            context, self.service.refit, request.catalog, FitRequest(
+                dim=params.dim,
+                lam=params.lam if strength == "lam" else None,
+                retention=params.retention_budget if strength == "retention_budget" else None,
+                transform=transform,
+                top_k=params.graph.top_k,
+            ), request.activate)
+        return pb.RefitProjectionResponse(version=_version(record),
+                                          previous_active_version=previous)
+
+    async def ActivateVersion(self, request: pb.ActivateVersionRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ActivateVersionResponse:
+        previous, active = await self._run(
+            context, self.service.activate, request.catalog, request.version)
+        return pb.ActivateVersionResponse(previous_active_version=previous, active_version=active)
+
+    async def SimilarItems(self, request: pb.SimilarItemsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.SimilarItemsResponse:
+        query = request.WhichOneof("query")
+        if query is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give an item_id or a vector")
+        version, hits = await self._run(
+            context, self.service.similar, request.catalog, request.version,
+            request.item_id if query == "item_id" else None,
+            request.vector if query == "vector" else None, request.k,
+        )
+        return pb.SimilarItemsResponse(version=version, items=[
+            pb.SimilarItem(item_id=item_id, row=row, score=score) for item_id, row, score in hits
+        ])
+
+
+def _encoder(identity: EncoderIdentity) -> pb.EncoderInfo:
+    return pb.EncoderInfo(name=identity.name, dim=identity.dim)
+
+
+def _totals(totals: CooccurrenceTotals) -> pb.CooccurrenceTotals:
+    return pb.CooccurrenceTotals(pairs=totals.pairs, total_weight=totals.weight,
+                                 batches=totals.batches)
+
+
+def _timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _version(record: VersionRecord) -> pb.CatalogVersion:
+    params = record.parameters
+    graph = params.get("graph", {})
+    fit = pb.FitParameters(
+        dim=record.dim,
+        graph=pb.GraphOptions(
+            transform=TRANSFORM_ENUM[graph.get("transform", "identity")],
+            top_k=graph.get("top_k", 0) if graph.get("transform") == "topk" else 0,
+        ),
+    )
+    if params.get("lam") is not None:
+        fit.lam = params["lam"]
+    else:
+        fit.retention_budget = record.diagnostics.get("retention_budget") or 0.0
+    diagnostics = pb.FitDiagnostics(**{
+        key: value for key, value in record.diagnostics.items()
+        if value is not None and key in pb.FitDiagnostics.DESCRIPTOR.fields_by_name
+    })
+    return pb.CatalogVersion(
+        version=record.version, status=STATUS_ENUM[record.status], item_count=record.item_count,
+        encoder=_encoder(record.encoder), parameters=fit, diagnostics=diagnostics,
+        cooccurrence=_totals(record.counts), create_time=_timestamp(record.created_at),
+        activate_time=_timestamp(record.activated_at), fit_seconds=record.fit_seconds,
+    )
