@@ -104,7 +104,8 @@ class EmbeddingServer:
         )
         service = CatalogService(store, encoder, build_limits(config))
         pb_grpc.add_EmbeddingServiceServicer_to_server(
-            EmbeddingServicer(service, config.default_chunk_bytes, config.max_send_message_bytes),
+            EmbeddingServicer(service, self.metrics, config.default_chunk_bytes,
+                              config.max_send_message_bytes),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

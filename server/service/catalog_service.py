@@ -65,6 +65,7 @@ class UpsertResult:
     changed: int
     unchanged: int
     item_count: int
+    encode_seconds: float
 
 
 @dataclass(frozen=True)
@@ -165,14 +166,12 @@ class CatalogService:
         new = np.flatnonzero(rows < 0).tolist()
         to_encode = [texts[i] for i in new + changed]
         started = time.perf_counter()
-        vectors = self.encoder.encode(to_encode) if to_encode else np.empty((0, self.identity.dim))
-        if to_encode:
-            log.info(
-                "encoded %d texts for %s in %.2fs",
-                len(to_encode),
-                name,
-                time.perf_counter() - started,
-            )
+        vectors = (
+            self.encoder.encode(to_encode, progress=_ProgressLog(name, len(to_encode)))
+            if to_encode
+            else np.empty((0, self.identity.dim), dtype=np.float32)
+        )
+        encode_seconds = time.perf_counter() - started
         changes = ItemChanges(
             base_count=base_count,
             new_ids=[ids[i] for i in new],
@@ -188,7 +187,8 @@ class CatalogService:
             count = self.store.commit_items(name, changes)
         except ConflictError as error:
             raise Aborted(f"a concurrent UpsertItems on {name!r} committed first; retry") from error
-        return UpsertResult(len(new), len(changed), len(ids) - len(new) - len(changed), count)
+        unchanged = len(ids) - len(new) - len(changed)
+        return UpsertResult(len(new), len(changed), unchanged, count, encode_seconds)
 
     # -- GetItemEmbeddings ------------------------------------------------------------
     def select(self, name: str, version: int, ids: Sequence[str], kind: str) -> Selection:
@@ -390,6 +390,24 @@ class CatalogService:
         return view.record.version, [
             (self.store.item_ids(name, row, row + 1)[0], row, score) for row, score in hits
         ]
+
+
+class _ProgressLog:
+    """Logs an ingest's encoding progress about every 10 % (long ingests take minutes)."""
+
+    def __init__(self, catalog: str, total: int) -> None:
+        self.catalog, self.total, self.done, self.next_report = catalog, total, 0, 0.1
+        self.started = time.perf_counter()
+
+    def __call__(self, encoded: int) -> None:
+        self.done += encoded
+        if self.done >= self.next_report * self.total:
+            rate = self.done / max(time.perf_counter() - self.started, 1e-9)
+            log.info(
+                "catalog %s: encoded %d/%d texts (%.0f/s)",
+                self.catalog, self.done, self.total, rate,
+            )
+            self.next_report = self.done / self.total + 0.1
 
 
 def _query_vector(block: bytes, dim: int) -> np.ndarray:

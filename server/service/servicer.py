@@ -19,6 +19,7 @@ from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.service.catalog_service import CatalogService, Selection
 from server.service.errors import ServiceError
+from server.service.metrics import ServiceMetrics
 from server.service.validation import FitRequest, PairBlock
 from server.service.vector_codec import bytes_per_value, encode_vectors
 from server.stores.base import (
@@ -51,9 +52,11 @@ CHUNK_OVERHEAD = 1024
 
 class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     def __init__(
-        self, service: CatalogService, default_chunk_bytes: int, max_send_bytes: int
+        self, service: CatalogService, metrics: ServiceMetrics, default_chunk_bytes: int,
+        max_send_bytes: int,
     ) -> None:
         self.service = service
+        self.metrics = metrics
         self.default_chunk_bytes = default_chunk_bytes
         self.max_send_bytes = max_send_bytes
 
@@ -65,6 +68,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         except ServiceError as error:
             await context.abort(getattr(grpc.StatusCode, error.code), error.message)
         except StoreUnavailableError as error:
+            self.metrics.record_store_error(getattr(function, "__name__", "call"))
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {error}")
         except NotFoundError as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
@@ -97,6 +101,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         if catalog is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream had no message")
         result = await self._run(context, self.service.upsert_items, catalog, ids, texts)
+        self.metrics.record_encoded(result.added + result.changed, result.encode_seconds)
         return pb.UpsertItemsResponse(added=result.added, changed=result.changed,
                                       unchanged=result.unchanged, item_count=result.item_count)
 
@@ -145,6 +150,8 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                 if header is not None:
                     message.header.CopyFrom(header)
                     header = None
+                self.metrics.record_served(kind, dtype, len(message.rows) // 4,
+                                           len(message.vectors))
                 yield message
 
     def _ids(self, catalog: str, selection: Selection, rows: np.ndarray) -> list[str]:
@@ -204,6 +211,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                 transform=transform,
                 top_k=params.graph.top_k,
             ), request.activate)
+        self.metrics.record_refit(record.fit_seconds)
         return pb.RefitProjectionResponse(version=_version(record),
                                           previous_active_version=previous)
 
