@@ -40,9 +40,11 @@ from typing import Any, Literal, NoReturn, get_args, get_origin
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "TFLLMER_"
-# TFLLMER_* variables that other tools in this repository read. They are not server settings,
-# but they are not typos either: trainer_client.datasets reads TFLLMER_DATA_DIR.
-OTHER_TOOLS_ENV = frozenset({"TFLLMER_DATA_DIR"})
+# TFLLMER_* variables that the repository's client tools read. They are not server settings,
+# but they are not typos either, and operators export them in the same shells:
+# trainer_client.datasets reads TFLLMER_DATA_DIR; server.admin (and trainer workers) read
+# the service address and their bearer token.
+OTHER_TOOLS_ENV = frozenset({"TFLLMER_DATA_DIR", "TFLLMER_SERVER", "TFLLMER_TOKEN"})
 REDACTED = "***"
 KiB = 1024
 MiB = 1024 * KiB

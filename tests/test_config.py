@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from server import config as config_module
+from server.admin import SERVER_ENV, TOKEN_ENV
 from server.config import (
     ConfigError,
     ServerConfig,
@@ -154,7 +155,13 @@ def test_an_unknown_environment_variable_without_a_close_match_points_to_help() 
 
 
 def test_variables_of_other_tools_and_other_prefixes_are_not_settings() -> None:
-    environ = {DATA_DIR_ENV: "/data", "PATH": "/bin", "tfllmer_port": "1"}
+    environ = {
+        DATA_DIR_ENV: "/data",
+        SERVER_ENV: "127.0.0.1:50051",
+        TOKEN_ENV: "a-client-token-of-some-length",
+        "PATH": "/bin",
+        "tfllmer_port": "1",
+    }
     assert load_config([], environ) == ServerConfig()
 
 

@@ -1,0 +1,343 @@
+"""The admin CLI (``python -m server.admin``) against the real server, store and encoder.
+
+``main(argv)`` runs in-process against a ``ServerThread`` on a free port; the CLI only speaks
+gRPC, so everything it prints comes from real responses.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
+from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
+from server.admin import main
+from server.stores import LocalStore
+from tests.service_harness import ServerThread
+from tests.test_tls import issue, make_ca
+
+REPO = Path(__file__).resolve().parents[1]
+MOVIES = [
+    ("1", "Toy Story", "1995", "Animation Children's Comedy"),
+    ("2", "GoldenEye", "1995", "Action Adventure Thriller"),
+    ("3", "Four Rooms", "1995", "Thriller"),
+    ("4", "Get Shorty", "1995", "Action Comedy Drama"),
+    ("5", "Copycat", "1995", "Crime Drama Thriller"),
+    ("6", "Twelve Monkeys", "1995", "Drama Sci-Fi"),
+    ("7", "Babe", "1995", "Children's Comedy Drama"),
+    ("8", "Dead Man Walking", "1995", "Drama"),
+    ("9", "Richard III", "1995", "Drama War"),
+    ("10", "Seven", "1995", "Crime Thriller"),
+    ("11", "The Usual Suspects", "1995", "Crime Thriller"),
+    ("12", "Mighty Aphrodite", "1995", "Comedy"),
+    ("13", "Postino, Il", "1994", "Drama Romance"),
+    ("14", "Mr. Holland's Opus", "1995", "Drama"),
+    ("15", "French Twist", "1995", "Comedy Romance"),
+    ("16", "From Dusk Till Dawn", "1996", "Action Comedy Crime Horror Thriller"),
+]
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+TRAINER_TOKEN = "trainer-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, pooled_encoder) -> Iterator[ServerThread]:
+    store = LocalStore(tmp_path_factory.mktemp("admin-store") / "store.db")
+    with ServerThread(store, pooled_encoder) as running:
+        yield running
+
+
+@pytest.fixture()
+def admin(server: ServerThread, capsys: pytest.CaptureFixture[str], monkeypatch):
+    """Run the CLI against ``server`` (address from TFLLMER_SERVER): (exit code, out, err)."""
+    monkeypatch.setenv("TFLLMER_SERVER", server.address)
+    monkeypatch.delenv("TFLLMER_TOKEN", raising=False)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def item_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("recbole") / "movies.item"
+    lines = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
+    lines += ["\t".join(movie) for movie in MOVIES]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def counts(out: str) -> dict[str, int]:
+    """The added/changed/unchanged/item_count table that ingest prints."""
+    header, values = out.strip().splitlines()[-2:]
+    return dict(zip(header.split(), map(int, values.split()), strict=True))
+
+
+def push_counts(server: ServerThread, catalog: str) -> None:
+    """Co-occurrence between movies that share a genre (what trainers would push)."""
+    genres = [set(movie[3].split()) for movie in MOVIES]
+    pairs = [(i, j) for i in range(len(MOVIES)) for j in range(i + 1, len(MOVIES))
+             if genres[i] & genres[j]]
+    rows, cols = np.array(pairs, dtype="<u4").T
+    with server.channel() as channel:
+        pb_grpc.EmbeddingServiceStub(channel).PushCooccurrence(iter([pb.PushCooccurrenceRequest(
+            catalog=catalog, worker_id="test", batch_id="0", rows=rows.tobytes(),
+            cols=cols.tobytes(), weights=np.ones(len(pairs), "<f4").tobytes())]))
+
+
+def test_ingest_recbole_then_describe_as_text_and_json(admin, item_file: Path) -> None:
+    code, out, _ = admin("ingest", "--catalog", "rb", "--recbole-item", str(item_file))
+    assert code == 0
+    assert counts(out) == {"added": 16, "changed": 0, "unchanged": 0, "item_count": 16}
+
+    code, out, _ = admin("ingest", "--catalog", "rb", "--recbole-item", str(item_file),
+                         "--batch", "5")
+    assert code == 0
+    assert counts(out) == {"added": 0, "changed": 0, "unchanged": 16, "item_count": 16}
+
+    code, out, _ = admin("describe", "--catalog", "rb")
+    assert code == 0
+    assert "items           16" in out
+    assert "sentence-transformers" in out and "(dim 384)" in out
+    assert "active version  none" in out and "versions        none" in out
+
+    code, out, _ = admin("describe", "--catalog", "rb", "--json")
+    assert code == 0
+    described = json.loads(out)
+    assert described["catalog"] == "rb" and described["item_count"] == "16"  # int64 as string
+    assert described["encoder"]["dim"] == 384 and described["active_version"] == 0
+    assert described["versions"] == []
+
+
+def test_ingest_csv_in_several_messages_and_calls(admin, tmp_path: Path) -> None:
+    rows = [f'sku-{n},"Product {n}, size {n}",{n}' for n in range(12)]
+    path = write_csv(tmp_path / "items.csv", "sku,title,price", rows)
+    code, out, _ = admin("ingest", "--catalog", "csv-shop", "--csv", str(path),
+                         "--id-column", "sku", "--text-column", "title",
+                         "--batch", "2", "--per-call", "5")
+    assert code == 0
+    assert counts(out) == {"added": 12, "changed": 0, "unchanged": 0, "item_count": 12}
+
+    rows[3] = 'sku-3,"Product 3, renamed",3'
+    write_csv(path, "sku,title,price", rows)
+    code, out, _ = admin("ingest", "--catalog", "csv-shop", "--csv", str(path),
+                         "--id-column", "sku", "--text-column", "title")
+    assert counts(out) == {"added": 0, "changed": 1, "unchanged": 11, "item_count": 12}
+
+    rows[7] = "sku-7," + "x" * 10_000  # over the server's --max-text-chars: the 2nd call fails
+    write_csv(path, "sku,title,price", rows + ["sku-12,Product 12,12"])
+    code, out, err = admin("ingest", "--catalog", "csv-shop", "--csv", str(path),
+                           "--id-column", "sku", "--text-column", "title", "--per-call", "5")
+    assert code == 1 and out == ""
+    assert err.splitlines()[0] == "note: the first 5 items were stored; rerun to finish"
+    assert err.splitlines()[1].startswith("error: INVALID_ARGUMENT: ")
+    described = json.loads(admin("describe", "--catalog", "csv-shop", "--json")[1])
+    assert described["item_count"] == "12"  # the failed call stored nothing
+
+
+def test_refit_stage_activate_rollback_and_similar(admin, server, item_file: Path) -> None:
+    assert admin("ingest", "--catalog", "life", "--recbole-item", str(item_file))[0] == 0
+    push_counts(server, "life")
+
+    code, out, _ = admin("refit", "--catalog", "life", "--dim", "4", "--retention", "0.8",
+                         "--transform", "log1p", "--stage")
+    assert code == 0, out
+    assert "life: version 1 staged" in out and "previous active none" in out
+    for label in ("λ", "retained variance", "graph TV", "alignment@", "Rec-PCA", "PCA"):
+        assert label in out
+    assert "—" not in out  # counts were pushed: every diagnostic has a value
+
+    code, out, _ = admin("activate", "--catalog", "life", "--version", "1")
+    assert (code, out.strip()) == (0, "life: active version none → 1")
+
+    code, out, _ = admin("refit", "--catalog", "life", "--dim", "6", "--lam", "0", "--activate")
+    assert code == 0
+    assert "life: version 2 active" in out and "previous active 1" in out
+
+    code, out, _ = admin("activate", "--catalog", "life", "--version", "1")  # rollback
+    assert (code, out.strip()) == (0, "life: active version 2 → 1")
+
+    code, out, _ = admin("describe", "--catalog", "life")
+    assert "active version  1" in out and "co-occurrence   " in out
+    table = out.split("\n\n")[1].splitlines()
+    assert table[0].split()[:3] == ["version", "status", "dim"]
+    assert [line.split()[:3] for line in table[1:]] == [["1", "active", "4"],
+                                                        ["2", "retired", "6"]]
+    described = json.loads(admin("describe", "--catalog", "life", "--json")[1])
+    assert described["active_version"] == 1
+    assert [v["status"] for v in described["versions"]] == ["VERSION_STATUS_ACTIVE",
+                                                            "VERSION_STATUS_RETIRED"]
+    assert described["versions"][0]["diagnostics"]["lam"] > 0
+
+    code, out, _ = admin("similar", "--catalog", "life", "--item", "10", "--k", "3")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0] == "life version 1: nearest to '10'"
+    assert lines[1].split() == ["rank", "score", "item"] and len(lines) == 2 + 3
+    neighbours = [line.split()[2] for line in lines[2:]]
+    assert "10" not in neighbours and len(set(neighbours)) == 3
+
+    code, out, _ = admin("similar", "--catalog", "life", "--item", "10", "--version", "2")
+    assert code == 0 and out.startswith("life version 2:") and len(out.strip().splitlines()) == 12
+
+
+def test_server_errors_print_code_and_details_and_exit_1(admin, item_file: Path) -> None:
+    for argv in (("describe", "--catalog", "no-such-catalog"),
+                 ("refit", "--catalog", "no-such-catalog", "--lam", "0"),
+                 ("activate", "--catalog", "no-such-catalog", "--version", "1"),
+                 ("similar", "--catalog", "no-such-catalog", "--item", "1")):
+        code, out, err = admin(*argv)
+        assert code == 1 and out == ""
+        assert err.startswith("error: NOT_FOUND: ") and "Traceback" not in err
+
+    assert admin("ingest", "--catalog", "err", "--recbole-item", str(item_file))[0] == 0
+    code, _, err = admin("refit", "--catalog", "err", "--retention", "1.5")
+    assert code == 1 and err.startswith("error: INVALID_ARGUMENT: ")
+    code, _, err = admin("refit", "--catalog", "err", "--dim", "4", "--lam", "1")
+    assert code == 1 and err.startswith("error: FAILED_PRECONDITION: ")  # no counts yet
+    code, _, err = admin("describe", "--catalog", "err", "--server", "127.0.0.1:1",
+                         "--timeout", "2")
+    assert code == 1 and err.startswith(("error: UNAVAILABLE: ", "error: DEADLINE_EXCEEDED: "))
+
+
+def test_input_file_errors_are_clear(admin, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "items.csv", "id,title", ["a,Alpha", "b,Beta"])
+    code, out, err = admin("ingest", "--catalog", "bad", "--csv", str(path))
+    assert code == 2 and out == ""
+    assert err.strip() == (f"error: {path}: no column 'text' (columns: id, title); "
+                           "choose one with --text-column")
+    code, _, err = admin("ingest", "--catalog", "bad", "--csv", str(path),
+                         "--text-column", "title", "--id-column", "sku")
+    assert code == 2 and "no column 'sku'" in err and "--id-column" in err
+
+    duplicate = write_csv(tmp_path / "dup.csv", "id,text", ["a,Alpha", "a,Again"])
+    code, _, err = admin("ingest", "--catalog", "bad", "--csv", str(duplicate))
+    assert code == 2 and err.strip() == f"error: {duplicate}:3: duplicate id 'a'"
+
+    code, _, err = admin("ingest", "--catalog", "bad", "--csv", str(tmp_path / "missing.csv"))
+    assert code == 2 and "No such file" in err
+    assert admin("describe", "--catalog", "bad")[2].startswith("error: NOT_FOUND")  # nothing sent
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["describe"],  # --catalog is required
+        ["refit", "--catalog", "c"],  # --lam or --retention is required
+        ["refit", "--catalog", "c", "--lam", "0", "--retention", "0.8"],
+        ["refit", "--catalog", "c", "--lam", "0", "--top-k", "5"],  # needs --transform topk
+        ["refit", "--catalog", "c", "--lam", "0", "--stage", "--activate"],
+        ["ingest", "--catalog", "c"],  # a source file is required
+        ["ingest", "--catalog", "c", "--csv", "a.csv", "--batch", "0"],
+        ["activate", "--catalog", "c", "--version", "0"],
+        ["frobnicate"],
+    ],
+)
+def test_argument_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "usage: python -m server.admin" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("ingest", ["--catalog", "--recbole-item", "--csv", "--id-column", "--text-column",
+                    "--batch", "--per-call"]),
+        ("refit", ["--catalog", "--dim", "--lam", "--retention", "--transform", "--top-k",
+                   "--activate", "--stage"]),
+        ("activate", ["--catalog", "--version"]),
+        ("describe", ["--catalog", "--json"]),
+        ("similar", ["--catalog", "--item", "--k", "--version"]),
+    ],
+)
+def test_help_of_each_subcommand_documents_its_options(
+    command: str, options: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    connection = ["--server", "--token", "--tls-ca", "--tls-cert", "--tls-key", "--timeout"]
+    for option in options + connection:
+        assert f"  {option}" in out, option
+    assert "TFLLMER_SERVER" in out and "TFLLMER_TOKEN" in out
+
+
+def test_module_help_runs_as_a_subprocess() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server.admin", "--help"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m server.admin")
+    for command in ("ingest", "refit", "activate", "describe", "similar"):
+        assert command in result.stdout
+
+
+def test_tokens_from_flag_or_environment_are_sent_and_never_printed(
+    pooled_encoder, tmp_path: Path, item_file: Path, capsys, monkeypatch
+) -> None:
+    store = LocalStore(tmp_path / "store.db")
+    monkeypatch.delenv("TFLLMER_TOKEN", raising=False)
+    with ServerThread(store, pooled_encoder, admin_tokens=ADMIN_TOKEN,
+                      trainer_tokens=TRAINER_TOKEN) as secured:
+        # Connection options may come before or after the command.
+        base = ["--server", secured.address, "ingest", "--catalog", "auth",
+                "--recbole-item", str(item_file)]
+        assert main(base) == 1
+        assert capsys.readouterr().err.startswith("error: UNAUTHENTICATED: ")
+        assert main([*base, "--token", TRAINER_TOKEN]) == 1
+        assert capsys.readouterr().err.startswith("error: PERMISSION_DENIED: ")
+        assert main([*base, "--token", ADMIN_TOKEN]) == 0
+        monkeypatch.setenv("TFLLMER_TOKEN", ADMIN_TOKEN)
+        assert main(["describe", "--catalog", "auth", "--server", secured.address]) == 0
+        out, err = capsys.readouterr()
+        assert "items           16" in out
+        for text in (out, err):
+            assert ADMIN_TOKEN not in text and TRAINER_TOKEN not in text
+
+
+def test_mutual_tls(pooled_encoder, tmp_path: Path, capsys) -> None:
+    ca = make_ca("admin test CA")
+    server_cert = issue(ca, "server", ExtendedKeyUsageOID.SERVER_AUTH)
+    client_cert = issue(ca, "operator", ExtendedKeyUsageOID.CLIENT_AUTH)
+    pem = {"ca.pem": ca.cert_pem, "server.pem": server_cert.cert_pem,
+           "server.key": server_cert.key_pem, "client.pem": client_cert.cert_pem,
+           "client.key": client_cert.key_pem}
+    for name, data in pem.items():
+        (tmp_path / name).write_bytes(data)
+    files = {name: str(tmp_path / name) for name in pem}
+    settings = {"tls_cert": files["server.pem"], "tls_key": files["server.key"],
+                "tls_client_ca": files["ca.pem"]}
+    with ServerThread(LocalStore(tmp_path / "store.db"), pooled_encoder, **settings) as secured:
+        tls = ["--server", secured.address, "--tls-ca", files["ca.pem"]]
+        mutual = [*tls, "--tls-cert", files["client.pem"], "--tls-key", files["client.key"]]
+        assert main([*mutual, "describe", "--catalog", "tls"]) == 1
+        assert capsys.readouterr().err.startswith("error: NOT_FOUND: ")  # the call got through
+        assert main([*tls, "--timeout", "5", "describe", "--catalog", "tls"]) == 1
+        assert "NOT_FOUND" not in capsys.readouterr().err  # no client certificate: refused
+        assert main([*tls, "--tls-cert", files["client.pem"], "describe", "--catalog", "x"]) == 2
+        assert "give both or neither" in capsys.readouterr().err
+
+
+def test_a_bad_catalog_name_is_invalid_argument(admin) -> None:
+    code, _, err = admin("similar", "--catalog", "Bad Name!", "--item", "1")
+    assert code == 1 and err.startswith("error: INVALID_ARGUMENT: ")
+    assert "Traceback" not in err
