@@ -27,6 +27,7 @@ from server.service.validation import (
     PairBlock,
     verify_catalog,
     verify_fit,
+    verify_item_id,
     verify_items,
     verify_pair_batches,
     verify_similar,
@@ -193,6 +194,8 @@ class CatalogService:
     # -- GetItemEmbeddings ------------------------------------------------------------
     def select(self, name: str, version: int, ids: Sequence[str], kind: str) -> Selection:
         verify_version(version)
+        for item_id in ids:
+            verify_item_id(item_id)
         state = self._catalog(name)
         rows = None
         if ids:
@@ -362,6 +365,8 @@ class CatalogService:
     ) -> tuple[int, list[tuple[str, int, float]]]:
         verify_version(version)
         k = verify_similar(k, self.limits.max_similar_k)
+        if item_id is not None:
+            verify_item_id(item_id)
         state = self._catalog(name)
         view = self.view(name, self._resolve(state, version))
         exclude = -1
@@ -413,11 +418,12 @@ class _ProgressLog:
 def _query_vector(block: bytes, dim: int) -> np.ndarray:
     if len(block) != 4 * dim:
         raise InvalidArgument(f"query vector must be {dim} float32 values ({4 * dim} bytes)")
-    query = np.frombuffer(block, dtype="<f4").reshape(1, dim).astype(np.float32)
+    # float64: the norm of a finite float32 vector can overflow float32 (values near 3e38).
+    query = np.frombuffer(block, dtype="<f4").reshape(1, dim).astype(np.float64)
     norm = float(np.linalg.norm(query))
     if not np.isfinite(norm) or norm == 0:
         raise InvalidArgument("query vector must be finite and non-zero")
-    return query / norm
+    return (query / norm).astype(np.float32)
 
 
 class _LeaseRenewer:

@@ -98,6 +98,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             if len(ids) > limit:  # stop reading early: memory stays bounded
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     f"more than {limit} items in one call; split the ingest")
+        await _ensure_half_closed(context)
         if catalog is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream had no message")
         result = await self._run(context, self.service.upsert_items, catalog, ids, texts)
@@ -187,6 +188,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             if pairs > limit:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     f"more than {limit} pairs in one call; push in several calls")
+        await _ensure_half_closed(context)
         if catalog is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream had no message")
         result = await self._run(context, self.service.push, catalog, blocks)
@@ -234,6 +236,18 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         return pb.SimilarItemsResponse(version=version, items=[
             pb.SimilarItem(item_id=item_id, row=row, score=score) for item_id, row, score in hits
         ])
+
+
+async def _ensure_half_closed(context: grpc.aio.ServicerContext) -> None:
+    """Make sure a request stream ended because the client half-closed it.
+
+    grpc.aio ends the request iterator the same way when the stream fails: a message over
+    the receive limit (the client already got RESOURCE_EXHAUSTED), a cancelled call or a
+    passed deadline. Committing what was read would then apply part of a call its client was
+    told failed. Any operation on such a dead call raises ``asyncio.CancelledError``, so this
+    one (sending the empty initial metadata now rather than with the response) stops the
+    handler before it commits."""
+    await context.send_initial_metadata(())
 
 
 def _encoder(identity: EncoderIdentity) -> pb.EncoderInfo:

@@ -34,6 +34,11 @@ def verify_version(version: int) -> None:
         raise InvalidArgument(f"version must be >= 0 (0 = the active one), got {version}")
 
 
+def verify_item_id(item_id: str) -> None:
+    if not item_id or len(item_id.encode()) > MAX_ID_BYTES:
+        raise InvalidArgument(f"item id {item_id[:40]!r} must be 1 to {MAX_ID_BYTES} bytes")
+
+
 def verify_items(
     catalog: str, ids: Sequence[str], texts: Sequence[str], max_items: int, max_chars: int
 ) -> None:
@@ -46,8 +51,7 @@ def verify_items(
         )
     seen: set[str] = set()
     for item_id, text in zip(ids, texts, strict=True):
-        if not item_id or len(item_id.encode()) > MAX_ID_BYTES:
-            raise InvalidArgument(f"item id {item_id[:40]!r} must be 1 to {MAX_ID_BYTES} bytes")
+        verify_item_id(item_id)
         if item_id in seen:
             raise InvalidArgument(f"item id {item_id!r} appears twice in one call")
         seen.add(item_id)

@@ -119,7 +119,7 @@ class EmbeddingServiceServicer:
 
         Errors: INVALID_ARGUMENT for a bad catalog name or item id, an empty text or one over the
         server's maximum text length, an id sent twice in one call, messages naming different
-        catalogs, or a stream with no message; FAILED_PRECONDITION when the catalog was created
+        catalogs, or a stream with no item at all; FAILED_PRECONDITION when the catalog was created
         with a different encoder (name or dim) than this server runs; RESOURCE_EXHAUSTED when the
         call carries more items than the server's per-call limit (split the ingest over several
         calls); ABORTED when a concurrent UpsertItems on the same catalog committed first and
