@@ -1,0 +1,205 @@
+"""Leave-one-out evaluation with full ranking over all items: HR@K and NDCG@K.
+
+Validation ranks the second-last item given the training prefix; test ranks the last item
+given the training prefix plus the validation item. Every item of the catalog is a candidate
+(no negative sampling, whose metrics disagree with full ranking).
+
+Already-seen items are NOT masked by default (``mask_seen=False``): this is RecBole's
+full-sort protocol for sequential models, repeat consumption is legitimate in general, and it
+is the setting the TF-LLMER comparison uses. ``mask_seen=True`` removes the user's whole
+history (not only the model's truncated input) from the candidates, except the target.
+
+Ties: the target's rank is taken uniformly at random among the items with its score, and the
+metrics are the exact expectation of that. Counting only strictly greater scores would reward
+a constant scorer with HR = 1, counting ties against the target would punish the popularity
+baseline (integer counts, many ties) for an arbitrary order; without ties (float scores of a
+trained model) it is the ordinary rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trainer_client.models.base import SequentialRecommender, right_aligned
+from trainer_client.sequences import LeaveOneOutSplit, UserSequences
+
+DEFAULT_KS: tuple[int, ...] = (10, 20)
+Stage = Literal["valid", "test"]
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Per user: the input history and the item to rank (-1: user not evaluated)."""
+
+    histories: UserSequences
+    targets: np.ndarray
+
+    def users(self) -> np.ndarray:
+        """Users with a target and a non-empty history to condition on."""
+        return np.flatnonzero((self.targets >= 0) & (self.histories.lengths > 0))
+
+
+@dataclass(frozen=True)
+class RankingMetrics:
+    """Mean metrics over ``n_users``, keyed ``"HR@10"``, ``"NDCG@10"``, ..."""
+
+    values: dict[str, float]
+    n_users: int
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[name]
+
+
+def eval_set(split: LeaveOneOutSplit, stage: Stage) -> EvalSet:
+    if stage == "valid":
+        return EvalSet(split.train, split.valid_targets)
+    if stage == "test":
+        return EvalSet(append_items(split.train, split.valid_targets), split.test_targets)
+    raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+
+
+def append_items(sequences: UserSequences, items: np.ndarray) -> UserSequences:
+    """Each user's sequence followed by ``items[u]`` (nothing where it is -1)."""
+    add = (np.asarray(items) >= 0).astype(np.int64)
+    offsets = sequences.offsets + np.concatenate(([0], np.cumsum(add)))
+    merged = np.empty(offsets[-1], dtype=np.int64)
+    is_new = np.zeros(offsets[-1], dtype=bool)
+    is_new[offsets[1:][add == 1] - 1] = True
+    merged[is_new] = items[add == 1]
+    merged[~is_new] = sequences.items
+    return UserSequences(sequences.users, merged, offsets)
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: how many items score strictly higher than the target, and how many other
+    items tie with it. ``scores`` is ``(B, n_items)``, ``targets`` ``(B,)``."""
+    target_scores = scores.gather(1, targets[:, None])
+    greater = (scores > target_scores).sum(1)
+    ties = (scores == target_scores).sum(1) - 1
+    return greater, ties
+
+
+def per_user_metrics(
+    greater: torch.Tensor, ties: torch.Tensor, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, torch.Tensor]:
+    """HR@K and NDCG@K per user, in expectation over a uniformly random order among ties:
+    the 0-based rank is uniform on ``greater .. greater + ties``."""
+    top = max(ks)
+    discounts = 1.0 / torch.log2(torch.arange(top, dtype=torch.float64) + 2.0)
+    cumulative = torch.cat([discounts.new_zeros(1), discounts.cumsum(0)])  # sum over r < m
+    count = (ties + 1).double()
+    first, after_last = greater, greater + ties + 1
+    out: dict[str, torch.Tensor] = {}
+    for k in ks:
+        lo, hi = first.clamp(max=k), after_last.clamp(max=k)
+        out[f"HR@{k}"] = (hi - lo).double() / count
+        out[f"NDCG@{k}"] = (cumulative[hi] - cumulative[lo]) / count
+    return out
+
+
+def evaluate(
+    scorer: Scorer,
+    data: EvalSet,
+    *,
+    max_len: int,
+    pad: int,
+    ks: Sequence[int] = DEFAULT_KS,
+    mask_seen: bool = False,
+    batch_size: int = 1024,
+    process_group: dist.ProcessGroup | None = None,
+) -> RankingMetrics:
+    """Rank each user's target among all items by ``scorer`` (right-aligned ``(B, max_len)``
+    inputs padded with ``pad`` -> ``(B, n_items)`` scores). Under ``torch.distributed`` each
+    rank scores every world-size-th user and the sums are all-reduced, so all ranks return
+    the same metrics."""
+    rank, world = _rank_and_world(process_group)
+    users = data.users()[rank::world]
+    sums: dict[str, torch.Tensor] = {}
+    for start in range(0, len(users), batch_size):
+        batch = users[start : start + batch_size]
+        inputs = torch.from_numpy(right_aligned(data.histories, batch, max_len, pad))
+        targets = torch.from_numpy(data.targets[batch])
+        scores = scorer(inputs).float()
+        if mask_seen:
+            scores = _mask_history(scores, data.histories, batch, targets)
+        for name, values in per_user_metrics(*target_ranks(scores, targets), ks).items():
+            sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64)) + values.sum()
+    names = [f"{metric}@{k}" for k in ks for metric in ("HR", "NDCG")]
+    totals = torch.stack([sums.get(name, torch.zeros((), dtype=torch.float64)) for name in names])
+    totals = torch.cat([totals, torch.tensor([float(len(users))], dtype=torch.float64)])
+    if world > 1:
+        dist.all_reduce(totals, group=process_group)
+    n_users = int(totals[-1])
+    values = {name: float(totals[i]) / max(n_users, 1) for i, name in enumerate(names)}
+    return RankingMetrics(values, n_users)
+
+
+def evaluate_model(
+    model: SequentialRecommender,
+    data: EvalSet,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    mask_seen: bool = False,
+    batch_size: int = 1024,
+    process_group: dist.ProcessGroup | None = None,
+) -> RankingMetrics:
+    """``evaluate`` with the model's next-item scores (eval mode, no gradients)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return evaluate(
+            model.score_next, data, max_len=model.max_len, pad=model.padding_idx, ks=ks,
+            mask_seen=mask_seen, batch_size=batch_size, process_group=process_group,
+        )
+    finally:
+        model.train(was_training)
+
+
+def popularity_scores(train: UserSequences, n_items: int) -> torch.Tensor:
+    """Training interaction count of each item: the non-personalized reference."""
+    return torch.from_numpy(np.bincount(train.items, minlength=n_items).astype(np.float32))
+
+
+def evaluate_popularity(
+    split: LeaveOneOutSplit,
+    n_items: int,
+    stage: Stage,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    mask_seen: bool = False,
+) -> RankingMetrics:
+    counts = popularity_scores(split.train, n_items)
+    return evaluate(
+        lambda inputs: counts.expand(len(inputs), -1),
+        eval_set(split, stage),
+        max_len=1,
+        pad=n_items,
+        ks=ks,
+        mask_seen=mask_seen,
+    )
+
+
+def _mask_history(
+    scores: torch.Tensor, histories: UserSequences, batch: np.ndarray, targets: torch.Tensor
+) -> torch.Tensor:
+    lengths = histories.lengths[batch]
+    first_in_concat = np.cumsum(lengths) - lengths
+    flat = np.arange(lengths.sum()) + np.repeat(histories.offsets[batch] - first_in_concat, lengths)
+    rows = torch.from_numpy(np.repeat(np.arange(len(batch)), lengths))
+    items = torch.from_numpy(histories.items[flat])
+    target_scores = scores.gather(1, targets[:, None])
+    scores = scores.index_put((rows, items), torch.tensor(-torch.inf))
+    return scores.scatter(1, targets[:, None], target_scores)
+
+
+def _rank_and_world(process_group: dist.ProcessGroup | None) -> tuple[int, int]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(process_group), dist.get_world_size(process_group)
