@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from trainer_client.interactions import Interaction, build_sequences
 from trainer_client.sequences import UserSequences
 
 TITLE_FIELDS = ("movie_title", "title", "name")
@@ -92,32 +91,15 @@ def read_catalog(item_path: Path) -> Catalog:
     return Catalog(item_ids, texts)
 
 
+def read_interactions(inter_path: Path) -> Iterator[Interaction]:
+    for row in read_atomic(inter_path):
+        yield row["user_id"], row["item_id"], float(row.get("timestamp") or 0.0)
+
+
 def read_sequences(inter_path: Path, catalog: Catalog) -> tuple[UserSequences, int]:
     """Time-ordered item rows per user; ties in time keep file order. Returns the
     sequences and how many interactions named an item the catalog lacks."""
-    row_of = catalog.row_of()
-    users: list[str] = []
-    items: list[int] = []
-    times: list[float] = []
-    dropped = 0
-    for row in read_atomic(inter_path):
-        item_row = row_of.get(row["item_id"])
-        if item_row is None:
-            dropped += 1
-            continue
-        users.append(row["user_id"])
-        items.append(item_row)
-        times.append(float(row.get("timestamp") or 0.0))
-    user_names, user_index = np.unique(np.asarray(users, dtype=object), return_inverse=True)
-    order = np.lexsort((np.asarray(times), user_index))  # by user, then time; stable
-    counts = np.bincount(user_index, minlength=len(user_names))
-    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    sequences = UserSequences(
-        users=[str(name) for name in user_names],
-        items=np.asarray(items, dtype=np.int64)[order],
-        offsets=offsets,
-    )
-    return sequences, dropped
+    return build_sequences(read_interactions(inter_path), catalog.row_of())
 
 
 def load_recbole(directory: Path, name: str | None = None) -> RecBoleDataset:
