@@ -19,7 +19,7 @@ data: $(STAMP)
 	$(PY) -m trainer_client.datasets fetch
 
 demo: data
-	$(PY) -m bench.recpca_movielens --dataset ml-100k
+	$(PY) -m bench.demo
 
 test: data
 	$(PY) -m pytest
