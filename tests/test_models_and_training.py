@@ -278,6 +278,7 @@ def _ddp_worker(rank: int, store: str, out: str) -> None:
         result = train(model, cyclic_split(), quick_config(epochs=3))
         weights = torch.cat([p.detach().flatten() for p in model.parameters()])
         torch.save({"result": result.to_json(), "weights": weights}, f"{out}.{rank}")
+        dist.barrier()  # leave together: tearing gloo down under a busy peer can abort
     finally:
         dist.destroy_process_group()
 
