@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -225,37 +226,16 @@ class LocalStore(CatalogStore):
                 return None
 
     def find_rows(self, name: str, ids: Sequence[str]) -> np.ndarray:
-        found: dict[str, int] = {}
         with self._read() as conn:
             self._catalog(conn, name)
-            unique = list(dict.fromkeys(ids))
-            for i in range(0, len(unique), _IN_CHUNK):
-                chunk = unique[i : i + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                found.update(
-                    conn.execute(
-                        "SELECT item_id, row FROM items "
-                        f"WHERE catalog = ? AND item_id IN ({marks})",
-                        (name, *chunk),
-                    ).fetchall()
-                )
+            found = _lookup(conn, name, "item_id", "row", ids)
         return np.array([found.get(id_, -1) for id_ in ids], dtype=np.int64)
 
     def text_hashes(self, name: str, rows: np.ndarray) -> list[str]:
         wanted = [int(row) for row in np.asarray(rows).ravel()]
-        found: dict[int, str] = {}
         with self._read() as conn:
             self._catalog(conn, name)
-            unique = list(dict.fromkeys(wanted))
-            for i in range(0, len(unique), _IN_CHUNK):
-                chunk = unique[i : i + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                found.update(
-                    conn.execute(
-                        f"SELECT row, text_hash FROM items WHERE catalog = ? AND row IN ({marks})",
-                        (name, *chunk),
-                    ).fetchall()
-                )
+            found = _lookup(conn, name, "row", "text_hash", wanted)
         missing = [row for row in wanted if row not in found]
         if missing:
             raise ValueError(f"row {missing[0]} is not in catalog {name!r}")
@@ -623,3 +603,20 @@ class LocalStore(CatalogStore):
         check_catalog_name(name)
         with self._write() as conn:
             conn.execute("DELETE FROM refit_locks WHERE catalog = ? AND owner = ?", (name, owner))
+
+
+def _lookup(
+    conn: sqlite3.Connection, name: str, key: str, value: str, keys: Sequence[Any]
+) -> dict[Any, Any]:
+    """``{key: value}`` of the catalog's items whose ``key`` column is in ``keys``, queried in
+    chunks that stay under SQLite's bound-parameter limit."""
+    found: dict[Any, Any] = {}
+    unique = list(dict.fromkeys(keys))
+    for i in range(0, len(unique), _IN_CHUNK):
+        chunk = unique[i : i + _IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.update(conn.execute(
+            f"SELECT {key}, {value} FROM items WHERE catalog = ? AND {key} IN ({marks})",
+            (name, *chunk),
+        ).fetchall())
+    return found
