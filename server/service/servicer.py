@@ -145,8 +145,13 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             if chunk is None:
                 return
             start, rows, vectors = chunk
-            ids = [] if request.omit_item_ids else await self._run(
-                context, self._ids, request.catalog, selection, rows)
+            if request.omit_item_ids:
+                ids = []
+            elif selection.rows is None:  # the whole catalog: one range read of its ids
+                ids = await self._run(context, self.service.store.item_ids, request.catalog,
+                                      start, start + len(rows))
+            else:  # the caller named the ids; these rows were resolved from them in order
+                ids = list(request.item_ids[start : start + len(rows)])
             for message in self._messages(start, rows, ids, vectors, dtype, budget):
                 if header is not None:
                     message.header.CopyFrom(header)
@@ -154,12 +159,6 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                 self.metrics.record_served(kind, dtype, len(message.rows) // 4,
                                            len(message.vectors))
                 yield message
-
-    def _ids(self, catalog: str, selection: Selection, rows: np.ndarray) -> list[str]:
-        store = self.service.store
-        if selection.rows is None:
-            return store.item_ids(catalog, int(rows[0]), int(rows[-1]) + 1)
-        return [store.item_ids(catalog, int(row), int(row) + 1)[0] for row in rows]
 
     def _messages(self, start: int, rows: np.ndarray, ids: list[str], vectors: np.ndarray,
                   dtype: str, budget: int) -> list[pb.GetItemEmbeddingsResponse]:
