@@ -25,12 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from bench.report import markdown_table
+from bench.service_calls import ingest, refit
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
-from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
-from server import admin
 from server.background import BackgroundServer
 from trainer_client import worker
 from trainer_client.datasets import dataset_dir, fetch
@@ -55,24 +52,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def step(message: str) -> None:
     print(f"\n=== {message}", flush=True)
-
-
-def ingest(address: str, catalog: str) -> None:
-    item_file = dataset_dir(DATASET) / f"{DATASET}.item"
-    code = admin.main(["ingest", "--catalog", catalog, "--recbole-item", str(item_file),
-                       "--server", address])
-    if code:
-        raise SystemExit(f"ingest failed with exit code {code}")
-
-
-def refit(address: str, catalog: str, parameters: pb.FitParameters) -> pb.CatalogVersion:
-    with grpc.insecure_channel(address) as channel:
-        reply = pb_grpc.EmbeddingServiceStub(channel).RefitProjection(
-            pb.RefitProjectionRequest(catalog=catalog, parameters=parameters, activate=True))
-    d = reply.version.diagnostics
-    print(f"version {reply.version.version}: λ = {d.lam:.4g}, retained variance "
-          f"{d.retained_variance:.3f} (PCA {d.pca_retained_variance:.3f})")
-    return reply.version
 
 
 def train(address: str, catalog: str, args: argparse.Namespace, version: int,
@@ -115,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with BackgroundServer(store_url=store_url, version_cache_size=2) as service:
             address = service.address
             step(f"ingesting and encoding the catalog {catalog}")
-            ingest(address, catalog)
+            ingest(address, catalog, DATASET)
             step("version 1: λ = 0 (no co-occurrence counts yet)")
             v1 = refit(address, catalog, pb.FitParameters(dim=args.dim, lam=0.0))
             step("training SASRec on version 1 and pushing its co-occurrence counts")

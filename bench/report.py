@@ -81,9 +81,10 @@ def write_results(
     columns: Sequence[str],
     notes: Sequence[str] = (),
     results_dir: Path = RESULTS_DIR,
+    more_markdown: str = "",
 ) -> tuple[Path, Path]:
-    """Write ``<name>.json`` (payload) and ``<name>.md`` (table + notes), print the Markdown,
-    and return both paths."""
+    """Write ``<name>.json`` (payload) and ``<name>.md`` (table + notes + any further
+    sections), print the Markdown, and return both paths."""
     results_dir.mkdir(parents=True, exist_ok=True)
     json_path = results_dir / f"{name}.json"
     md_path = results_dir / f"{name}.md"
@@ -91,6 +92,8 @@ def write_results(
     markdown = f"# {name}\n\n{markdown_table(table_rows, columns)}\n"
     if notes:
         markdown += "\n" + "\n".join(f"- {note}" for note in notes) + "\n"
+    if more_markdown:
+        markdown += f"\n{more_markdown.strip()}\n"
     md_path.write_text(markdown)
     print(markdown)
     return json_path, md_path

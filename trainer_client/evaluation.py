@@ -92,7 +92,8 @@ def per_user_metrics(
     """HR@K and NDCG@K per user, in expectation over a uniformly random order among ties:
     the 0-based rank is uniform on ``greater .. greater + ties``."""
     top = max(ks)
-    discounts = 1.0 / torch.log2(torch.arange(top, dtype=torch.float64) + 2.0)
+    positions = torch.arange(top, dtype=torch.float64, device=greater.device)
+    discounts = 1.0 / torch.log2(positions + 2.0)
     cumulative = torch.cat([discounts.new_zeros(1), discounts.cumsum(0)])  # sum over r < m
     count = (ties + 1).double()
     first, after_last = greater, greater + ties + 1
@@ -125,12 +126,12 @@ def evaluate(
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         inputs = torch.from_numpy(right_aligned(data.histories, batch, max_len, pad))
-        targets = torch.from_numpy(data.targets[batch])
-        scores = scorer(inputs).float()
+        scores = scorer(inputs).float()  # ranked where they were computed (CPU or GPU)
+        targets = torch.from_numpy(data.targets[batch]).to(scores.device)
         if mask_seen:
             scores = _mask_history(scores, data.histories, batch, targets)
         for name, values in per_user_metrics(*target_ranks(scores, targets), ks).items():
-            sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64)) + values.sum()
+            sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64)) + values.sum().cpu()
     names = [f"{metric}@{k}" for k in ks for metric in ("HR", "NDCG")]
     totals = torch.stack([sums.get(name, torch.zeros((), dtype=torch.float64)) for name in names])
     totals = torch.cat([totals, torch.tensor([float(len(users))], dtype=torch.float64)])
@@ -192,10 +193,10 @@ def _mask_history(
     lengths = histories.lengths[batch]
     first_in_concat = np.cumsum(lengths) - lengths
     flat = np.arange(lengths.sum()) + np.repeat(histories.offsets[batch] - first_in_concat, lengths)
-    rows = torch.from_numpy(np.repeat(np.arange(len(batch)), lengths))
-    items = torch.from_numpy(histories.items[flat])
+    rows = torch.from_numpy(np.repeat(np.arange(len(batch)), lengths)).to(scores.device)
+    items = torch.from_numpy(histories.items[flat]).to(scores.device)
     target_scores = scores.gather(1, targets[:, None])
-    scores = scores.index_put((rows, items), torch.tensor(-torch.inf))
+    scores = scores.index_put((rows, items), scores.new_tensor(-torch.inf))
     return scores.scatter(1, targets[:, None], target_scores)
 
 

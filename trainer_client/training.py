@@ -6,7 +6,8 @@ Each epoch visits every user once with their most recent ``max_len + 1`` trainin
 next-item prediction. Under ``torch.distributed`` (``torchrun``; gloo on CPU, NCCL on GPU)
 each rank trains on every world-size-th user of the shuffled order and DDP averages the
 gradients, so the global batch is ``batch_size x world_size``; validation is sharded and
-all-reduced, so every rank takes the same early-stopping decisions.
+all-reduced, so every rank takes the same early-stopping decisions. Batches go to the device
+the model lives on (``model.to("cuda")`` before ``train`` trains on the GPU).
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def _train_epoch(
         window = torch.from_numpy(right_aligned(
             split.train, order[start : start + config.batch_size], model.max_len + 1,
             model.padding_idx,
-        ))
+        )).to(model.device)
         inputs, targets = window[:, :-1], window[:, 1:]
         loss = module(inputs, targets)
         optimizer.zero_grad(set_to_none=True)

@@ -36,6 +36,11 @@ class SequentialRecommender(nn.Module):
     def padding_idx(self) -> int:
         return self.item_table.padding_idx
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live; inputs are moved there."""
+        return next(self.parameters()).device
+
     def encode(self, items: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` item rows -> ``(B, L, dim)``; position t sees only items up to t."""
         raise NotImplementedError
@@ -51,9 +56,10 @@ class SequentialRecommender(nn.Module):
 
     @torch.no_grad()
     def score_next(self, inputs: torch.Tensor) -> torch.Tensor:
-        """``(B, n_items)`` scores of the item following each right-aligned input sequence."""
+        """``(B, n_items)`` scores of the item following each right-aligned input sequence
+        (on the model's device)."""
         matrix = self.item_table.item_matrix()
-        hidden = self.encode(inputs, matrix)[:, -1]
+        hidden = self.encode(inputs.to(self.device), matrix)[:, -1]
         return self.item_table.logits(hidden, matrix)
 
 
