@@ -14,6 +14,7 @@ final seeds from there (resuming from its run log) and writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from bench.quality.report import (
     verdict_text,
 )
 from bench.quality.runs import RunPool, TrainingBudget
-from bench.quality.variants import BY_NAME, FULL_GRID, QUICK_GRID, TF_LLMER
+from bench.quality.variants import BY_NAME, FULL_GRID, QUICK_GRID, SERVED_PCA, TF_LLMER, VARIANTS
 from bench.report import RESULTS_DIR, machine_info, markdown_table, write_results
 
 
@@ -37,10 +38,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("ml-100k", "ml-1m"), default="ml-100k")
     parser.add_argument("--quick", action="store_true",
-                        help="default settings only (no tuning), 2 seeds, 30 epochs")
+                        help="--grid defaults, 2 seeds, 30 epochs, patience 5")
+    parser.add_argument("--grid", choices=("full", "defaults"), default=None,
+                        help="tuning grid: full (default) or each axis's default only")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="fix the learning rate (no lr tuning)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="fix τ of the normalized variants (no τ tuning)")
+    parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS),
+                        help="variants to run, comma-separated [all: %(default)s]")
     parser.add_argument("--stage", choices=("all", "prepare", "train"), default="all")
     parser.add_argument("--work", type=Path, default=None,
                         help="prepared data and run log [runs/quality/<dataset>[-quick]]")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR,
+                        help="where the JSON, Markdown and PNG go [bench/results]")
     parser.add_argument("--store-url", default=None,
                         help="store of the in-process server (default: a fresh embedded one)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
@@ -54,7 +65,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="validations without improvement before stopping [15; quick 5]")
     args = parser.parse_args(argv)
     quick = args.quick
-    args.grid = QUICK_GRID if quick else FULL_GRID
+    grid = QUICK_GRID if quick or args.grid == "defaults" else FULL_GRID
+    args.grid = dataclasses.replace(
+        grid, lrs=(args.lr,) if args.lr else grid.lrs,
+        temperatures=(args.temperature,) if args.temperature else grid.temperatures)
+    unknown = set(args.variants.split(",")) - set(BY_NAME)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; known: {sorted(BY_NAME)}")
+    args.variants = tuple(v for v in VARIANTS if v.name in args.variants.split(","))
     args.tune_seeds = args.tune_seeds or 1
     args.seeds = args.seeds or (2 if quick else 5)
     args.epochs = args.epochs or (30 if quick else 200)
@@ -78,9 +96,9 @@ def write_report(args: argparse.Namespace, data: PreparedData, outcome: tuple, s
 
     choices, finals, tuned = outcome
     summary = summarize(choices, finals)
-    chosen = choices[TF_LLMER.name].table
+    chosen = choices[TF_LLMER.name].table if TF_LLMER.name in choices else SERVED_PCA
     diagnostics = data.meta["versions"][chosen]
-    pca = data.meta["versions"]["served_pca"]
+    pca = data.meta["versions"][SERVED_PCA]
     diag_rows = [
         {"version": "5 PCA + norm (λ = 0)", "λ": pca["lam"],
          "retained variance": pca["retained_variance"],
@@ -92,9 +110,10 @@ def write_report(args: argparse.Namespace, data: PreparedData, outcome: tuple, s
     curves = {BY_NAME[name].label: TrainResult(**{k: v for k, v in runs[0].items()
                                                    if k != "spec"})
               for name, runs in finals.items()}
-    png = save_loss_curve(curves, RESULTS_DIR / f"{args.name}_loss.png")
+    png = save_loss_curve(curves, args.results / f"{args.name}_loss.png")
     payload = {
         "dataset": args.dataset, "quick": args.quick, "device": args.device, "jobs": args.jobs,
+        "variants": [v.name for v in args.variants],
         "budget": {"epochs": args.epochs, "patience": args.patience,
                    "tune_seeds": args.tune_seeds, "final_seeds": args.seeds},
         "grid": {k: list(v) for k, v in vars(args.grid).items()},
@@ -109,7 +128,7 @@ def write_report(args: argparse.Namespace, data: PreparedData, outcome: tuple, s
             f"{markdown_table(diag_rows, ('version', 'λ', 'retained variance', 'alignment@10'))}"
             f"\n\n## Tuning on validation (mean over tuning seeds)\n\n"
             f"{markdown_table(payload['tuning'], ('variant', 'setting', 'valid NDCG@10', 'seeds'))}"
-            f"\n\nLoss curves: `{png.relative_to(RESULTS_DIR.parent.parent)}`\n")
+            f"\n\nLoss curves: `{png.name}`\n")
     notes = [
         f"{args.dataset}, SASRec (max length 50, d = 64), leave-one-out, full ranking over "
         f"{data.n_items} items; {args.seeds} final seeds per variant (mean ± std), "
@@ -118,7 +137,7 @@ def write_report(args: argparse.Namespace, data: PreparedData, outcome: tuple, s
         f"E = {summary['common_epoch']}: the fewest epochs any final run trained.",
     ]
     write_results(args.name, payload, table_rows(summary), COLUMNS, notes,
-                  more_markdown=more)
+                  results_dir=args.results, more_markdown=more)
     print(verdict_text(summary))
     return payload
 
@@ -135,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     data = PreparedData.load(args.work)
     budget = TrainingBudget(epochs=args.epochs, patience=args.patience)
     with RunPool(args.work, args.work / "runs.jsonl", budget, args.device, args.jobs) as pool:
-        outcome = run_protocol(pool, args.grid, list(range(args.tune_seeds)), args.seeds)
+        outcome = run_protocol(pool, args.grid, list(range(args.tune_seeds)), args.seeds,
+                               args.variants)
     return write_report(args, data, outcome, time.perf_counter() - started)
 
 

@@ -7,11 +7,12 @@
    seeds); only these runs' test metrics are reported.
 
 Choices maximize the mean validation NDCG@10 over the tuning seeds; the test split never
-takes part in a choice.
+takes part in a choice. A variant with a single candidate setting is not tuned at all.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ class Choice:
     table: str | None
     lr: float
     temperature: float | None
-    valid_ndcg10: float  # mean over the tuning seeds
+    valid_ndcg10: float | None  # mean over the tuning seeds; None when nothing was tuned
 
 
 def tuning_specs(variant: Variant, grid: Grid, seeds: list[int], table: str | None = None,
@@ -39,6 +40,9 @@ def tuning_specs(variant: Variant, grid: Grid, seeds: list[int], table: str | No
 def choose(results: dict[str, dict[str, Any]], specs: list[RunSpec]) -> Choice:
     """The (table, lr, τ) with the best mean validation NDCG@10 over seeds; ties keep the
     first in grid order (the defaults come first)."""
+    settings = {(spec.table, spec.lr, spec.temperature) for spec in specs}
+    if len(settings) == 1:
+        return Choice(*settings.pop(), None)
     scores: dict[tuple, list[float]] = {}
     for spec in specs:
         score = results[spec.key]["best_valid"].get("NDCG@10", 0.0)
@@ -52,27 +56,40 @@ def final_specs(variant: Variant, choice: Choice, n_seeds: int) -> list[RunSpec]
                     FINAL_SEED_BASE + k, "final") for k in range(n_seeds)]
 
 
-def run_protocol(pool: RunPool, grid: Grid, tune_seeds: list[int], final_seeds: int
+def run_protocol(pool: RunPool, grid: Grid, tune_seeds: list[int], final_seeds: int,
+                 variants: tuple[Variant, ...] = VARIANTS,
                  ) -> tuple[dict[str, Choice], dict[str, list[dict[str, Any]]],
                             dict[str, dict[str, Any]]]:
     """Returns the choice per variant, its final runs, and every tuning run by key."""
     default_lr, default_tau, _ = grid.defaults
-    tuning = {v.name: tuning_specs(v, grid, tune_seeds) for v in VARIANTS if v != TF_LLMER}
-    tuning[TF_LLMER.name] = [
-        spec for setting in grid.recpca_settings()
-        for spec in tuning_specs(TF_LLMER, grid, tune_seeds, setting.key,
-                                 [(default_lr, default_tau)])
-    ]
-    results = pool.run(spec for specs in tuning.values() for spec in specs)
+    baselines = [v for v in variants if v != TF_LLMER]
+    tuning = {v.name: tuning_specs(v, grid, tune_seeds) for v in baselines}
+    if TF_LLMER in variants:
+        tuning[TF_LLMER.name] = [
+            spec for setting in grid.recpca_settings()
+            for spec in tuning_specs(TF_LLMER, grid, tune_seeds, setting.key,
+                                     [(default_lr, default_tau)])
+        ]
+    results = pool.run(_needing_tuning(tuning.values()))
     choices = {name: choose(results, specs) for name, specs in tuning.items()}
-    recpca_choice = tuning_specs(TF_LLMER, grid, tune_seeds, choices[TF_LLMER.name].table)
-    baselines = [spec for v in VARIANTS if v != TF_LLMER
-                 for spec in final_specs(v, choices[v.name], final_seeds)]
-    results |= pool.run(recpca_choice + baselines)  # step 2 alongside the baselines' step 3
-    choices[TF_LLMER.name] = choose(results, recpca_choice)
-    results |= pool.run(final_specs(TF_LLMER, choices[TF_LLMER.name], final_seeds))
+    baseline_finals = [spec for v in baselines
+                       for spec in final_specs(v, choices[v.name], final_seeds)]
+    recpca_choice: list[RunSpec] = []
+    if TF_LLMER in variants:
+        recpca_choice = tuning_specs(TF_LLMER, grid, tune_seeds, choices[TF_LLMER.name].table)
+    # step 2 alongside the baselines' step 3
+    results |= pool.run(_needing_tuning([recpca_choice]) + baseline_finals)
+    if TF_LLMER in variants:
+        choices[TF_LLMER.name] = choose(results, recpca_choice)
+        results |= pool.run(final_specs(TF_LLMER, choices[TF_LLMER.name], final_seeds))
     finals = {v.name: [results[s.key] for s in final_specs(v, choices[v.name], final_seeds)]
-              for v in VARIANTS}
+              for v in variants}
     tuned = {key: record for key, record in results.items()
              if record["spec"]["phase"] == "tune"}
     return choices, finals, tuned
+
+
+def _needing_tuning(groups: Iterable[list[RunSpec]]) -> list[RunSpec]:
+    """The specs of every group that has more than one candidate setting."""
+    return [spec for specs in groups
+            if len({(s.table, s.lr, s.temperature) for s in specs}) > 1 for spec in specs]
