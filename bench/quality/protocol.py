@@ -77,9 +77,12 @@ def run_protocol(pool: RunPool, grid: Grid, tune_seeds: list[int], final_seeds: 
     recpca_choice: list[RunSpec] = []
     if TF_LLMER in variants:
         recpca_choice = tuning_specs(TF_LLMER, grid, tune_seeds, choices[TF_LLMER.name].table)
-    # step 2 alongside the baselines' step 3
-    results |= pool.run(_needing_tuning([recpca_choice]) + baseline_finals)
-    if TF_LLMER in variants:
+    step_two = _needing_tuning([recpca_choice])
+    if TF_LLMER in variants and not step_two:  # nothing to tune: its finals join the others'
+        choices[TF_LLMER.name] = choose(results, recpca_choice)
+        baseline_finals += final_specs(TF_LLMER, choices[TF_LLMER.name], final_seeds)
+    results |= pool.run(step_two + baseline_finals)  # step 2 alongside the baselines' step 3
+    if step_two:
         choices[TF_LLMER.name] = choose(results, recpca_choice)
         results |= pool.run(final_specs(TF_LLMER, choices[TF_LLMER.name], final_seeds))
     finals = {v.name: [results[s.key] for s in final_specs(v, choices[v.name], final_seeds)]

@@ -72,17 +72,20 @@ def train_one(spec: RunSpec, budget: TrainingBudget) -> dict[str, Any]:
     config = TrainConfig(epochs=budget.epochs, patience=budget.patience, lr=spec.lr,
                          seed=spec.seed, progress=False)
     result = train(model, data.split, config)
-    return {"spec": asdict(spec), **asdict(result)}
+    return {"spec": asdict(spec), "budget": asdict(budget), **asdict(result)}
 
 
 class RunPool:
-    """Runs specs in ``jobs`` processes, skipping those already in the log."""
+    """Runs specs in ``jobs`` processes, skipping those the log holds for the same budget."""
 
     def __init__(self, prepared_dir: Path, log_path: Path, budget: TrainingBudget,
                  device: str, jobs: int) -> None:
         self.log_path = log_path
         self.budget = budget
-        self.done: dict[str, dict[str, Any]] = dict(_read_log(log_path))
+        self.done: dict[str, dict[str, Any]] = {
+            key: record for key, record in _read_log(log_path)
+            if record.get("budget") == asdict(budget)
+        }
         threads = max(1, (os.cpu_count() or 1) // jobs)
         self._executor = ProcessPoolExecutor(
             jobs, mp_context=get_context("spawn"), initializer=_init_worker,
