@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.service.catalog_service import CatalogService, Selection
+from server.service.chunk_cache import ChunkCache, Messages
 from server.service.errors import ServiceError
 from server.service.metrics import ServiceMetrics
 from server.service.validation import FitRequest, PairBlock
@@ -59,12 +60,19 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         self.metrics = metrics
         self.default_chunk_bytes = default_chunk_bytes
         self.max_send_bytes = max_send_bytes
+        limits = service.limits
+        self.chunk_cache = ChunkCache(limits.chunk_cache_bytes if limits.version_cache_size else 0)
 
     async def _run(self, context: grpc.aio.ServicerContext, function: Callable[..., T],
                    *args: Any) -> T:
         """Run a service call off the event loop; map every expected failure to a status."""
+        return await self._outcome(context, asyncio.to_thread(function, *args), function)
+
+    async def _outcome(self, context: grpc.aio.ServicerContext, call: Awaitable[T],
+                       function: Callable[..., Any]) -> T:
+        """Await ``call`` (started from ``function``); map every expected failure to a status."""
         try:
-            return await asyncio.to_thread(function, *args)
+            return await call
         except ServiceError as error:
             await context.abort(getattr(grpc.StatusCode, error.code), error.message)
         except StoreUnavailableError as error:
@@ -118,19 +126,16 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     async def GetItemEmbeddings(self, request: pb.GetItemEmbeddingsRequest,
                                 context: grpc.aio.ServicerContext
-                                ) -> AsyncIterator[pb.GetItemEmbeddingsResponse]:
+                                ) -> AsyncIterator[pb.GetItemEmbeddingsResponse | bytes]:
         dtype, kind = DTYPES.get(request.dtype), KINDS.get(request.kind)
         if dtype is None or kind is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown dtype or kind")
         if request.max_chunk_bytes < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_chunk_bytes must be >= 0")
-        selection: Selection = await self._run(
-            context, self.service.select, request.catalog, request.version,
-            list(request.item_ids), kind,
-        )
-        budget = min(request.max_chunk_bytes or self.default_chunk_bytes, self.max_send_bytes)
-        row_bytes = selection.dim * bytes_per_value(dtype) + 8
-        rows_per_chunk = max(1, (budget - CHUNK_OVERHEAD) // (row_bytes + 40))
+        # One worker-thread hop resolves the selection and prepares its first chunk (a
+        # look-up of a few ids is usually one chunk); later chunks are prefetched.
+        selection, rows_per_chunk, budget, messages = await self._run(
+            context, self._open, request, kind, dtype)
         header = pb.EmbeddingHeader(
             version=selection.version, dim=selection.dim, dtype=DTYPE_ENUM[dtype],
             kind=pb.EMBEDDING_KIND_RAW if kind == "raw" else pb.EMBEDDING_KIND_REDUCED,
@@ -139,26 +144,86 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         if selection.item_count == 0:
             yield pb.GetItemEmbeddingsResponse(header=header)
             return
-        chunks = self.service.chunks(request.catalog, selection, rows_per_chunk)
-        while True:
-            chunk = await self._run(context, next, chunks, None)
-            if chunk is None:
-                return
-            start, rows, vectors = chunk
-            if request.omit_item_ids:
-                ids = []
-            elif selection.rows is None:  # the whole catalog: one range read of its ids
-                ids = await self._run(context, self.service.store.item_ids, request.catalog,
-                                      start, start + len(rows))
-            else:  # the caller named the ids; these rows were resolved from them in order
-                ids = list(request.item_ids[start : start + len(rows)])
-            for message in self._messages(start, rows, ids, vectors, dtype, budget):
-                if header is not None:
-                    message.header.CopyFrom(header)
-                    header = None
-                self.metrics.record_served(kind, dtype, len(message.rows) // 4,
-                                           len(message.vectors))
-                yield message
+        # Serialized messages concatenate like merged messages: the first one is the header
+        # field followed by the first chunk's fields.
+        first: bytes | None = pb.GetItemEmbeddingsResponse(header=header).SerializeToString()
+        starts = range(0, selection.item_count, rows_per_chunk)
+
+        def prepare(start: int) -> Messages:
+            return self._chunk(request, selection, dtype, budget, start,
+                               min(start + rows_per_chunk, selection.item_count))
+
+        pending: asyncio.Future[Messages] | None = None
+        try:
+            for index in range(len(starts)):
+                if index + 1 < len(starts):  # read and serialize the next chunk meanwhile
+                    pending = self._prefetch(request, selection, dtype, budget, rows_per_chunk,
+                                             prepare, starts[index + 1])
+                for data, items, vector_bytes in messages:
+                    if first is not None:
+                        data, first = first + data, None
+                    self.metrics.record_served(kind, dtype, items, vector_bytes)
+                    yield data
+                if pending is not None:
+                    messages = await self._outcome(context, pending, self._chunk)
+                    pending = None
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    def _open(self, request: pb.GetItemEmbeddingsRequest, kind: str, dtype: str
+              ) -> tuple[Selection, int, int, Messages]:
+        """The selection, its chunking and its first chunk's messages (worker thread)."""
+        selection = self.service.select(request.catalog, request.version,
+                                        list(request.item_ids), kind)
+        budget = min(request.max_chunk_bytes or self.default_chunk_bytes, self.max_send_bytes)
+        row_bytes = selection.dim * bytes_per_value(dtype) + 8
+        rows_per_chunk = max(1, (budget - CHUNK_OVERHEAD) // (row_bytes + 40))
+        messages: Messages = []
+        if selection.item_count:
+            messages = self._chunk(request, selection, dtype, budget, 0,
+                                   min(rows_per_chunk, selection.item_count))
+        return selection, rows_per_chunk, budget, messages
+
+    def _cache_key(self, request: pb.GetItemEmbeddingsRequest, selection: Selection, dtype: str,
+                   budget: int, start: int, stop: int) -> tuple | None:
+        """Chunks of whole-catalog pulls of rows a version covers never change: cacheable."""
+        if selection.rows is not None or selection.kind != "reduced" or stop > selection.fitted:
+            return None
+        return (request.catalog, selection.version, dtype, budget, request.omit_item_ids,
+                start, stop)
+
+    def _prefetch(self, request: pb.GetItemEmbeddingsRequest, selection: Selection, dtype: str,
+                  budget: int, rows_per_chunk: int, prepare: Callable[[int], Messages],
+                  start: int) -> asyncio.Future[Messages]:
+        stop = min(start + rows_per_chunk, selection.item_count)
+        key = self._cache_key(request, selection, dtype, budget, start, stop)
+        cached = self.chunk_cache.get(key) if key is not None else None
+        if cached is not None:  # no thread hop for what is already serialized
+            done: asyncio.Future[Messages] = asyncio.get_running_loop().create_future()
+            done.set_result(cached)
+            return done
+        return asyncio.ensure_future(asyncio.to_thread(prepare, start))
+
+    def _chunk(self, request: pb.GetItemEmbeddingsRequest, selection: Selection, dtype: str,
+               budget: int, start: int, stop: int) -> Messages:
+        """The serialized messages of positions ``[start, stop)`` (run in a worker thread)."""
+        key = self._cache_key(request, selection, dtype, budget, start, stop)
+        cached = self.chunk_cache.get(key) if key is not None else None
+        if cached is not None:
+            return cached
+        rows, vectors = self.service.chunk(request.catalog, selection, start, stop)
+        if request.omit_item_ids:
+            ids = []
+        elif selection.rows is None:  # the whole catalog: one range read of its ids
+            ids = self.service.store.item_ids(request.catalog, start, stop)
+        else:  # the caller named the ids; these rows were resolved from them in order
+            ids = list(request.item_ids[start:stop])
+        messages = [(message.SerializeToString(), len(message.rows) // 4, len(message.vectors))
+                    for message in self._messages(start, rows, ids, vectors, dtype, budget)]
+        if key is not None:
+            self.chunk_cache.put(key, messages)
+        return messages
 
     def _messages(self, start: int, rows: np.ndarray, ids: list[str], vectors: np.ndarray,
                   dtype: str, budget: int) -> list[pb.GetItemEmbeddingsResponse]:
@@ -235,6 +300,36 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         return pb.SimilarItemsResponse(version=version, items=[
             pb.SimilarItem(item_id=item_id, row=row, score=score) for item_id, row, score in hits
         ])
+
+
+def _serialize_response(message: pb.GetItemEmbeddingsResponse | bytes) -> bytes:
+    """GetItemEmbeddings handlers yield serialized messages (cached or prefetched) as bytes."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_to_server(servicer: EmbeddingServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` like the generated ``add_EmbeddingServiceServicer_to_server``,
+    except that GetItemEmbeddings responses may already be serialized."""
+
+    class _Capture:
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+        def add_generic_rpc_handlers(self, _handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, _service: str, handlers: dict) -> None:
+            self.handlers = handlers
+
+    capture = _Capture()
+    pb_grpc.add_EmbeddingServiceServicer_to_server(servicer, capture)
+    handlers = dict(capture.handlers)
+    original = handlers["GetItemEmbeddings"]
+    handlers["GetItemEmbeddings"] = grpc.unary_stream_rpc_method_handler(
+        original.unary_stream, request_deserializer=original.request_deserializer,
+        response_serializer=_serialize_response)
+    service = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
 async def _ensure_half_closed(context: grpc.aio.ServicerContext) -> None:
