@@ -355,8 +355,10 @@ class CatalogService:
                 f"lam > 0 needs co-occurrence counts and catalog {name!r} has none yet"
             )
         started = time.perf_counter()
-        raw = self.store.read_raw(name, 0, count)
+        # Counts first: their merge's temporaries are freed before the vectors arrive. The
+        # vectors stay in their stored dtype (float16 halves them); the fit converts blocks.
         counts = self.store.read_counts(name, count) if totals.pairs else None
+        raw = self.store.read_raw_stored(name, 0, count)
         try:
             result = fit_recpca(raw, counts, settings)
         except ValueError as error:  # e.g. vectors without variance

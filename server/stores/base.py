@@ -170,6 +170,12 @@ class CatalogStore(abc.ABC):
     @abc.abstractmethod
     def read_raw_rows(self, name: str, rows: np.ndarray) -> np.ndarray: ...
 
+    def read_raw_stored(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Raw vectors of rows ``[start, stop)`` in their stored element type (float16 or
+        float32), for readers of a whole catalog that should not hold a float32 copy of a
+        float16 table (a refit). Default: ``read_raw``."""
+        return self.read_raw(name, start, stop)
+
     # -- versions -----------------------------------------------------------------------
     @abc.abstractmethod
     def write_version(self, name: str, new: NewVersion, activate: bool) -> VersionRecord:
