@@ -7,11 +7,17 @@ on a CPU): ``load_synthetic_catalog`` commits items with random vectors through
 ``RedisStore.commit_items``, the store call ``UpsertItems`` ends in, and
 ``write_synthetic_version`` publishes a version through ``write_version``, the call
 ``RefitProjection`` ends in. ``bench.ingest`` is the benchmark that measures encoding.
+
+Profiling: with ``BENCH_PROFILE_DIR`` set, every server process is sampled by ``py-spy``
+(``pip install py-spy``) for its whole life, and its collapsed stacks land in that folder
+(``server-<pid>.txt``); ``python -m bench.harness <file>`` prints where the time went.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -90,6 +96,7 @@ class ServerProcess:
         self.log_path = log_path
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
+        self.profiler: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int:
@@ -102,11 +109,24 @@ class ServerProcess:
             self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=self.env,
                                             stdout=log, stderr=log)
         wait_serving(self.address, self.process, self.startup_timeout)
+        profile_dir = os.environ.get("BENCH_PROFILE_DIR")
+        if profile_dir:
+            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            out = Path(profile_dir) / f"server-{self.pid}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.profiler = subprocess.Popen(
+                [spy, "record", "--pid", str(self.pid), "--format", "raw", "--rate", "200",
+                 "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # attached before the workload starts
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.process is None:
             return
+        if self.profiler is not None:  # SIGINT: py-spy writes what it sampled and exits
+            self.profiler.send_signal(signal.SIGINT)
+            self.profiler.wait(60)
+            self.profiler = None
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -186,3 +206,34 @@ def write_synthetic_version(store: RedisStore, name: str, n_items: int, encoder:
         components=components, mean=np.zeros(encoder.dim), reduced=reduced,
     ), activate=True)  # fmt: skip
     return record.version
+
+
+# --- profiles --------------------------------------------------------------------------------
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Self and inclusive sample shares per function of a py-spy collapsed-stack file."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        samples = int(count)
+        total += samples
+        frames = [frame.split(" (")[0] for frame in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + samples
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + samples
+    lines = [f"{path.name}: {total} samples"]
+    for title, table in (("self", own), ("inclusive", inclusive)):
+        lines.append(f"-- {title}")
+        for frame, samples in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"{100 * samples / max(total, 1):6.1f}%  {frame}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        print(summarize_profile(Path(name)))

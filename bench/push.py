@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.harness import ServerProcess, median_of, redis_server
 from bench.harness import progress as _progress
-from bench.report import Target, machine_info, write_results
+from bench.report import RESULTS_DIR, Target, machine_info, write_results
 from server.stores.base import EncoderIdentity, ItemChanges
 from server.stores.redis_store import RedisStore
 from trainer_client.client import EmbeddingClient
@@ -110,7 +110,7 @@ def run(config: Config) -> dict[str, Any]:
             "stored_pairs": totals.pairs}
 
 
-def report(config: Config, raw: dict[str, Any]) -> None:
+def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR) -> None:
     seconds = median_of(raw["times_s"])
     rate = raw["pairs"] / seconds
     duplicate_rate = raw["pairs"] / median_of(raw["duplicate_times_s"])
@@ -147,11 +147,11 @@ def report(config: Config, raw: dict[str, Any]) -> None:
     ]
     json_path, md_path = write_results(
         NAME, payload, rows, ["push", "pairs", "median_s", "times_s", "pairs_per_s", "MB_per_s"],
-        notes)
+        notes, results_dir)
     progress(f"wrote {json_path} and {md_path}")
 
 
-def parse_args(argv: list[str] | None) -> Config:
+def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     d = Config()
     parser = argparse.ArgumentParser(prog="python -m bench.push", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,15 +159,18 @@ def parse_args(argv: list[str] | None) -> Config:
     parser.add_argument("--copies", type=int, default=d.copies)
     parser.add_argument("--batch-pairs", type=int, default=d.batch_pairs)
     parser.add_argument("--batches-per-call", type=int, default=d.batches_per_call)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="where <name>.json and <name>.md go")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.copies < 1:
         parser.error("need --repeats >= 1 and --copies >= 1")
-    return Config(args.repeats, args.copies, args.batch_pairs, args.batches_per_call)
+    config = Config(args.repeats, args.copies, args.batch_pairs, args.batches_per_call)
+    return config, args.results_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_args(argv)
-    report(config, run(config))
+    config, results_dir = parse_args(argv)
+    report(config, run(config), results_dir)
 
 
 if __name__ == "__main__":

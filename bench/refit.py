@@ -40,7 +40,7 @@ from bench.harness import (
     redis_server,
 )
 from bench.harness import progress as _progress
-from bench.report import Target, machine_info, write_results
+from bench.report import RESULTS_DIR, Target, machine_info, write_results
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.stores.base import EncoderIdentity
@@ -149,7 +149,7 @@ def run(config: Config) -> dict[str, Any]:
             "raw_mb": config.items * config.dim * 2 / MB, "runs": runs}
 
 
-def report(config: Config, raw: dict[str, Any]) -> None:
+def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR) -> None:
     runs = raw["runs"]
     seconds = median_of([r["seconds"] for r in runs])
     peak = max(r["peak_rss_mb"] for r in runs)
@@ -183,11 +183,11 @@ def report(config: Config, raw: dict[str, Any]) -> None:
     ]
     columns = ["repeat", "refit_s", "fit_s (server)", "rss_before_mb", "peak_rss_mb", "raw_mb",
                "bound_mb", "lam"]
-    json_path, md_path = write_results(NAME, payload, rows, columns, notes)
+    json_path, md_path = write_results(NAME, payload, rows, columns, notes, results_dir)
     progress(f"wrote {json_path} and {md_path}")
 
 
-def parse_args(argv: list[str] | None) -> Config:
+def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     d = Config()
     parser = argparse.ArgumentParser(prog="python -m bench.refit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,15 +198,18 @@ def parse_args(argv: list[str] | None) -> Config:
     parser.add_argument("--components", type=int, default=d.components)
     parser.add_argument("--repeats", type=int, default=d.repeats)
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="where <name>.json and <name>.md go")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.items <= args.components:
         parser.error("need --repeats >= 1 and --items > --components")
-    return Config(args.items, args.dim, args.nnz, args.components, args.repeats, args.seed)
+    config = Config(args.items, args.dim, args.nnz, args.components, args.repeats, args.seed)
+    return config, args.results_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_args(argv)
-    report(config, run(config))
+    config, results_dir = parse_args(argv)
+    report(config, run(config), results_dir)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ from bench.harness import (
     write_synthetic_version,
 )
 from bench.harness import progress as _progress
-from bench.report import Target, machine_info, write_results
+from bench.report import RESULTS_DIR, Target, machine_info, write_results
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.stores.base import EncoderIdentity
 from server.stores.redis_store import RedisStore
@@ -237,7 +237,7 @@ def summarize(config: Config, raw: dict[str, Any]) -> tuple[list[dict[str, Any]]
     return rows, checks
 
 
-def report(config: Config, raw: dict[str, Any]) -> None:
+def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR) -> None:
     rows, checks = summarize(config, raw)
     machine = machine_info()
     payload = {
@@ -264,11 +264,11 @@ def report(config: Config, raw: dict[str, Any]) -> None:
                                   f"{raw['messages'][d]} messages" for d in DTYPES),
         *(check.note() for check in checks),
     ]
-    json_path, md_path = write_results(NAME, payload, rows, columns, notes)
+    json_path, md_path = write_results(NAME, payload, rows, columns, notes, results_dir)
     progress(f"wrote {json_path} and {md_path}")
 
 
-def parse_args(argv: list[str] | None) -> Config:
+def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     d = Config()
     parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -279,16 +279,18 @@ def parse_args(argv: list[str] | None) -> Config:
     parser.add_argument("--ids-per-request", type=int, default=d.ids_per_request)
     parser.add_argument("--lookup-seconds", type=float, default=d.lookup_seconds)
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="where <name>.json and <name>.md go")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.items < 2:
         parser.error("need --repeats >= 1 and --items >= 2")
     return Config(args.items, args.dim, args.repeats, args.clients, args.ids_per_request,
-                  args.lookup_seconds, args.seed)
+                  args.lookup_seconds, args.seed), args.results_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_args(argv)
-    report(config, run(config))
+    config, results_dir = parse_args(argv)
+    report(config, run(config), results_dir)
 
 
 if __name__ == "__main__":
