@@ -241,6 +241,16 @@ def test_whole_tables_read_in_their_stored_dtype(store, raw_dtype, monkeypatch):
         assert store.read_raw_stored(CATALOG, 0, 23).dtype == np.dtype(raw_dtype)
 
 
+def test_catalog_and_rows_in_one_call(store):
+    assert store.catalog_and_rows(CATALOG, ["i0"])[0] is None
+    assert store.catalog_and_rows(CATALOG, ["i0"])[1].tolist() == [-1]
+    add_items(store, [f"i{i}" for i in range(5)])
+    state, rows = store.catalog_and_rows(CATALOG, ["i3", "nope", "i0", "i3"])
+    assert state == store.get_catalog(CATALOG)
+    assert rows.tolist() == [3, -1, 0, 3]
+    assert store.catalog_and_rows(CATALOG, [])[1].shape == (0,)
+
+
 def test_changed_rows_replace_vectors_and_hashes_in_place(store):
     raw = add_items(store, [f"i{i}" for i in range(10)])
     rows = np.array([9, 1, 4])

@@ -201,13 +201,18 @@ class CatalogService:
         verify_version(version)
         for item_id in ids:
             verify_item_id(item_id)
-        state = self._catalog(name)
         rows = None
-        if ids:
-            rows = self.store.find_rows(name, ids)
+        if ids:  # the catalog's state and the rows of the ids in one store round trip
+            verify_catalog(name)
+            found, rows = self.store.catalog_and_rows(name, ids)
+            if found is None:
+                raise NotFound(f"catalog {name!r} does not exist")
+            state = found
             if np.any(rows < 0):
                 missing = ids[int(np.argmax(rows < 0))]
                 raise NotFound(f"item {missing!r} is not in catalog {name!r}")
+        else:
+            state = self._catalog(name)
         count = state.item_count if rows is None else len(rows)
         if kind == "raw":
             if version:
