@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -49,6 +50,9 @@ STATUS_ENUM = {"staged": pb.VERSION_STATUS_STAGED, "active": pb.VERSION_STATUS_A
                "retired": pb.VERSION_STATUS_RETIRED}
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
 CHUNK_OVERHEAD = 1024
+# A worker-thread call reads and serializes about this many bytes of chunks at once.
+GROUP_BYTES = 8 * 2**20
+PREFETCH_GROUPS = 1  # groups prepared ahead of the one being sent
 
 
 class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
@@ -134,8 +138,8 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_chunk_bytes must be >= 0")
         # One worker-thread hop resolves the selection and prepares its first chunk (a
         # look-up of a few ids is usually one chunk); later chunks are prefetched.
-        selection, rows_per_chunk, budget, messages = await self._run(
-            context, self._open, request, kind, dtype)
+        pull: _Pull = await self._run(context, self._open, request, kind, dtype)
+        selection = pull.selection
         header = pb.EmbeddingHeader(
             version=selection.version, dim=selection.dim, dtype=DTYPE_ENUM[dtype],
             kind=pb.EMBEDDING_KIND_RAW if kind == "raw" else pb.EMBEDDING_KIND_REDUCED,
@@ -147,82 +151,85 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         # Serialized messages concatenate like merged messages: the first one is the header
         # field followed by the first chunk's fields.
         first: bytes | None = pb.GetItemEmbeddingsResponse(header=header).SerializeToString()
-        starts = range(0, selection.item_count, rows_per_chunk)
-
-        def prepare(start: int) -> Messages:
-            return self._chunk(request, selection, dtype, budget, start,
-                               min(start + rows_per_chunk, selection.item_count))
-
-        pending: asyncio.Future[Messages] | None = None
+        messages = pull.first_group
+        # The next groups are read and serialized in worker threads while one is sent.
+        pending: deque[asyncio.Future[Messages]] = deque()
         try:
-            for index in range(len(starts)):
-                if index + 1 < len(starts):  # read and serialize the next chunk meanwhile
-                    pending = self._prefetch(request, selection, dtype, budget, rows_per_chunk,
-                                             prepare, starts[index + 1])
+            for group in range(pull.groups):
+                for ahead in range(group + 1 + len(pending),
+                                   min(group + 1 + PREFETCH_GROUPS, pull.groups)):
+                    pending.append(self._prefetch(pull, ahead))
                 for data, items, vector_bytes in messages:
                     if first is not None:
                         data, first = first + data, None
                     self.metrics.record_served(kind, dtype, items, vector_bytes)
                     yield data
-                if pending is not None:
-                    messages = await self._outcome(context, pending, self._chunk)
-                    pending = None
+                if pending:
+                    messages = await self._outcome(context, pending.popleft(), self._group)
         finally:
-            if pending is not None:
-                pending.cancel()
+            for future in pending:
+                future.cancel()
 
-    def _open(self, request: pb.GetItemEmbeddingsRequest, kind: str, dtype: str
-              ) -> tuple[Selection, int, int, Messages]:
-        """The selection, its chunking and its first chunk's messages (worker thread)."""
+    def _open(self, request: pb.GetItemEmbeddingsRequest, kind: str, dtype: str) -> _Pull:
+        """The selection, its chunking and its first group's messages (worker thread): a
+        look-up of a few ids is served after this one thread hop."""
         selection = self.service.select(request.catalog, request.version,
                                         list(request.item_ids), kind)
         budget = min(request.max_chunk_bytes or self.default_chunk_bytes, self.max_send_bytes)
         row_bytes = selection.dim * bytes_per_value(dtype) + 8
         rows_per_chunk = max(1, (budget - CHUNK_OVERHEAD) // (row_bytes + 40))
-        messages: Messages = []
+        pull = _Pull(request, selection, dtype, budget, rows_per_chunk,
+                     max(1, GROUP_BYTES // budget))
         if selection.item_count:
-            messages = self._chunk(request, selection, dtype, budget, 0,
-                                   min(rows_per_chunk, selection.item_count))
-        return selection, rows_per_chunk, budget, messages
+            pull.first_group = self._group(pull, 0)
+        return pull
 
-    def _cache_key(self, request: pb.GetItemEmbeddingsRequest, selection: Selection, dtype: str,
-                   budget: int, start: int, stop: int) -> tuple | None:
-        """Chunks of whole-catalog pulls of rows a version covers never change: cacheable."""
-        if selection.rows is not None or selection.kind != "reduced" or stop > selection.fitted:
-            return None
-        return (request.catalog, selection.version, dtype, budget, request.omit_item_ids,
-                start, stop)
-
-    def _prefetch(self, request: pb.GetItemEmbeddingsRequest, selection: Selection, dtype: str,
-                  budget: int, rows_per_chunk: int, prepare: Callable[[int], Messages],
-                  start: int) -> asyncio.Future[Messages]:
-        stop = min(start + rows_per_chunk, selection.item_count)
-        key = self._cache_key(request, selection, dtype, budget, start, stop)
-        cached = self.chunk_cache.get(key) if key is not None else None
+    def _prefetch(self, pull: _Pull, group: int) -> asyncio.Future[Messages]:
+        cached = self._cached_group(pull, group)
         if cached is not None:  # no thread hop for what is already serialized
             done: asyncio.Future[Messages] = asyncio.get_running_loop().create_future()
             done.set_result(cached)
             return done
-        return asyncio.ensure_future(asyncio.to_thread(prepare, start))
+        return asyncio.ensure_future(asyncio.to_thread(self._group, pull, group))
 
-    def _chunk(self, request: pb.GetItemEmbeddingsRequest, selection: Selection, dtype: str,
-               budget: int, start: int, stop: int) -> Messages:
-        """The serialized messages of positions ``[start, stop)`` (run in a worker thread)."""
-        key = self._cache_key(request, selection, dtype, budget, start, stop)
-        cached = self.chunk_cache.get(key) if key is not None else None
+    def _cached_group(self, pull: _Pull, group: int) -> Messages | None:
+        keys = [pull.cache_key(start, stop) for start, stop in pull.spans(group)]
+        if any(key is None for key in keys):
+            return None
+        messages: Messages = []
+        for key in keys:
+            cached = self.chunk_cache.get(key)
+            if cached is None:
+                return None
+            messages += cached
+        return messages
+
+    def _group(self, pull: _Pull, group: int) -> Messages:
+        """The serialized messages of one group of chunks (run in a worker thread): one
+        store read of its vectors and one of its ids, then a message per chunk."""
+        cached = self._cached_group(pull, group)
         if cached is not None:
             return cached
-        rows, vectors = self.service.chunk(request.catalog, selection, start, stop)
+        request, selection = pull.request, pull.selection
+        spans = pull.spans(group)
+        first, last = spans[0][0], spans[-1][1]
+        rows, vectors = self.service.chunk(request.catalog, selection, first, last)
         if request.omit_item_ids:
             ids = []
         elif selection.rows is None:  # the whole catalog: one range read of its ids
-            ids = self.service.store.item_ids(request.catalog, start, stop)
+            ids = self.service.store.item_ids(request.catalog, first, last)
         else:  # the caller named the ids; these rows were resolved from them in order
-            ids = list(request.item_ids[start:stop])
-        messages = [(message.SerializeToString(), len(message.rows) // 4, len(message.vectors))
-                    for message in self._messages(start, rows, ids, vectors, dtype, budget)]
-        if key is not None:
-            self.chunk_cache.put(key, messages)
+            ids = list(request.item_ids[first:last])
+        messages: Messages = []
+        for start, stop in spans:
+            part = slice(start - first, stop - first)
+            chunk = [(message.SerializeToString(), len(message.rows) // 4, len(message.vectors))
+                     for message in self._messages(start, rows[part], ids[part] if ids else [],
+                                                   vectors[part], pull.dtype, pull.budget)]
+            key = pull.cache_key(start, stop)
+            if key is not None:
+                self.chunk_cache.put(key, chunk)
+            messages += chunk
         return messages
 
     def _messages(self, start: int, rows: np.ndarray, ids: list[str], vectors: np.ndarray,
@@ -300,6 +307,33 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         return pb.SimilarItemsResponse(version=version, items=[
             pb.SimilarItem(item_id=item_id, row=row, score=score) for item_id, row, score in hits
         ])
+
+
+class _Pull:
+    """One GetItemEmbeddings call's chunking: chunks of ``rows_per_chunk`` positions, read
+    from the store ``group`` chunks at a time."""
+
+    def __init__(self, request: pb.GetItemEmbeddingsRequest, selection: Selection, dtype: str,
+                 budget: int, rows_per_chunk: int, group: int) -> None:
+        self.request, self.selection, self.dtype = request, selection, dtype
+        self.budget, self.rows_per_chunk, self.group = budget, rows_per_chunk, group
+        chunks = -(-selection.item_count // rows_per_chunk)
+        self.groups = -(-chunks // group)
+        self.first_group: Messages = []
+
+    def spans(self, group: int) -> list[tuple[int, int]]:
+        count, size = self.selection.item_count, self.rows_per_chunk
+        first = group * self.group * size
+        return [(start, min(start + size, count))
+                for start in range(first, min(first + self.group * size, count), size)]
+
+    def cache_key(self, start: int, stop: int) -> tuple | None:
+        """Chunks of whole-catalog pulls of rows a version covers never change: cacheable."""
+        selection = self.selection
+        if selection.rows is not None or selection.kind != "reduced" or stop > selection.fitted:
+            return None
+        return (self.request.catalog, selection.version, self.dtype, self.budget,
+                self.request.omit_item_ids, start, stop)
 
 
 def _serialize_response(message: pb.GetItemEmbeddingsResponse | bytes) -> bytes:

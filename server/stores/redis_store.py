@@ -298,6 +298,27 @@ class RedisStore(CatalogStore):
         return np.array([-1 if row is None else int(row) for row in found], dtype=np.int64)
 
     @_unavailable_as_store_error
+    def catalog_and_rows(
+        self, name: str, ids: Sequence[str]
+    ) -> tuple[CatalogState | None, np.ndarray]:
+        """One MULTI: the state and the rows come from the same snapshot."""
+        try:
+            meta = self._meta(name)
+        except NotFoundError:
+            return None, np.full(len(ids), -1, dtype=np.int64)
+        key = self._key(name, "ids")
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._key(name, "count"))
+            pipe.get(self._key(name, "active"))
+            for i in range(0, len(ids), _CHUNK):
+                pipe.hmget(key, list(ids[i : i + _CHUNK]))
+            count, active, *chunks = pipe.execute()
+        found = [row for chunk in chunks for row in chunk]
+        rows = np.array([-1 if row is None else int(row) for row in found], dtype=np.int64)
+        state = CatalogState(name, meta.encoder, int(count or 0), int(active or 0), meta.raw_dtype)
+        return state, rows
+
+    @_unavailable_as_store_error
     def text_hashes(self, name: str, rows: np.ndarray) -> list[str]:
         self._meta(name)
         fields = [int(row) for row in np.asarray(rows).ravel()]
@@ -526,7 +547,8 @@ class RedisStore(CatalogStore):
             dim * 4,
             meta.block_rows,
         )
-        return np.frombuffer(data, dtype="<f4").reshape(len(rows), dim).astype(np.float32)
+        # Read-only over the bytes read (no copy): versions are immutable, nothing writes.
+        return np.frombuffer(data, dtype="<f4").reshape(len(rows), dim)
 
     @_unavailable_as_store_error
     def collect_garbage(self, name: str, min_age_seconds: float) -> int:
