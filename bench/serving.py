@@ -19,11 +19,12 @@ own process) holding the same bytes in memory. Both are read by the real client,
   against the floor (dict + ``numpy.take`` of the same rows) and against the real server
   (version cached). Requests/s over all clients, p50/p99 latency per request.
 
-Every repeat measures floor and server back to back; the reported figures are medians over
-``--repeats``, and the ratios are medians of the per-repeat ratios' inputs (median server
-time / median floor time). Prints a table and writes ``bench/results/serving.{json,md}``.
+Every repeat measures floor and server back to back, alternating which goes first (after
+one untimed warm-up pull of each); the reported figures are medians over ``--repeats``, and
+each ratio is median floor time / median server time (requests/s: server / floor).
+Prints a table and writes ``bench/results/serving.{json,md}``.
 
-    python -m bench.serving [--items 1000000 --dim 64 --repeats 3]
+    python -m bench.serving [--items 1000000 --dim 64 --repeats 5]
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ WIRE = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16}
 class Config:
     items: int = 1_000_000
     dim: int = 64
-    repeats: int = 3
+    repeats: int = 5
     clients: int = 16
     ids_per_request: int = 256
     lookup_seconds: float = 5.0
@@ -188,14 +189,24 @@ def run(config: Config) -> dict[str, Any]:
             messages = {d: len(m) for d, m in streams.items()}
             del streams, reduced, ids
             with FloorProcess(Path(tmp) / "floor") as floor:
+                for dtype in DTYPES:  # warm-up: first pulls of each kind, not timed
+                    timed_floor_pull(floor.address, dtype)
+                    timed_pull(server.address, dtype)
                 for repeat in range(config.repeats):
+                    # Alternate who goes first, so a drift in the machine's load between the
+                    # two measurements of a repeat does not always favour the same side.
+                    order = ("floor", "server") if repeat % 2 == 0 else ("server", "floor")
                     progress(f"repeat {repeat + 1}/{config.repeats}: full pulls, cached")
                     for dtype in DTYPES:
-                        full[dtype]["floor"].append(timed_floor_pull(floor.address, dtype))
-                        full[dtype]["cached"].append(timed_pull(server.address, dtype))
+                        for side in order:
+                            if side == "floor":
+                                full[dtype]["floor"].append(timed_floor_pull(floor.address, dtype))
+                            else:
+                                full[dtype]["cached"].append(timed_pull(server.address, dtype))
                     progress(f"repeat {repeat + 1}/{config.repeats}: random look-ups")
-                    look["floor"].append(lookups(floor.address, config, requests))
-                    look["server"].append(lookups(server.address, config, requests))
+                    for side in order:
+                        address = floor.address if side == "floor" else server.address
+                        look[side].append(lookups(address, config, requests))
         for repeat in range(config.repeats):
             for dtype in DTYPES:
                 progress(f"repeat {repeat + 1}/{config.repeats}: cold {dtype} pull (new process)")
