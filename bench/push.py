@@ -138,8 +138,9 @@ def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR)
         "targets": {check.key: check.to_dict() for check in checks},
     }
     notes = [
-        f"{DATASET} training prefixes, window {WINDOW}: {raw['pairs']} pairs over "
-        f"{raw['items']} items (counted in {raw['count_s']:.3g} s, not included); "
+        f"{DATASET} training prefixes, window {WINDOW}, {config.copies} cop"
+        f"{'y' if config.copies == 1 else 'ies'}: {raw['pairs']} pairs over {raw['items']} "
+        f"items (one copy counted in {raw['count_s']:.3g} s, not included); "
         f"batches of {config.batch_pairs} pairs, {config.batches_per_call} per call; "
         f"{machine['nproc']} cores ({machine['cpu_model']}), client, server and Redis on one "
         f"machine; medians of {config.repeats} repeats",
