@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from bench.report import machine_info, write_results
+from bench.report import Target, machine_info, write_results
 
 NAME = "recpca_fit"
 METHODS = ("recpca", "cov_pca", "sklearn_pca", "sklearn_pca_randomized", "sparse_ax")
@@ -78,27 +78,6 @@ class Config:
     def cli_args(self) -> list[str]:
         """The same configuration as flags, for the child processes."""
         return [arg for key, value in asdict(self).items() for arg in (f"--{key}", str(value))]
-
-
-@dataclass(frozen=True)
-class Target:
-    key: str
-    definition: str
-    value: float
-    bound: float
-    at_most: bool  # True: value must be <= bound; False: >= bound
-
-    @property
-    def met(self) -> bool:
-        return self.value <= self.bound if self.at_most else self.value >= self.bound
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "met": self.met}
-
-    def note(self) -> str:
-        sign = "≤" if self.at_most else "≥"
-        verdict = "met" if self.met else "NOT met"
-        return f"{self.definition} = {self.value:.4g} (target {sign} {self.bound:g}: {verdict})"
 
 
 def progress(message: str) -> None:

@@ -11,10 +11,32 @@ import json
 import os
 import platform
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    definition: str
+    value: float
+    bound: float
+    at_most: bool  # True: value must be <= bound; False: >= bound
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.bound if self.at_most else self.value >= self.bound
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "met": self.met}
+
+    def note(self) -> str:
+        sign = "≤" if self.at_most else "≥"
+        verdict = "met" if self.met else "NOT met"
+        return f"{self.definition} = {self.value:.4g} (target {sign} {self.bound:g}: {verdict})"
 
 
 def format_cell(value: Any) -> str:

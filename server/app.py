@@ -18,13 +18,12 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
-from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.config import ServerConfig
 from server.encoders.base import Encoder
 from server.service.auth import auth_interceptor
 from server.service.catalog_service import CatalogService, Limits
 from server.service.metrics import MetricsInterceptor, ServiceMetrics, start_metrics_server
-from server.service.servicer import EmbeddingServicer
+from server.service.servicer import EmbeddingServicer, add_to_server
 from server.service.tls import add_listening_port
 from server.stores import CatalogStore, StoreError, open_store
 
@@ -103,7 +102,7 @@ class EmbeddingServer:
                      ("grpc.max_send_message_length", config.max_send_message_bytes)],
         )
         service = CatalogService(store, encoder, build_limits(config))
-        pb_grpc.add_EmbeddingServiceServicer_to_server(
+        add_to_server(
             EmbeddingServicer(service, self.metrics, config.default_chunk_bytes,
                               config.max_send_message_bytes),
             server,

@@ -224,6 +224,33 @@ def test_raw_vectors_round_trip_across_blocks(store, raw_dtype):
     assert store.read_raw_rows(CATALOG, np.array([], np.int64)).shape == (0, ENCODER.dim)
 
 
+@pytest.mark.parametrize("raw_dtype", ["<f4", "<f2"])
+def test_whole_tables_read_in_their_stored_dtype(store, raw_dtype, monkeypatch):
+    import server.stores.redis_store as redis_store
+
+    monkeypatch.setattr(redis_store, "_BLOCKS_PER_READ", 2)  # several reads per table
+    store.create_catalog(CATALOG, ENCODER, raw_dtype)
+    raw = add_items(store, [f"i{i}" for i in range(23)])
+    expected = raw.astype(raw_dtype).astype(np.float32)
+    for start, stop in [(0, 23), (3, 21), (5, 100), (-3, 2), (23, 30), (9, 9)]:
+        got = store.read_raw_stored(CATALOG, start, stop)
+        assert got.dtype in (np.dtype(raw_dtype), np.float32)
+        assert got.shape == (len(expected[max(start, 0) : stop]), ENCODER.dim)
+        np.testing.assert_array_equal(got.astype(np.float32), expected[max(start, 0) : stop])
+    if isinstance(store, RedisStore):
+        assert store.read_raw_stored(CATALOG, 0, 23).dtype == np.dtype(raw_dtype)
+
+
+def test_catalog_and_rows_in_one_call(store):
+    assert store.catalog_and_rows(CATALOG, ["i0"])[0] is None
+    assert store.catalog_and_rows(CATALOG, ["i0"])[1].tolist() == [-1]
+    add_items(store, [f"i{i}" for i in range(5)])
+    state, rows = store.catalog_and_rows(CATALOG, ["i3", "nope", "i0", "i3"])
+    assert state == store.get_catalog(CATALOG)
+    assert rows.tolist() == [3, -1, 0, 3]
+    assert store.catalog_and_rows(CATALOG, [])[1].shape == (0,)
+
+
 def test_changed_rows_replace_vectors_and_hashes_in_place(store):
     raw = add_items(store, [f"i{i}" for i in range(10)])
     rows = np.array([9, 1, 4])

@@ -14,6 +14,11 @@ graph part uses only the strict upper triangle ``U`` of ``A_n`` (``A_n = U + U�
 Per-block products run in the input precision (float32 inputs → float32 BLAS; float64 stays
 float64) and are accumulated across blocks in float64. numpy/scipy run on the CPU; the torch
 backend runs the same pass on CUDA when present.
+
+A narrower input (float16, as a catalog may store its raw vectors) is never converted whole:
+blocks are converted as they are used, and the sparse product, which needs every row, runs
+over column strips of at most ``STRIP_BYTES`` converted at a time (each column of ``U X`` is
+independent of the others), so memory stays about the size of the float16 matrix.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from server.recpca.graph import NormalizedGraph, strict_upper_triangle
 Backend = Literal["auto", "numpy", "torch"]
 ProgressCallback = Callable[[int], None]
 DEFAULT_BLOCK_ROWS = 8192
+STRIP_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -118,8 +124,9 @@ class _NumpyOps:
     """Products on the CPU; the sparse rows are split over a thread pool (scipy releases
     the GIL), the dense ones go to multi-threaded BLAS."""
 
-    def __init__(self, dense: np.ndarray, threads: int) -> None:
+    def __init__(self, dense: np.ndarray, threads: int, dtype: np.dtype | None = None) -> None:
         self.dense = dense
+        self.dtype = dtype or dense.dtype  # blocks are converted to it when narrower
         self.pool = ThreadPoolExecutor(max_workers=threads)
         self.threads = threads
 
@@ -127,17 +134,20 @@ class _NumpyOps:
         return host
 
     def rows(self, start: int, stop: int) -> np.ndarray:
-        return self.dense[start:stop]
+        return np.asarray(self.dense[start:stop], dtype=self.dtype)
 
     def accumulate(self, total: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
         total += left.T @ right
 
-    def accumulate_graph(self, total: np.ndarray, left: np.ndarray, rows: sp.csr_matrix) -> None:
-        """``total += leftᵀ (rows @ X)``, one row slice per thread; each slice's product
-        goes straight into the D×D sum, so no block-sized result is ever concatenated."""
+    def accumulate_graph(self, total: np.ndarray, left: np.ndarray, rows: sp.csr_matrix,
+                         dense: np.ndarray | None = None) -> None:
+        """``total += leftᵀ (rows @ X)`` (or ``@ dense``, a column strip of X), one row slice
+        per thread; each slice's product goes straight into the sum, so no block-sized
+        result is ever concatenated."""
+        right = self.dense if dense is None else dense
         cuts = np.linspace(0, rows.shape[0], self.threads + 1).astype(int)
         spans = list(zip(cuts[:-1], cuts[1:], strict=True))
-        parts = self.pool.map(lambda span: rows[span[0] : span[1]] @ self.dense, spans)
+        parts = self.pool.map(lambda span: rows[span[0] : span[1]] @ right, spans)
         for (start, stop), part in zip(spans, parts, strict=True):
             total += left[start:stop].T @ part
 
@@ -210,6 +220,29 @@ def _resolve_backend(backend: Backend, device: str | None) -> tuple[str, str]:
     return "torch", device or ("cuda" if cuda else "cpu")
 
 
+def _graph_cross_by_strips(
+    ops: _NumpyOps,
+    total: np.ndarray,
+    upper: sp.csr_matrix,
+    inv_norms: np.ndarray,
+    mean: np.ndarray,
+    block_rows: int,
+) -> None:
+    """``total += Z_bᵀ (U_b X)`` summed over row blocks b, computed one column strip of X at
+    a time (X narrower than the compute dtype: only one strip is ever converted)."""
+    n, dim = ops.dense.shape
+    width = max(1, min(dim, STRIP_BYTES // max(1, n * ops.dtype.itemsize)))
+    for first in range(0, dim, width):
+        last = min(first + width, dim)
+        strip = np.ascontiguousarray(ops.dense[:, first:last], dtype=ops.dtype)
+        for start in range(0, n, block_rows):
+            stop = min(start + block_rows, n)
+            centered = ops.rows(start, stop) * inv_norms[start:stop, None]
+            centered -= mean
+            ops.accumulate_graph(total[:, first:last], centered, upper[start:stop], strip)
+        del strip
+
+
 def compute_moments(
     raw: Any,
     graph: NormalizedGraph | None = None,
@@ -235,12 +268,17 @@ def compute_moments(
         )
     dtype = compute_dtype(raw)
     inv_norms, mean = normalized_mean(raw, block_rows)
-    # The sparse product needs random access to all rows: keep X as it is when it already
-    # has the compute precision (no copy), else convert once.
-    dense = raw if isinstance(raw, np.ndarray) and raw.dtype == dtype else np.asarray(raw, dtype)
-
     kind, where = _resolve_backend(backend, device)
-    ops = _NumpyOps(dense, os.cpu_count() or 1) if kind == "numpy" else _TorchOps(dense, where)
+    # The sparse product needs random access to all rows: keep X as it is when it already
+    # has the compute precision (no copy); on the CPU a narrower array is kept too and
+    # converted block by block and strip by strip; anything else is converted once.
+    same = isinstance(raw, np.ndarray) and raw.dtype == dtype
+    narrow = kind == "numpy" and isinstance(raw, np.ndarray) and not same
+    dense = raw if same or narrow else np.asarray(raw, dtype)
+    if kind == "numpy":
+        ops: Any = _NumpyOps(dense, os.cpu_count() or 1, dtype)
+    else:
+        ops = _TorchOps(dense, where)
     try:
         inv_dev = ops.asarray(inv_norms.astype(dtype))
         mean_dev = ops.asarray(mean.astype(dtype))
@@ -266,10 +304,13 @@ def compute_moments(
             if upper is not None:
                 # Z_bᵀ(U X̄)_b = Z_bᵀ(U diag(1/||x||))_b X − Z_bᵀ(U1)_b μᵀ; the second term
                 # is a D-vector times μᵀ, applied once after the pass.
-                ops.accumulate_graph(upper_cross, centered, upper[start:stop])
+                if not narrow:
+                    ops.accumulate_graph(upper_cross, centered, upper[start:stop])
                 ops.accumulate(mean_weight, centered, upper_row_sums[start:stop])
             if progress is not None:
                 progress(stop)
+        if upper is not None and narrow:
+            _graph_cross_by_strips(ops, upper_cross, upper, inv_dev, mean_dev, block_rows)
         scatter_h, cross_h, isolated_h, mean_weight_h = (
             ops.to_host(m) for m in (scatter, upper_cross, isolated, mean_weight)
         )

@@ -57,6 +57,9 @@ class Limits:
     max_similar_k: int = 1000
     refit_lock_lease_seconds: float = 300.0
     version_cache_size: int = 4
+    # Serialized GetItemEmbeddings chunks of full-catalog pulls kept by the servicer (LRU);
+    # 0 disables them. Off whenever version_cache_size is 0.
+    chunk_cache_bytes: int = 1 << 30
     raw_dtype: str = "<f4"
 
 
@@ -95,6 +98,8 @@ class Selection:
     rows: np.ndarray | None  # None: every row in order
     item_count: int  # rows served
     encoder: EncoderIdentity
+    fitted: int = 0  # rows the version covers (later rows go through the projection)
+    projection: Projection | None = None  # W and μ of the version, for those later rows
 
 
 class VersionView:
@@ -196,22 +201,35 @@ class CatalogService:
         verify_version(version)
         for item_id in ids:
             verify_item_id(item_id)
-        state = self._catalog(name)
         rows = None
-        if ids:
-            rows = self.store.find_rows(name, ids)
+        if ids:  # the catalog's state and the rows of the ids in one store round trip
+            verify_catalog(name)
+            found, rows = self.store.catalog_and_rows(name, ids)
+            if found is None:
+                raise NotFound(f"catalog {name!r} does not exist")
+            state = found
             if np.any(rows < 0):
                 missing = ids[int(np.argmax(rows < 0))]
                 raise NotFound(f"item {missing!r} is not in catalog {name!r}")
+        else:
+            state = self._catalog(name)
         count = state.item_count if rows is None else len(rows)
         if kind == "raw":
             if version:
                 raise InvalidArgument("raw vectors are not versioned: ask for version 0")
             return Selection(0, state.encoder.dim, "raw", rows, count, state.encoder)
-        view = self.view(name, self._resolve(state, version))
-        return Selection(
-            view.record.version, view.record.dim, "reduced", rows, count, view.record.encoder
-        )
+        version = self._resolve(state, version)
+        view = self.cached_view(name, version)
+        if view is None and rows is not None:
+            view = self.view(name, version)
+        if view is not None:
+            record, projection = view.record, view.projection
+        else:  # a whole-catalog pull streams the version's blocks: no need to load them all
+            record = self._record(name, version)
+            components, mean = self.store.read_projection(name, version)
+            projection = Projection(components, mean, float(record.diagnostics.get("lam", 0)))
+        return Selection(record.version, record.dim, "reduced", rows, count, record.encoder,
+                         record.item_count, projection)
 
     def chunks(
         self, name: str, selection: Selection, rows_per_chunk: int
@@ -219,18 +237,27 @@ class CatalogService:
         """``(start, rows, float32 vectors)`` per chunk, in order."""
         for start in range(0, selection.item_count, rows_per_chunk):
             stop = min(start + rows_per_chunk, selection.item_count)
-            if selection.rows is None:
-                rows = np.arange(start, stop, dtype=np.int64)
-            else:
-                rows = selection.rows[start:stop]
-            yield start, rows, self._vectors(name, selection, rows)
+            yield (start, *self.chunk(name, selection, start, stop))
+
+    def chunk(
+        self, name: str, selection: Selection, start: int, stop: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and float32 vectors of positions ``[start, stop)`` of a selection."""
+        if selection.rows is None:
+            rows = np.arange(start, stop, dtype=np.int64)
+        else:
+            rows = selection.rows[start:stop]
+        return rows, self._vectors(name, selection, rows)
 
     def _vectors(self, name: str, selection: Selection, rows: np.ndarray) -> np.ndarray:
         if selection.kind == "raw":
             if selection.rows is None:
                 return self.store.read_raw(name, int(rows[0]), int(rows[-1]) + 1)
             return self.store.read_raw_rows(name, rows)
-        view = self.view(name, selection.version)
+        view = self.cached_view(name, selection.version)
+        if view is None and selection.rows is None and selection.projection is not None:
+            return self._streamed(name, selection, int(rows[0]), int(rows[-1]) + 1)
+        view = view or self.view(name, selection.version)
         fitted = rows < len(view.reduced)
         if fitted.all():
             return view.reduced[rows]
@@ -249,16 +276,38 @@ class CatalogService:
             )
         return state.active_version
 
-    def view(self, name: str, version: int) -> VersionView:
-        """The cached view of a published version (LRU of ``version_cache_size``)."""
-        key = (name, version)
+    def _streamed(self, name: str, selection: Selection, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of a version read from the store (no view in memory)."""
+        fitted = min(max(start, selection.fitted), stop)
+        parts = []
+        if fitted > start:
+            parts.append(self.store.read_reduced(name, selection.version, start, fitted))
+        if stop > fitted:  # items added after the fit (cold start)
+            assert selection.projection is not None
+            parts.append(selection.projection.transform(self.store.read_raw(name, fitted, stop)))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def cached_view(self, name: str, version: int) -> VersionView | None:
+        """The view of a version if this process holds it already (never loads)."""
         with self._views_lock:
-            if key in self._views:
-                self._views.move_to_end(key)
-                return self._views[key]
+            view = self._views.get((name, version))
+            if view is not None:
+                self._views.move_to_end((name, version))
+            return view
+
+    def _record(self, name: str, version: int) -> VersionRecord:
         record = next((r for r in self.store.versions(name) if r.version == version), None)
         if record is None:
             raise NotFound(f"catalog {name!r} has no version {version}")
+        return record
+
+    def view(self, name: str, version: int) -> VersionView:
+        """The cached view of a published version (LRU of ``version_cache_size``)."""
+        key = (name, version)
+        cached = self.cached_view(name, version)
+        if cached is not None:
+            return cached
+        record = self._record(name, version)
         components, mean = self.store.read_projection(name, version)
         reduced = self.store.read_reduced(name, version, 0, record.item_count)
         view = VersionView(record, components, mean, reduced)
@@ -311,8 +360,10 @@ class CatalogService:
                 f"lam > 0 needs co-occurrence counts and catalog {name!r} has none yet"
             )
         started = time.perf_counter()
-        raw = self.store.read_raw(name, 0, count)
+        # Counts first: their merge's temporaries are freed before the vectors arrive. The
+        # vectors stay in their stored dtype (float16 halves them); the fit converts blocks.
         counts = self.store.read_counts(name, count) if totals.pairs else None
+        raw = self.store.read_raw_stored(name, 0, count)
         try:
             result = fit_recpca(raw, counts, settings)
         except ValueError as error:  # e.g. vectors without variance

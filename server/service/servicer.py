@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -18,10 +19,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.service.catalog_service import CatalogService, Selection
+from server.service.chunk_cache import ChunkCache, Messages
 from server.service.errors import ServiceError
 from server.service.metrics import ServiceMetrics
 from server.service.validation import FitRequest, PairBlock
-from server.service.vector_codec import bytes_per_value, encode_vectors
+from server.service.vector_codec import bytes_per_value, vector_buffer
 from server.stores.base import (
     ConflictError,
     CooccurrenceTotals,
@@ -48,6 +50,9 @@ STATUS_ENUM = {"staged": pb.VERSION_STATUS_STAGED, "active": pb.VERSION_STATUS_A
                "retired": pb.VERSION_STATUS_RETIRED}
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
 CHUNK_OVERHEAD = 1024
+# A worker-thread call reads and serializes about this many bytes of chunks at once.
+GROUP_BYTES = 8 * 2**20
+PREFETCH_GROUPS = 1  # groups prepared ahead of the one being sent
 
 
 class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
@@ -59,12 +64,19 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         self.metrics = metrics
         self.default_chunk_bytes = default_chunk_bytes
         self.max_send_bytes = max_send_bytes
+        limits = service.limits
+        self.chunk_cache = ChunkCache(limits.chunk_cache_bytes if limits.version_cache_size else 0)
 
     async def _run(self, context: grpc.aio.ServicerContext, function: Callable[..., T],
                    *args: Any) -> T:
         """Run a service call off the event loop; map every expected failure to a status."""
+        return await self._outcome(context, asyncio.to_thread(function, *args), function)
+
+    async def _outcome(self, context: grpc.aio.ServicerContext, call: Awaitable[T],
+                       function: Callable[..., Any]) -> T:
+        """Await ``call`` (started from ``function``); map every expected failure to a status."""
         try:
-            return await asyncio.to_thread(function, *args)
+            return await call
         except ServiceError as error:
             await context.abort(getattr(grpc.StatusCode, error.code), error.message)
         except StoreUnavailableError as error:
@@ -118,19 +130,16 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     async def GetItemEmbeddings(self, request: pb.GetItemEmbeddingsRequest,
                                 context: grpc.aio.ServicerContext
-                                ) -> AsyncIterator[pb.GetItemEmbeddingsResponse]:
+                                ) -> AsyncIterator[pb.GetItemEmbeddingsResponse | bytes]:
         dtype, kind = DTYPES.get(request.dtype), KINDS.get(request.kind)
         if dtype is None or kind is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown dtype or kind")
         if request.max_chunk_bytes < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_chunk_bytes must be >= 0")
-        selection: Selection = await self._run(
-            context, self.service.select, request.catalog, request.version,
-            list(request.item_ids), kind,
-        )
-        budget = min(request.max_chunk_bytes or self.default_chunk_bytes, self.max_send_bytes)
-        row_bytes = selection.dim * bytes_per_value(dtype) + 8
-        rows_per_chunk = max(1, (budget - CHUNK_OVERHEAD) // (row_bytes + 40))
+        # One worker-thread hop resolves the selection and prepares its first chunk (a
+        # look-up of a few ids is usually one chunk); later chunks are prefetched.
+        pull: _Pull = await self._run(context, self._open, request, kind, dtype)
+        selection = pull.selection
         header = pb.EmbeddingHeader(
             version=selection.version, dim=selection.dim, dtype=DTYPE_ENUM[dtype],
             kind=pb.EMBEDDING_KIND_RAW if kind == "raw" else pb.EMBEDDING_KIND_REDUCED,
@@ -139,40 +148,107 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         if selection.item_count == 0:
             yield pb.GetItemEmbeddingsResponse(header=header)
             return
-        chunks = self.service.chunks(request.catalog, selection, rows_per_chunk)
-        while True:
-            chunk = await self._run(context, next, chunks, None)
-            if chunk is None:
-                return
-            start, rows, vectors = chunk
-            if request.omit_item_ids:
-                ids = []
-            elif selection.rows is None:  # the whole catalog: one range read of its ids
-                ids = await self._run(context, self.service.store.item_ids, request.catalog,
-                                      start, start + len(rows))
-            else:  # the caller named the ids; these rows were resolved from them in order
-                ids = list(request.item_ids[start : start + len(rows)])
-            for message in self._messages(start, rows, ids, vectors, dtype, budget):
-                if header is not None:
-                    message.header.CopyFrom(header)
-                    header = None
-                self.metrics.record_served(kind, dtype, len(message.rows) // 4,
-                                           len(message.vectors))
-                yield message
+        # Serialized messages concatenate like merged messages: the first one is the header
+        # field followed by the first chunk's fields.
+        first: bytes | None = pb.GetItemEmbeddingsResponse(header=header).SerializeToString()
+        messages = pull.first_group
+        # The next groups are read and serialized in worker threads while one is sent.
+        pending: deque[asyncio.Future[Messages]] = deque()
+        try:
+            for group in range(pull.groups):
+                for ahead in range(group + 1 + len(pending),
+                                   min(group + 1 + PREFETCH_GROUPS, pull.groups)):
+                    pending.append(self._prefetch(pull, ahead))
+                for data, items, vector_bytes in messages:
+                    if first is not None:
+                        data, first = first + data, None
+                    self.metrics.record_served(kind, dtype, items, vector_bytes)
+                    yield data
+                if pending:
+                    messages = await self._outcome(context, pending.popleft(), self._group)
+        finally:
+            for future in pending:
+                future.cancel()
 
-    def _messages(self, start: int, rows: np.ndarray, ids: list[str], vectors: np.ndarray,
-                  dtype: str, budget: int) -> list[pb.GetItemEmbeddingsResponse]:
-        """One message, or halves of it until each fits the byte budget (long ids)."""
+    def _open(self, request: pb.GetItemEmbeddingsRequest, kind: str, dtype: str) -> _Pull:
+        """The selection, its chunking and its first group's messages (worker thread): a
+        look-up of a few ids is served after this one thread hop."""
+        selection = self.service.select(request.catalog, request.version,
+                                        list(request.item_ids), kind)
+        budget = min(request.max_chunk_bytes or self.default_chunk_bytes, self.max_send_bytes)
+        row_bytes = selection.dim * bytes_per_value(dtype) + 8
+        rows_per_chunk = max(1, (budget - CHUNK_OVERHEAD) // (row_bytes + 40))
+        pull = _Pull(request, selection, dtype, budget, rows_per_chunk,
+                     max(1, GROUP_BYTES // budget))
+        if selection.item_count:
+            pull.first_group = self._group(pull, 0)
+        return pull
+
+    def _prefetch(self, pull: _Pull, group: int) -> asyncio.Future[Messages]:
+        cached = self._cached_group(pull, group)
+        if cached is not None:  # no thread hop for what is already serialized
+            done: asyncio.Future[Messages] = asyncio.get_running_loop().create_future()
+            done.set_result(cached)
+            return done
+        return asyncio.ensure_future(asyncio.to_thread(self._group, pull, group))
+
+    def _cached_group(self, pull: _Pull, group: int) -> Messages | None:
+        keys = [pull.cache_key(start, stop) for start, stop in pull.spans(group)]
+        if any(key is None for key in keys):
+            return None
+        messages: Messages = []
+        for key in keys:
+            cached = self.chunk_cache.get(key)
+            if cached is None:
+                return None
+            messages += cached
+        return messages
+
+    def _group(self, pull: _Pull, group: int) -> Messages:
+        """The serialized messages of one group of chunks (run in a worker thread): one
+        store read of its vectors and one of its ids, then a message per chunk."""
+        cached = self._cached_group(pull, group)
+        if cached is not None:
+            return cached
+        request, selection = pull.request, pull.selection
+        spans = pull.spans(group)
+        first, last = spans[0][0], spans[-1][1]
+        rows, vectors = self.service.chunk(request.catalog, selection, first, last)
+        if request.omit_item_ids:
+            ids = []
+        elif selection.rows is None:  # the whole catalog: one range read of its ids
+            ids = self.service.store.item_ids(request.catalog, first, last)
+        else:  # the caller named the ids; these rows were resolved from them in order
+            ids = list(request.item_ids[first:last])
+        messages: Messages = []
+        for start, stop in spans:
+            part = slice(start - first, stop - first)
+            chunk = self._messages(start, rows[part], ids[part] if ids else [], vectors[part],
+                                   pull.dtype, pull.budget)
+            key = pull.cache_key(start, stop)
+            if key is not None:
+                self.chunk_cache.put(key, chunk)
+            messages += chunk
+        return messages
+
+    @staticmethod
+    def _messages(start: int, rows: np.ndarray, ids: list[str], vectors: np.ndarray,
+                  dtype: str, budget: int) -> Messages:
+        """One serialized message, or halves of it until each fits the byte budget (long
+        ids). The vector block is appended to the serialized other fields as field 5 (field
+        order does not matter on the wire), so its bytes are copied once, not three times."""
         message = pb.GetItemEmbeddingsResponse(
-            start=start, rows=rows.astype("<u4").tobytes(), item_ids=ids,
-            vectors=encode_vectors(vectors, dtype),
-        )
-        if len(rows) == 1 or message.ByteSize() + CHUNK_OVERHEAD <= budget:
-            return [message]
+            start=start, rows=rows.astype("<u4").tobytes(), item_ids=ids)
+        block = vector_buffer(vectors, dtype)
+        field = _VECTORS_TAG + _varint(len(block)) if len(block) else b""
+        size = message.ByteSize() + len(field) + len(block)
+        if len(rows) == 1 or size + CHUNK_OVERHEAD <= budget:
+            data = b"".join((message.SerializeToString(), field, block))
+            return [(data, len(rows), len(block))]
         half = len(rows) // 2
-        return (self._messages(start, rows[:half], ids[:half], vectors[:half], dtype, budget)
-                + self._messages(start + half, rows[half:], ids[half:], vectors[half:], dtype,
-                                 budget))
+        split = EmbeddingServicer._messages
+        return (split(start, rows[:half], ids[:half], vectors[:half], dtype, budget)
+                + split(start + half, rows[half:], ids[half:], vectors[half:], dtype, budget))
 
     async def PushCooccurrence(self, request_iterator: AsyncIterator[pb.PushCooccurrenceRequest],
                                context: grpc.aio.ServicerContext) -> pb.PushCooccurrenceResponse:
@@ -235,6 +311,76 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         return pb.SimilarItemsResponse(version=version, items=[
             pb.SimilarItem(item_id=item_id, row=row, score=score) for item_id, row, score in hits
         ])
+
+
+class _Pull:
+    """One GetItemEmbeddings call's chunking: chunks of ``rows_per_chunk`` positions, read
+    from the store ``group`` chunks at a time."""
+
+    def __init__(self, request: pb.GetItemEmbeddingsRequest, selection: Selection, dtype: str,
+                 budget: int, rows_per_chunk: int, group: int) -> None:
+        self.request, self.selection, self.dtype = request, selection, dtype
+        self.budget, self.rows_per_chunk, self.group = budget, rows_per_chunk, group
+        chunks = -(-selection.item_count // rows_per_chunk)
+        self.groups = -(-chunks // group)
+        self.first_group: Messages = []
+
+    def spans(self, group: int) -> list[tuple[int, int]]:
+        count, size = self.selection.item_count, self.rows_per_chunk
+        first = group * self.group * size
+        return [(start, min(start + size, count))
+                for start in range(first, min(first + self.group * size, count), size)]
+
+    def cache_key(self, start: int, stop: int) -> tuple | None:
+        """Chunks of whole-catalog pulls of rows a version covers never change: cacheable."""
+        selection = self.selection
+        if selection.rows is not None or selection.kind != "reduced" or stop > selection.fitted:
+            return None
+        return (self.request.catalog, selection.version, self.dtype, self.budget,
+                self.request.omit_item_ids, start, stop)
+
+
+# Tag of GetItemEmbeddingsResponse.vectors (field 5, length-delimited).
+_VECTORS_TAG = bytes([5 << 3 | 2])
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _serialize_response(message: pb.GetItemEmbeddingsResponse | bytes) -> bytes:
+    """GetItemEmbeddings handlers yield serialized messages (cached or prefetched) as bytes."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_to_server(servicer: EmbeddingServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` like the generated ``add_EmbeddingServiceServicer_to_server``,
+    except that GetItemEmbeddings responses may already be serialized."""
+
+    class _Capture:
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+        def add_generic_rpc_handlers(self, _handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, _service: str, handlers: dict) -> None:
+            self.handlers = handlers
+
+    capture = _Capture()
+    pb_grpc.add_EmbeddingServiceServicer_to_server(servicer, capture)
+    handlers = dict(capture.handlers)
+    original = handlers["GetItemEmbeddings"]
+    handlers["GetItemEmbeddings"] = grpc.unary_stream_rpc_method_handler(
+        original.unary_stream, request_deserializer=original.request_deserializer,
+        response_serializer=_serialize_response)
+    service = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
 async def _ensure_half_closed(context: grpc.aio.ServicerContext) -> None:

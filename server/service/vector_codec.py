@@ -24,9 +24,17 @@ def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
 
 def encode_vectors(vectors: np.ndarray, dtype: str) -> bytes:
     """Row-major little-endian bytes of float32 ``vectors`` in the wire ``dtype``."""
+    return bytes(vector_buffer(vectors, dtype))
+
+
+def vector_buffer(vectors: np.ndarray, dtype: str) -> memoryview:
+    """The bytes of ``encode_vectors`` as a buffer, without the copy into a ``bytes``
+    object when ``vectors`` already has the wire layout."""
     if dtype == "bfloat16":
-        return to_bfloat16_bits(vectors).tobytes()
-    return np.ascontiguousarray(vectors, dtype=WIRE_DTYPES[dtype]).tobytes()
+        array = to_bfloat16_bits(vectors)
+    else:
+        array = np.ascontiguousarray(vectors, dtype=WIRE_DTYPES[dtype])
+    return memoryview(array.reshape(-1).view(np.uint8))
 
 
 def decode_vectors(block: bytes, dtype: str, dim: int) -> np.ndarray:

@@ -170,6 +170,22 @@ class CatalogStore(abc.ABC):
     @abc.abstractmethod
     def read_raw_rows(self, name: str, rows: np.ndarray) -> np.ndarray: ...
 
+    def catalog_and_rows(
+        self, name: str, ids: Sequence[str]
+    ) -> tuple[CatalogState | None, np.ndarray]:
+        """``get_catalog`` and ``find_rows`` together (one round trip where the store can);
+        rows are -1 for unknown ids, and all -1 when the catalog does not exist."""
+        state = self.get_catalog(name)
+        if state is None:
+            return None, np.full(len(ids), -1, dtype=np.int64)
+        return state, self.find_rows(name, ids)
+
+    def read_raw_stored(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Raw vectors of rows ``[start, stop)`` in their stored element type (float16 or
+        float32), for readers of a whole catalog that should not hold a float32 copy of a
+        float16 table (a refit). Default: ``read_raw``."""
+        return self.read_raw(name, start, stop)
+
     # -- versions -----------------------------------------------------------------------
     @abc.abstractmethod
     def write_version(self, name: str, new: NewVersion, activate: bool) -> VersionRecord:

@@ -70,6 +70,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _CHUNK = 10_000  # fields per HSET/HMGET/RPUSH command, so no single command is huge
+_BLOCKS_PER_READ = 16  # row blocks per MULTI when a whole table is read
 
 # Applies the batches not seen before and updates the totals: one script for the whole
 # call, so a call is all-or-nothing and a retried batch is counted once.
@@ -297,6 +298,27 @@ class RedisStore(CatalogStore):
         return np.array([-1 if row is None else int(row) for row in found], dtype=np.int64)
 
     @_unavailable_as_store_error
+    def catalog_and_rows(
+        self, name: str, ids: Sequence[str]
+    ) -> tuple[CatalogState | None, np.ndarray]:
+        """One MULTI: the state and the rows come from the same snapshot."""
+        try:
+            meta = self._meta(name)
+        except NotFoundError:
+            return None, np.full(len(ids), -1, dtype=np.int64)
+        key = self._key(name, "ids")
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._key(name, "count"))
+            pipe.get(self._key(name, "active"))
+            for i in range(0, len(ids), _CHUNK):
+                pipe.hmget(key, list(ids[i : i + _CHUNK]))
+            count, active, *chunks = pipe.execute()
+        found = [row for chunk in chunks for row in chunk]
+        rows = np.array([-1 if row is None else int(row) for row in found], dtype=np.int64)
+        state = CatalogState(name, meta.encoder, int(count or 0), int(active or 0), meta.raw_dtype)
+        return state, rows
+
+    @_unavailable_as_store_error
     def text_hashes(self, name: str, rows: np.ndarray) -> list[str]:
         self._meta(name)
         fields = [int(row) for row in np.asarray(rows).ravel()]
@@ -388,6 +410,26 @@ class RedisStore(CatalogStore):
         meta = self._meta(name)
         start, stop = max(start, 0), min(stop, self._count(name))
         return self._raw(name, meta, np.arange(start, max(start, stop)))
+
+    @_unavailable_as_store_error
+    def read_raw_stored(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Filled block by block (``_BLOCKS_PER_READ`` blocks per MULTI) into one array of
+        the stored dtype: no joined byte string and no float32 copy of the whole table.
+        Rows never move, so a concurrent upsert can at most change the vectors of rows
+        whose text it changed between two of those reads."""
+        meta = self._meta(name)
+        start, stop = max(start, 0), min(stop, self._count(name))
+        out = np.empty((max(stop - start, 0), meta.encoder.dim), dtype=meta.raw_dtype)
+        first = start
+        while first < stop:
+            last = min(first - first % meta.block_rows + _BLOCKS_PER_READ * meta.block_rows,
+                       stop)
+            data = self._read_rows(lambda block: self._key(name, "raw", block),
+                                   np.arange(first, last), meta.raw_row_bytes, meta.block_rows)
+            out[first - start : last - start] = np.frombuffer(data, meta.raw_dtype).reshape(
+                last - first, meta.encoder.dim)
+            first = last
+        return out
 
     @_unavailable_as_store_error
     def read_raw_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
@@ -505,7 +547,8 @@ class RedisStore(CatalogStore):
             dim * 4,
             meta.block_rows,
         )
-        return np.frombuffer(data, dtype="<f4").reshape(len(rows), dim).astype(np.float32)
+        # Read-only over the bytes read (no copy): versions are immutable, nothing writes.
+        return np.frombuffer(data, dtype="<f4").reshape(len(rows), dim)
 
     @_unavailable_as_store_error
     def collect_garbage(self, name: str, min_age_seconds: float) -> int:

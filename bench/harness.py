@@ -1,0 +1,239 @@
+"""What the service benchmarks share: a real ``redis-server`` on a free port, the real
+server as a ``python -m server`` subprocess (its own GIL, its own RSS), synthetic catalogs
+written straight through the store API, and process memory readings.
+
+Synthetic catalogs skip the encoder on purpose (encoding a million texts would take an hour
+on a CPU): ``load_synthetic_catalog`` commits items with random vectors through
+``RedisStore.commit_items``, the store call ``UpsertItems`` ends in, and
+``write_synthetic_version`` publishes a version through ``write_version``, the call
+``RefitProjection`` ends in. ``bench.ingest`` is the benchmark that measures encoding.
+
+Profiling: with ``BENCH_PROFILE_DIR`` set, every server process is sampled by ``py-spy``
+(``pip install py-spy``) for its whole life, and its collapsed stacks land in that folder
+(``server-<pid>.txt``); ``python -m bench.harness <file>`` prints where the time went.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.stores.base import CooccurrenceTotals, EncoderIdentity, ItemChanges, NewVersion
+from server.stores.redis_store import RedisStore
+from tests.redis_server import RedisServer, _free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MB = 2**20
+# Encoder identity of the default server (sentence-transformers all-MiniLM-L6-v2, pooled).
+DEFAULT_ENCODER = EncoderIdentity("all-MiniLM-L6-v2", 384)
+
+
+def progress(name: str, message: str) -> None:
+    print(f"[{name}] {message}", file=sys.stderr, flush=True)
+
+
+def median_of(values: Sequence[float]) -> float:
+    return float(median(values))
+
+
+def free_port() -> int:
+    return _free_port()
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    """A private ``redis-server`` on a free loopback port (never the shared 6379)."""
+    with RedisServer() as server:
+        yield server
+
+
+# --- process memory --------------------------------------------------------------------------
+
+
+def status_mb(pid: int, field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` (peak) of process ``pid`` in MiB, from ``/proc/<pid>/status``."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Set ``VmHWM`` of ``pid`` back to its current RSS (Linux ``clear_refs`` ← 5)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+# --- the server under test -------------------------------------------------------------------
+
+
+class ServerProcess:
+    """``python -m server`` with ``flags`` (``--name value`` pairs) on a free port, started on
+    enter (returns once health says SERVING), SIGTERM on exit. Logs go to ``log_path``."""
+
+    def __init__(self, store_url: str, log_path: Path, *flags: str,
+                 env: dict[str, str] | None = None, startup_timeout: float = 180.0) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.command = [sys.executable, "-m", "server", "--port", str(self.port),
+                        "--store-url", store_url, "--log-level", "warning", *flags]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("TFLLMER_")}
+        self.env = {**base, **(env or {})}
+        self.log_path = log_path
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.profiler: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def __enter__(self) -> ServerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=self.env,
+                                            stdout=log, stderr=log)
+        wait_serving(self.address, self.process, self.startup_timeout)
+        profile_dir = os.environ.get("BENCH_PROFILE_DIR")
+        if profile_dir:
+            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            out = Path(profile_dir) / f"server-{self.pid}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.profiler = subprocess.Popen(
+                [spy, "record", "--pid", str(self.pid), "--format", "raw", "--rate", "200",
+                 "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # attached before the workload starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is None:
+            return
+        if self.profiler is not None:  # SIGINT: py-spy writes what it sampled and exits
+            self.profiler.send_signal(signal.SIGINT)
+            self.profiler.wait(60)
+            self.profiler = None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def rss_mb(self) -> float:
+        return status_mb(self.pid, "VmRSS")
+
+    def peak_rss_mb(self) -> float:
+        return status_mb(self.pid, "VmHWM")
+
+    def reset_peak(self) -> None:
+        reset_peak_rss(self.pid)
+
+
+def wait_serving(address: str, process: subprocess.Popen[Any] | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{address}: the process exited during start-up")
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"{address} did not become SERVING within {timeout} s")
+
+
+# --- synthetic catalogs ----------------------------------------------------------------------
+
+
+def item_id(row: int) -> str:
+    return f"item-{row:08d}"
+
+
+def synthetic_vectors(rows: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 vectors with a shared offset and uneven norms (like pooled LLM vectors)."""
+    x = rng.standard_normal((rows, dim), dtype=np.float32)
+    x += 0.5
+    x *= rng.lognormal(0.0, 0.3, size=(rows, 1)).astype(np.float32)
+    return x
+
+
+def load_synthetic_catalog(store: RedisStore, name: str, n_items: int, encoder: EncoderIdentity,
+                           raw_dtype: str, seed: int = 0, batch: int = 100_000) -> None:
+    """``n_items`` items with ids ``item-00000000…`` and random raw vectors, committed in
+    batches through ``commit_items`` (what ``UpsertItems`` does after encoding)."""
+    store.create_catalog(name, encoder, raw_dtype)
+    rng = np.random.default_rng(seed)
+    for base in range(0, n_items, batch):
+        rows = range(base, min(base + batch, n_items))
+        store.commit_items(name, ItemChanges(
+            base_count=base, new_ids=[item_id(r) for r in rows],
+            new_text_hashes=[f"{r:064x}" for r in rows],
+            new_vectors=synthetic_vectors(len(rows), encoder.dim, rng),
+        ))  # fmt: skip
+
+
+def write_synthetic_version(store: RedisStore, name: str, n_items: int, encoder: EncoderIdentity,
+                            dim: int, seed: int = 1) -> int:
+    """Publish and activate a version of random unit vectors (what a refit writes)."""
+    rng = np.random.default_rng(seed)
+    reduced = rng.standard_normal((n_items, dim), dtype=np.float32)
+    reduced /= np.linalg.norm(reduced, axis=1, keepdims=True)
+    components = np.linalg.qr(rng.standard_normal((encoder.dim, dim)))[0]
+    record = store.write_version(name, NewVersion(
+        item_count=n_items, dim=dim, encoder=encoder, parameters={"dim": dim, "lam": 0.0},
+        diagnostics={"lam": 0.0}, counts=CooccurrenceTotals(0, 0.0, 0), fit_seconds=0.0,
+        components=components, mean=np.zeros(encoder.dim), reduced=reduced,
+    ), activate=True)  # fmt: skip
+    return record.version
+
+
+# --- profiles --------------------------------------------------------------------------------
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Self and inclusive sample shares per function of a py-spy collapsed-stack file."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        samples = int(count)
+        total += samples
+        frames = [frame.split(" (")[0] for frame in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + samples
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + samples
+    lines = [f"{path.name}: {total} samples"]
+    for title, table in (("self", own), ("inclusive", inclusive)):
+        lines.append(f"-- {title}")
+        for frame, samples in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"{100 * samples / max(total, 1):6.1f}%  {frame}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        print(summarize_profile(Path(name)))

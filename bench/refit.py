@@ -1,0 +1,216 @@
+"""A production-sized ``RefitProjection``: end-to-end seconds and the server's peak memory.
+
+Set-up (not timed): a private ``redis-server``; a catalog of ``--items`` items whose raw
+vectors (dim ``--dim``) are stored as float16, written straight through the store API
+(``RedisStore.commit_items``, what ``UpsertItems`` ends in) with synthetic vectors (shared
+offset, uneven norms), because encoding a million texts would take an hour on a CPU; then
+``--nnz`` co-occurrence non-zeros (``nnz / 2`` distinct unordered pairs, geometric counts)
+pushed through the ``PushCooccurrence`` RPC by the real ``CooccurrencePusher``.
+
+Measured: ``RefitProjection`` (d = 64, the default retention budget, activate) through the
+real server (``python -m server``, its own process): the seconds from request to reply, and
+the server process's peak RSS during the call (``VmHWM``, reset before each call; the
+server's idle RSS, with the encoder model loaded, is reported beside it). Target: peak RSS ≤
+the raw matrix's size + 2 GiB.
+
+    python -m bench.refit [--items 1000000 --dim 384 --nnz 20000000 --repeats 3]
+
+Prints a table and writes ``bench/results/refit.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from bench.harness import (
+    MB,
+    ServerProcess,
+    load_synthetic_catalog,
+    median_of,
+    redis_server,
+)
+from bench.harness import progress as _progress
+from bench.report import RESULTS_DIR, Target, machine_info, write_results
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
+from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
+from server.stores.base import EncoderIdentity
+from server.stores.redis_store import RedisStore
+from trainer_client.client import EmbeddingClient
+from trainer_client.pusher import CooccurrencePusher
+
+NAME = "refit"
+CATALOG = "bench-refit"
+HEADROOM_MB = 2048
+
+
+@dataclass(frozen=True)
+class Config:
+    items: int = 1_000_000
+    dim: int = 384
+    nnz: int = 20_000_000
+    components: int = 64
+    repeats: int = 3
+    seed: int = 0
+
+
+def progress(message: str) -> None:
+    _progress(NAME, message)
+
+
+def random_pairs(n: int, pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``pairs`` distinct unordered pairs ``lo < hi`` with geometric counts ≥ 1."""
+    if pairs > n * (n - 1) // 2:
+        raise ValueError(f"{n} items have fewer than {pairs} distinct pairs")
+    rng = np.random.default_rng(seed)
+    keys = np.empty(0, dtype=np.int64)
+    while len(keys) < pairs:
+        i, j = rng.integers(0, n, size=(2, pairs - len(keys) + 1024), dtype=np.int64)
+        keep = i != j
+        lo, hi = np.minimum(i, j)[keep], np.maximum(i, j)[keep]
+        keys = np.unique(np.concatenate([keys, lo * n + hi]))
+    keys = keys[rng.permutation(len(keys))[:pairs]]
+    weights = rng.geometric(0.5, size=pairs).astype(np.float32)
+    return keys // n, keys % n, weights
+
+
+class RssSampler:
+    """Samples a process's RSS every ``interval`` seconds while running (a profile of when
+    memory is taken; the peak itself comes from ``VmHWM``)."""
+
+    def __init__(self, server: ServerProcess, interval: float = 0.25) -> None:
+        self.server, self.interval = server, interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        while not self._stop.wait(self.interval):
+            self.samples.append((time.perf_counter() - start, self.server.rss_mb()))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run(config: Config) -> dict[str, Any]:
+    encoder = EncoderIdentity("synthetic", config.dim)
+    runs: list[dict[str, Any]] = []
+    with redis_server() as redis, tempfile.TemporaryDirectory(prefix="bench-refit-") as tmp:
+        store = RedisStore(redis.url)
+        progress(f"writing {config.items} × {config.dim} float16 raw vectors through the store")
+        load_synthetic_catalog(store, CATALOG, config.items, encoder, "<f2", config.seed)
+        rows, cols, weights = random_pairs(config.items, config.nnz // 2, config.seed + 1)
+        with ServerProcess(redis.url, Path(tmp) / "server.log") as server:
+            progress(f"pushing {len(rows)} pairs ({config.nnz} non-zeros) through the RPC")
+            with EmbeddingClient(server.address, token="", deadline_s=3600) as client:
+                start = time.perf_counter()
+                CooccurrencePusher(client, CATALOG, "bench", Path(tmp) / "push.json").push(
+                    rows, cols, weights)
+                push_s = time.perf_counter() - start
+            del rows, cols, weights
+            idle_mb = server.rss_mb()
+            with grpc.insecure_channel(server.address) as channel:
+                stub = pb_grpc.EmbeddingServiceStub(channel)
+                for repeat in range(config.repeats):
+                    progress(f"repeat {repeat + 1}/{config.repeats}: RefitProjection")
+                    baseline = server.rss_mb()
+                    server.reset_peak()
+                    with RssSampler(server) as sampler:
+                        start = time.perf_counter()
+                        reply = stub.RefitProjection(pb.RefitProjectionRequest(
+                            catalog=CATALOG, activate=True,
+                            parameters=pb.FitParameters(dim=config.components)), timeout=3600)
+                        seconds = time.perf_counter() - start
+                    runs.append({
+                        "seconds": seconds, "fit_seconds": reply.version.fit_seconds,
+                        "baseline_rss_mb": baseline, "peak_rss_mb": server.peak_rss_mb(),
+                        "version": reply.version.version,
+                        "lam": reply.version.diagnostics.lam,
+                        "rss_samples": [(round(t, 2), round(m, 1)) for t, m in sampler.samples],
+                    })
+        totals = store.cooccurrence_totals(CATALOG)
+        store.close()
+    return {"idle_rss_mb": idle_mb, "push_s": push_s, "pairs": totals.pairs,
+            "raw_mb": config.items * config.dim * 2 / MB, "runs": runs}
+
+
+def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR) -> None:
+    runs = raw["runs"]
+    seconds = median_of([r["seconds"] for r in runs])
+    peak = max(r["peak_rss_mb"] for r in runs)
+    bound = raw["raw_mb"] + HEADROOM_MB
+    checks = [Target("peak_rss", "server peak RSS during RefitProjection (MiB)", peak, bound,
+                     at_most=True)]
+    rows = [{"repeat": i + 1, "refit_s": r["seconds"], "fit_s (server)": r["fit_seconds"],
+             "rss_before_mb": r["baseline_rss_mb"], "peak_rss_mb": r["peak_rss_mb"],
+             "raw_mb": raw["raw_mb"], "bound_mb": bound, "lam": r["lam"]}
+            for i, r in enumerate(runs)]
+    machine = machine_info()
+    payload = {
+        "benchmark": NAME,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": asdict(config),
+        "machine": machine,
+        "data": "synthetic raw vectors written through the store API as float16; random "
+                "co-occurrence pairs pushed through PushCooccurrence",
+        "median_refit_s": seconds,
+        "peak_rss_mb": peak,
+        "raw": raw,
+        "targets": {check.key: check.to_dict() for check in checks},
+    }
+    notes = [
+        f"{config.items} items × D = {config.dim} raw float16 ({raw['raw_mb']:.0f} MiB), "
+        f"{config.nnz} co-occurrence non-zeros ({raw['pairs']} pairs, pushed in "
+        f"{raw['push_s']:.3g} s), d = {config.components}; {machine['nproc']} cores "
+        f"({machine['cpu_model']}); server idle RSS {raw['idle_rss_mb']:.0f} MiB (encoder "
+        f"model loaded); median refit {seconds:.3g} s over {config.repeats} repeats",
+        *(check.note() for check in checks),
+    ]
+    columns = ["repeat", "refit_s", "fit_s (server)", "rss_before_mb", "peak_rss_mb", "raw_mb",
+               "bound_mb", "lam"]
+    json_path, md_path = write_results(NAME, payload, rows, columns, notes, results_dir)
+    progress(f"wrote {json_path} and {md_path}")
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
+    d = Config()
+    parser = argparse.ArgumentParser(prog="python -m bench.refit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=d.items)
+    parser.add_argument("--dim", type=int, default=d.dim)
+    parser.add_argument("--nnz", type=int, default=d.nnz,
+                        help="stored non-zeros of the symmetric count matrix (nnz/2 pairs)")
+    parser.add_argument("--components", type=int, default=d.components)
+    parser.add_argument("--repeats", type=int, default=d.repeats)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="where <name>.json and <name>.md go")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.items <= args.components:
+        parser.error("need --repeats >= 1 and --items > --components")
+    config = Config(args.items, args.dim, args.nnz, args.components, args.repeats, args.seed)
+    return config, args.results_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, results_dir = parse_args(argv)
+    report(config, run(config), results_dir)
+
+
+if __name__ == "__main__":
+    main()

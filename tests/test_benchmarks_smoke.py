@@ -1,0 +1,69 @@
+"""Each service benchmark runs end to end at a tiny size and writes a sane JSON and table.
+
+These check the benchmarks' plumbing (real server process, real Redis, real client, the
+report), never their timings: the figures are only required to be positive and finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def result(results_dir: Path, name: str) -> dict:
+    assert (results_dir / f"{name}.md").read_text().startswith(f"# {name}\n")
+    payload = json.loads((results_dir / f"{name}.json").read_text())
+    assert payload["benchmark"] == name
+    assert payload["machine"]["nproc"] >= 1
+    assert payload["targets"]
+    for target in payload["targets"].values():
+        assert {"definition", "value", "bound", "met"} <= target.keys()
+        assert math.isfinite(target["value"]) and target["value"] > 0
+    return payload
+
+
+def test_serving(tmp_path: Path) -> None:
+    from bench.serving import main
+
+    main(["--items", "3000", "--repeats", "1", "--clients", "2", "--ids-per-request", "16",
+          "--lookup-seconds", "0.3", "--results-dir", str(tmp_path)])
+    payload = result(tmp_path, "serving")
+    assert set(payload["targets"]) == {"cached_float32", "cold_float32", "cached_float16",
+                                       "cold_float16", "lookups"}
+    assert payload["stream_bytes"]["float32"] > 3000 * 64 * 4
+    assert all(row["vs_floor"] > 0 for row in payload["results"])
+
+
+def test_push(tmp_path: Path) -> None:
+    from bench.push import main
+
+    main(["--repeats", "1", "--copies", "1", "--results-dir", str(tmp_path)])
+    payload = result(tmp_path, "push")
+    assert payload["raw"]["stored_pairs"] == payload["raw"]["pairs"] > 1_000_000
+    assert payload["pairs_per_s"] > 0
+
+
+def test_ingest(tmp_path: Path) -> None:
+    from bench.ingest import main
+
+    main(["--items", "40", "--repeats", "1", "--results-dir", str(tmp_path)])
+    payload = result(tmp_path, "ingest")
+    assert payload["raw"]["texts"] == 40
+    assert [row["texts"] for row in payload["results"]] == [40, 40, 40]
+
+
+def test_refit(tmp_path: Path) -> None:
+    from bench.refit import main
+
+    main(["--items", "3000", "--dim", "16", "--nnz", "20000", "--components", "4",
+          "--repeats", "1", "--results-dir", str(tmp_path)])
+    payload = result(tmp_path, "refit")
+    run = payload["raw"]["runs"][0]
+    assert payload["raw"]["pairs"] == 10_000
+    assert run["peak_rss_mb"] >= run["baseline_rss_mb"] * 0.5 > 0
+    assert run["seconds"] > 0 and run["version"] == 1
