@@ -8,6 +8,7 @@ freely, e.g. to test reconnects or AOF recovery). Import the fixtures into a ``c
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -141,3 +142,91 @@ def redis_server() -> Iterator[RedisServer]:
 def fresh_redis_server() -> Iterator[RedisServer]:
     """A server of this test's own, to stop, kill or restart."""
     yield from _server()
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free too."""
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(20000, 50000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisClusterServer:
+    """A real 3-primary Redis Cluster (``cluster-enabled yes``, joined with
+    ``redis-cli --cluster create``), no replicas, each node in its own directory."""
+
+    def __init__(self, nodes: int = 3, *, startup_timeout: float = 30.0) -> None:
+        if shutil.which("redis-cli") is None:
+            raise RuntimeError("redis-cli is not installed")
+        self._tmp = tempfile.TemporaryDirectory(prefix="tfllmer-cluster-")
+        self.nodes: list[RedisServer] = []
+        for i in range(nodes):
+            directory = Path(self._tmp.name) / f"node{i}"
+            directory.mkdir()
+            node = RedisServer(directory, extra_args=(
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "2000"))
+            node.port = _free_cluster_port()
+            node._args[1] = str(node.port)
+            self.nodes.append(node)
+        self._startup_timeout = startup_timeout
+
+    @property
+    def url(self) -> str:
+        """The store URL: any one node seeds the cluster client."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        deadline = time.monotonic() + self._startup_timeout
+        for node in self.nodes:
+            with node.client() as client:
+                while client.cluster("info").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the cluster did not reach cluster_state:ok")
+                    time.sleep(0.05)
+
+    def flushall(self) -> None:
+        for node in self.nodes:
+            with node.client() as client:
+                client.flushall()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> RedisClusterServer:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """A 3-node Redis Cluster for the session (flush it, do not stop it)."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server or redis-cli is not installed")
+    with RedisClusterServer() as cluster:
+        yield cluster

@@ -37,11 +37,12 @@ __all__ = [
     "open_store",
 ]
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
 def open_store(url_or_path: str) -> CatalogStore:
-    """``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs open a ``RedisStore``; anything
+    """``redis://``, ``rediss://`` (TLS), ``unix://`` and Redis Cluster
+    (``redis+cluster://``, ``rediss+cluster://``) URLs open a ``RedisStore``; anything
     else a ``LocalStore`` on that file, also as ``sqlite:///relative`` or ``sqlite:////abs``
     (SQLAlchemy's spelling)."""
     if url_or_path.startswith(_REDIS_SCHEMES):

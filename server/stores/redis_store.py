@@ -24,6 +24,11 @@ a catalog lives in one slot and every MULTI/EXEC or script touches one catalog o
 
 ``B`` (rows per block) is fixed per catalog at creation, so a 1M-item catalog is a few
 hundred values of a few MiB, and a range read is one GETRANGE per block touched.
+
+Redis Cluster: ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) opens a
+cluster client seeded by that node; it discovers the others. Because every key of a
+catalog shares one slot, transactions, WATCH and the Lua scripts run unchanged on the node
+that owns the catalog.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import numpy as np
 import redis
 import scipy.sparse as sp
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from server.cooccurrence_merge import counts_from_pairs
@@ -70,6 +76,16 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _CHUNK = 10_000  # fields per HSET/HMGET/RPUSH command, so no single command is huge
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+# Failures that mean "the store does not answer right now" (UNAVAILABLE, safe to retry):
+# connection loss, timeouts, a cluster whose slots are not all served (a node is down).
+_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
 
 # Applies the batches not seen before and updates the totals: one script for the whole
 # call, so a call is all-or-nothing and a retried batch is counted once.
@@ -147,7 +163,7 @@ def _unavailable_as_store_error(method: Callable[P, T]) -> Callable[P, T]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+        except _UNAVAILABLE as error:
             raise StoreUnavailableError(f"redis does not answer: {error}") from error
 
     return wrapper
@@ -168,7 +184,10 @@ class _Meta:
 
 class RedisStore(CatalogStore):
     """``CatalogStore`` on Redis (``redis://``, ``rediss://`` TLS, ``unix://``; passwords in
-    the URL). Extra keyword arguments go to ``redis.Redis.from_url``.
+    the URL), or on a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``). Extra
+    keyword arguments go to ``redis.Redis.from_url`` (``RedisCluster.from_url``), e.g.
+    ``ssl_ca_certs``; TLS options may also be URL query parameters
+    (``rediss://host:6380/0?ssl_ca_certs=/ca.pem&ssl_certfile=…&ssl_keyfile=…``).
 
     The client does not retry on its own (``retries=0``): a write whose reply was lost may
     have been applied, and only the caller (with batch ids, base counts) can retry safely.
@@ -192,7 +211,12 @@ class RedisStore(CatalogStore):
             "retry": Retry(NoBackoff(), 0),
         }
         options.update(client_options)
-        self._client = redis.Redis.from_url(url, **options)
+        scheme, separator, rest = url.partition("://")
+        if separator and scheme in CLUSTER_SCHEMES:
+            options.pop("health_check_interval")
+            self._client = RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **options)
+        else:
+            self._client = redis.Redis.from_url(url, **options)
         self._prefix = key_prefix
         self._block_rows = block_rows
         self._compact_after = compact_after
