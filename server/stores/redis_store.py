@@ -53,12 +53,12 @@ from server.stores.base import (
     CatalogStore,
     ConflictError,
     CooccurrenceTotals,
+    CorruptDataError,
     EncoderIdentity,
     ItemChanges,
     NewVersion,
     NotFoundError,
     PairBatch,
-    StoreError,
     StoreUnavailableError,
     VersionRecord,
 )
@@ -69,7 +69,14 @@ from server.stores.checks import (
     check_pair_batch,
     check_raw_dtype,
 )
-from server.stores.packing import pack_array, pack_pairs, pair_arrays, row_runs, unpack_array
+from server.stores.packing import (
+    decoding,
+    pack_array,
+    pack_pairs,
+    pair_arrays,
+    row_runs,
+    unpack_array,
+)
 from server.stores.records import parse_record, record_json
 
 P = ParamSpec("P")
@@ -182,6 +189,26 @@ class _Meta:
         return self.encoder.dim * np.dtype(self.raw_dtype).itemsize
 
 
+@decoding("catalog header")
+def _parse_meta(text: bytes) -> _Meta:
+    fields = json.loads(text)
+    meta = _Meta(EncoderIdentity(**fields["encoder"]), fields["raw_dtype"], fields["block_rows"])
+    check_raw_dtype(meta.raw_dtype)
+    if not isinstance(meta.block_rows, int) or meta.block_rows < 1:
+        raise ValueError(f"block_rows {meta.block_rows!r}")
+    if not isinstance(meta.encoder.dim, int) or meta.encoder.dim < 1:
+        raise ValueError(f"encoder dim {meta.encoder.dim!r}")
+    return meta
+
+
+@decoding("version record")
+def _parse_json(text: bytes) -> dict[str, Any]:
+    fields = json.loads(text)
+    if not isinstance(fields, dict):
+        raise TypeError("not a JSON object")
+    return fields
+
+
 class RedisStore(CatalogStore):
     """``CatalogStore`` on Redis (``redis://``, ``rediss://`` TLS, ``unix://``; passwords in
     the URL), or on a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``). Extra
@@ -243,10 +270,7 @@ class RedisStore(CatalogStore):
             text = self._client.get(self._key(name, "meta"))
             if text is None:
                 raise NotFoundError(f"catalog {name!r} does not exist")
-            fields = json.loads(text)
-            meta = _Meta(
-                EncoderIdentity(**fields["encoder"]), fields["raw_dtype"], fields["block_rows"]
-            )
+            meta = _parse_meta(text)
             self._metas[name] = meta
         return meta
 
@@ -266,7 +290,9 @@ class RedisStore(CatalogStore):
                 pipe.getrange(block_key(block), within * row_bytes, end)
             data = b"".join(pipe.execute())
         if len(data) != len(rows) * row_bytes:
-            raise StoreError(f"row blocks hold {len(data)} bytes, expected {len(rows) * row_bytes}")
+            raise CorruptDataError(
+                f"row blocks hold {len(data)} bytes, expected {len(rows) * row_bytes}"
+            )
         return data
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -504,7 +530,7 @@ class RedisStore(CatalogStore):
         text = self._client.hget(self._key(name, "versions"), str(version))
         if text is None:
             raise NotFoundError(f"catalog {name!r} has no version {version}")
-        return json.loads(text)
+        return _parse_json(text)
 
     @_unavailable_as_store_error
     def read_projection(self, name: str, version: int) -> tuple[np.ndarray, np.ndarray]:
