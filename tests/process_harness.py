@@ -1,0 +1,160 @@
+"""Real ``python -m server`` processes for fault, scale-out, load and security tests: started
+on a free loopback port against a given store, stopped with SIGTERM or killed with SIGKILL,
+their resident memory read from /proc. Also a synthetic catalog written straight into the
+store (random raw vectors under the real encoder's identity), so tests get large catalogs
+without encoding thousands of texts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
+from server.stores import EncoderIdentity, ItemChanges, RedisStore
+
+# The identity of the server's default encoder (all-MiniLM-L6-v2, pooled vectors).
+DEFAULT_ENCODER = EncoderIdentity("sentence-transformers/all-MiniLM-L6-v2:pooled", 384)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """One ``python -m server`` process. ``start`` returns once health says SERVING;
+    ``restart`` keeps the port, so clients reconnect to the same address."""
+
+    def __init__(self, store_url: str, log_path: str | Path, *, args: Sequence[str] = (),
+                 env: dict[str, str] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = Path(log_path)
+        self._argv = [sys.executable, "-m", "server", "--port", str(self.port),
+                      "--store-url", store_url, "--log-format", "json", *args]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("TFLLMER_")}
+        self._env = {**base, "HF_HUB_OFFLINE": "1", **(env or {})}
+        self._credentials = credentials
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def channel(self, **options: object) -> grpc.Channel:
+        opts = list(options.items())
+        if self._credentials is None:
+            return grpc.insecure_channel(self.address, opts)
+        return grpc.secure_channel(self.address, self._credentials, opts)
+
+    def stub(self, channel: grpc.Channel) -> pb_grpc.EmbeddingServiceStub:
+        return pb_grpc.EmbeddingServiceStub(channel)
+
+    def start(self, timeout: float = 180.0) -> ServerProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self._argv, env=self._env, stdout=log, stderr=log)
+        with self.channel() as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + timeout
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the server exited during start-up:\n{self.log_tail()}")
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return self
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"the server did not start:\n{self.log_tail()}")
+                time.sleep(0.2)
+
+    def health(self) -> int:
+        """The overall health status (``HealthCheckResponse.ServingStatus``)."""
+        with self.channel() as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5)
+            return reply.status
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye, no lock release."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def restart(self) -> ServerProcess:
+        self.kill()
+        return self.start()
+
+    def rss_bytes(self) -> int:
+        """Resident memory now (VmRSS)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_text()[-chars:]
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def synthetic_catalog(store: RedisStore, name: str, n_items: int, *, seed: int = 0,
+                      encoder: EncoderIdentity = DEFAULT_ENCODER, chunk: int = 20_000) -> None:
+    """Append ``n_items`` items ``{name}-<row>`` with random raw vectors (a low-rank signal
+    plus noise, so fits are well conditioned) under ``encoder``'s identity."""
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((16, encoder.dim)).astype(np.float32)
+    state = store.get_catalog(name) or store.create_catalog(name, encoder)
+    done = state.item_count
+    while done < n_items:
+        take = min(chunk, n_items - done)
+        vectors = (rng.standard_normal((take, 16)).astype(np.float32) @ basis
+                   + 0.3 * rng.standard_normal((take, encoder.dim)).astype(np.float32) + 1.0)
+        ids = [f"{name}-{row}" for row in range(done, done + take)]
+        store.commit_items(name, ItemChanges(done, ids, [f"h{row}" for row in ids], vectors))
+        done += take
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.02,
+             what: str = "condition") -> float:
+    """Poll until ``condition()``; the seconds it took."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic() - started
