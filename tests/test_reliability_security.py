@@ -15,6 +15,7 @@ TLS, nothing secret in its log) are in tests/test_reliability_processes.py.
 from __future__ import annotations
 
 import ast
+import logging
 import pickle
 import secrets
 import shutil
@@ -29,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.config import config_from_dict
+from server.service.auth import bearer_metadata
 from server.stores import (
     CooccurrenceTotals,
     CorruptDataError,
@@ -40,6 +42,7 @@ from server.stores import (
     StoreUnavailableError,
     open_store,
 )
+from tests.grpc_harness import eventually
 from tests.hash_encoder import HashEncoder
 from tests.redis_server import RedisServer, _free_port
 from tests.service_harness import ServerThread
@@ -194,6 +197,32 @@ def test_corrupt_stored_data_is_data_loss_on_the_wire_with_a_clear_message(
             stub.DescribeCatalog(pb.DescribeCatalogRequest(catalog=CATALOG))
         assert described.value.code() is grpc.StatusCode.DATA_LOSS
     assert not marker.exists()
+
+
+def test_refused_calls_are_access_logged_without_their_token(
+        redis_server, caplog: pytest.LogCaptureFixture) -> None:
+    """The real server's interceptor order: auth refusals reach the access log and metrics
+    (an audit trail of failed attempts), and the presented token is never in them."""
+    caplog.set_level(logging.INFO, logger="tfllmer.access")
+    store = RedisStore(redis_server.url, key_prefix=f"sec-audit-{secrets.token_hex(4)}")
+    admin, trainer, wrong = (secrets.token_urlsafe(24) for _ in range(3))
+    with ServerThread(store, HashEncoder(16), admin_tokens=(admin,),
+                      trainer_tokens=(trainer,)) as server, server.channel() as channel:
+        stub = server.stub(channel)
+        for metadata in ((), bearer_metadata(wrong), bearer_metadata(trainer)):
+            with pytest.raises(grpc.RpcError):
+                stub.RefitProjection(pb.RefitProjectionRequest(catalog=CATALOG),
+                                     metadata=metadata)
+        assert eventually(lambda: len([r for r in caplog.records
+                                       if r.name == "tfllmer.access"]) >= 3)
+        statuses = [r.status for r in caplog.records if r.name == "tfllmer.access"]
+        counted = server.server.metrics.registry.get_sample_value(
+            "tfllmer_rpc_handled_total", {"service": "tfllmer.v1.EmbeddingService",
+                                          "method": "RefitProjection",
+                                          "code": "UNAUTHENTICATED"})
+    assert statuses.count("UNAUTHENTICATED") == 2 and "PERMISSION_DENIED" in statuses
+    assert counted == 2
+    assert not any(token in caplog.text for token in (admin, trainer, wrong))
 
 
 # ---------------------------------------------------------------- Redis password and TLS
