@@ -62,3 +62,4 @@ def test_the_full_fuzz_against_a_server_process_and_bounded_memory_under_oversiz
     check(report)
     assert set(k.split()[-1] for k in memory["statuses"]) == {"RESOURCE_EXHAUSTED"}, memory
     assert memory["rss_growth_mb"] < 64, memory
+    assert memory["rss_growth_second_half_mb"] < 16, memory  # flat once pools are warm
