@@ -18,6 +18,7 @@ printed at the end). About 6 minutes on 2 cores. Exits 1 if any check failed.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from typing import Any
 
 from bench.reliability_fuzz import Fuzzer, oversize_memory, server_flags
 from bench.reliability_load import run_load
-from bench.report import machine_info, write_results
+from bench.report import RESULTS_DIR, machine_info, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO_TESTS = [
@@ -114,23 +115,8 @@ def _progress(label: str, total: int):
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fuzz-cases", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--skip-scenarios", action="store_true",
-                        help="only the fuzz and the load (the pytest scenarios take ~4 min)")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="tfllmer-reliability-") as tmp:
-        workdir = Path(tmp)
-        print("scenarios (pytest)…", file=sys.stderr, flush=True)
-        scenarios = None if args.skip_scenarios else run_scenarios(workdir)
-        print("fuzz…", file=sys.stderr, flush=True)
-        fuzz = run_fuzz(workdir, args.fuzz_cases)
-        print("load…", file=sys.stderr, flush=True)
-        load = run_load_phase(workdir, args.clients, args.seconds)
-
+def evaluate(scenarios: dict[str, Any] | None, fuzz: dict[str, Any], load: dict[str, Any]
+             ) -> dict[str, bool]:
     checks = {
         "fuzz: cases >= 2000": fuzz["cases"] >= 2000,
         "fuzz: 0 INTERNAL/UNKNOWN": fuzz["internal_errors"] == 0,
@@ -149,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     if scenarios is not None:
         checks["scenarios: all passed"] = scenarios["exit_code"] == 0
+    return checks
+
+
+def table(scenarios: dict[str, Any] | None, fuzz: dict[str, Any], load: dict[str, Any]
+          ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for category, counts in (scenarios or {}).get("by_category", {}).items():
         rows.append({"part": category, "what": "scenarios survived",
@@ -163,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
                    f"{fuzz['rejected_calls_that_changed_state']}"},
         {"part": "fuzz", "what": "oversize requests (8 MiB, limit 256 KiB)",
          "result": f"{memory['requests']} refused, server RSS {memory['rss_before_mb']} → "
-                   f"{memory['rss_after_mb']} MB (peak {memory['rss_peak_mb']}, second half "
-                   f"+{memory['rss_growth_second_half_mb']} MB)"},
-        {"part": "load", "what": f"{load['clients']} clients × {load['seconds']} s, requests",
+                   f"{memory['rss_after_mb']} MB (peak {memory['rss_peak_mb']}; second half "
+                   f"{memory['rss_growth_second_half_mb']:+} MB)"},
+        {"part": "load",
+         "what": f"{load['clients']} clients × {load['seconds'] - load['warmup_s']:.0f} s "
+                 f"(+ {load['warmup_s']:.0f} s warm-up), requests",
          "result": f"{load['requests']} ({load['requests_per_s']}/s)"},
         {"part": "load", "what": "errors / client retries / pushes lost",
          "result": f"{load['errors']} / {load['client_retries']} / "
@@ -179,11 +172,45 @@ def main(argv: list[str] | None = None) -> int:
     rows.append({"part": "load", "what": "server RSS after warm-up → end",
                  "result": f"{load.get('rss_after_warmup_mb')} → {load.get('rss_end_mb')} MB "
                            f"({load.get('rss_growth_pct')} %)"})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fuzz-cases", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--skip-scenarios", action="store_true",
+                        help="only the fuzz and the load (the pytest scenarios take ~4 min)")
+    parser.add_argument("--rerender", action="store_true",
+                        help="rewrite the Markdown table from the existing JSON, run nothing")
+    args = parser.parse_args(argv)
+    if args.rerender:
+        payload = json.loads((RESULTS_DIR / "reliability.json").read_text())
+        payload["checks"] = evaluate(payload["scenarios"], payload["fuzz"], payload["load"])
+        return report(payload)
+    with tempfile.TemporaryDirectory(prefix="tfllmer-reliability-") as tmp:
+        workdir = Path(tmp)
+        print("scenarios (pytest)…", file=sys.stderr, flush=True)
+        scenarios = None if args.skip_scenarios else run_scenarios(workdir)
+        print("fuzz…", file=sys.stderr, flush=True)
+        fuzz = run_fuzz(workdir, args.fuzz_cases)
+        print("load…", file=sys.stderr, flush=True)
+        load = run_load_phase(workdir, args.clients, args.seconds)
+
+    checks = evaluate(scenarios, fuzz, load)
     payload = {"machine": machine_info(), "checks": checks, "scenarios": scenarios,
                "fuzz": fuzz, "load": load}
+    return report(payload)
+
+
+def report(payload: dict[str, Any]) -> int:
+    """Write the JSON and the Markdown table of a run; 1 if a check failed."""
+    checks = payload["checks"]
     failed = [name for name, ok in checks.items() if not ok]
     notes = [f"checks failed: {', '.join(failed)}" if failed else
              f"all {len(checks)} checks passed"]
+    rows = table(payload["scenarios"], payload["fuzz"], payload["load"])
     write_results("reliability", payload, rows, ["part", "what", "result"], notes)
     return 1 if failed else 0
 
