@@ -1,7 +1,8 @@
 """Fuzz of every request type (issue 8, item 3; the engine is bench/reliability_fuzz.py).
 
 The default run fuzzes a 300-case slice against the real server in this process (a real
-redis-server, a real gRPC channel, a hash encoder). ``-m reliability`` runs the full 2,000
+gRPC channel, a hash encoder), once on a real redis-server and once on the embedded SQLite
+store. ``-m reliability`` runs the full 2,000
 cases against a ``python -m server`` process with the real encoder, and checks that the
 server's memory stays bounded while it refuses 8 MiB messages over its 256 KiB limit.
 Every status must be OK or a caller's-mistake code (never INTERNAL/UNKNOWN/UNAVAILABLE/
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.reliability_fuzz import SERVER_SETTINGS, Fuzzer, oversize_memory, server_flags
-from server.stores import RedisStore
+from server.stores import LocalStore, RedisStore
 from tests.hash_encoder import HashEncoder
 from tests.process_harness import ServerProcess
 from tests.redis_server import RedisServer
@@ -36,9 +37,14 @@ def check(report) -> None:
         summary["by_status"]), summary["by_status"]
 
 
+@pytest.mark.parametrize("backend", ["redis", "local"])
 def test_a_fuzz_slice_of_every_request_type_gets_no_internal_error_and_changes_nothing(
-        redis_server) -> None:
-    store = RedisStore(redis_server.url, key_prefix=f"fuzz-{secrets.token_hex(4)}")
+        request, tmp_path: Path, backend: str) -> None:
+    if backend == "redis":
+        url = request.getfixturevalue("redis_server").url
+        store = RedisStore(url, key_prefix=f"fuzz-{secrets.token_hex(4)}")
+    else:  # the embedded default store
+        store = LocalStore(tmp_path / "fuzz.db")
     with ServerThread(store, HashEncoder(16), **SERVER_SETTINGS) as server, \
             server.channel() as channel:
         fuzzer = Fuzzer(channel)
