@@ -55,6 +55,7 @@ class RedisServer:
         ]  # fmt: skip
         self._startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
+        self.client_url: str | None = None  # how client() connects, when not plain TCP
 
     @property
     def url(self) -> str:
@@ -65,6 +66,8 @@ class RedisServer:
         return self._process is not None and self._process.poll() is None
 
     def client(self) -> redis.Redis:
+        if self.client_url:
+            return redis.Redis.from_url(self.client_url, socket_timeout=5)
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
     def start(self) -> None:
@@ -161,36 +164,69 @@ def _free_cluster_port() -> int:
 
 class RedisClusterServer:
     """A real 3-primary Redis Cluster (``cluster-enabled yes``, joined with
-    ``redis-cli --cluster create``), no replicas, each node in its own directory."""
+    ``redis-cli --cluster create``), no replicas, each node in its own directory.
 
-    def __init__(self, nodes: int = 3, *, startup_timeout: float = 30.0) -> None:
+    With ``tls`` (a folder holding ``ca.pem``, ``node.pem`` and ``node.key``; the node
+    certificate must be valid for both server and client authentication), clients and the
+    cluster bus speak TLS only and clients must present a certificate the CA signed; with
+    ``password`` every node requires it (and uses it towards the others)."""
+
+    def __init__(self, nodes: int = 3, *, tls: Path | None = None, password: str | None = None,
+                 startup_timeout: float = 30.0) -> None:
         if shutil.which("redis-cli") is None:
             raise RuntimeError("redis-cli is not installed")
         self._tmp = tempfile.TemporaryDirectory(prefix="tfllmer-cluster-")
+        self.tls, self.password = tls, password
         self.nodes: list[RedisServer] = []
         for i in range(nodes):
             directory = Path(self._tmp.name) / f"node{i}"
             directory.mkdir()
-            node = RedisServer(directory, extra_args=(
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "2000"))
-            node.port = _free_cluster_port()
-            node._args[1] = str(node.port)
+            port = _free_cluster_port()
+            extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", "2000"]
+            if password:
+                extra += ["--requirepass", password, "--masterauth", password]
+            if tls:
+                extra += ["--tls-port", str(port), "--tls-cluster", "yes",
+                          "--tls-cert-file", str(tls / "node.pem"),
+                          "--tls-key-file", str(tls / "node.key"),
+                          "--tls-ca-cert-file", str(tls / "ca.pem")]
+            node = RedisServer(directory, extra_args=tuple(extra))
+            node.port = port
+            node._args[1] = "0" if tls else str(port)
+            scheme = "rediss" if tls else "redis"
+            node.client_url = f"{scheme}://{self._auth}127.0.0.1:{port}/0{self._query}"
             self.nodes.append(node)
         self._startup_timeout = startup_timeout
 
     @property
+    def _auth(self) -> str:
+        return f":{self.password}@" if self.password else ""
+
+    @property
+    def _query(self) -> str:
+        if not self.tls:
+            return ""
+        return (f"?ssl_ca_certs={self.tls / 'ca.pem'}&ssl_certfile={self.tls / 'node.pem'}"
+                f"&ssl_keyfile={self.tls / 'node.key'}")
+
+    @property
     def url(self) -> str:
         """The store URL: any one node seeds the cluster client."""
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+        scheme = "rediss+cluster" if self.tls else "redis+cluster"
+        return f"{scheme}://{self._auth}127.0.0.1:{self.nodes[0].port}/0{self._query}"
 
     def start(self) -> None:
         for node in self.nodes:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        options = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        if self.tls:
+            options += ["--tls", "--cacert", str(self.tls / "ca.pem"),
+                        "--cert", str(self.tls / "node.pem"), "--key", str(self.tls / "node.key")]
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0",
-             "--cluster-yes"],
+            ["redis-cli", *options, "--cluster", "create", *addresses, "--cluster-replicas",
+             "0", "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )
         deadline = time.monotonic() + self._startup_timeout

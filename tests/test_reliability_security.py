@@ -6,7 +6,8 @@
   clear ``CorruptDataError`` (DATA_LOSS on the wire), never to code execution;
 * Redis with a password and with TLS (``rediss://`` with a CA, client certificate and key
   as URL options) against a real ``redis-server --tls-port`` whose certificates are
-  generated here.
+  generated here, and a real 3-node Redis Cluster over mutual TLS with a password
+  (``rediss+cluster://``).
 
 Process-level checks (tokens on every RPC of a real ``python -m server``, TLS and mutual
 TLS, nothing secret in its log) are in tests/test_reliability_processes.py.
@@ -15,6 +16,7 @@ TLS, nothing secret in its log) are in tests/test_reliability_processes.py.
 from __future__ import annotations
 
 import ast
+import ipaddress
 import logging
 import pickle
 import secrets
@@ -26,7 +28,10 @@ import grpc
 import numpy as np
 import pytest
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from redis.cluster import RedisCluster
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.config import config_from_dict
@@ -44,9 +49,9 @@ from server.stores import (
 )
 from tests.grpc_harness import eventually
 from tests.hash_encoder import HashEncoder
-from tests.redis_server import RedisServer, _free_port
+from tests.redis_server import RedisClusterServer, RedisServer, _free_port
 from tests.service_harness import ServerThread
-from tests.test_tls import issue, make_ca
+from tests.test_tls import Issued, _certificate, issue, make_ca
 
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ("server", "trainer_client")
@@ -310,3 +315,46 @@ def test_redis_tls_refuses_an_untrusted_server_a_wrong_password_and_a_missing_cl
         with pytest.raises(StoreUnavailableError):
             store.ping()
         store.close()
+
+
+def dual_use_pki(folder: Path) -> Path:
+    """ca.pem, node.pem/node.key (server and client authentication: cluster nodes connect
+    to each other with it), other-ca.pem."""
+    ca, other = make_ca("redis cluster CA"), make_ca("another CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                   ExtendedKeyUsageOID.CLIENT_AUTH])
+    names = x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    node = Issued(_certificate("redis node", key, ca, [
+        (x509.BasicConstraints(ca=False, path_length=None), True), (usage, False),
+        (names, False)]), key)
+    for name, pem in (("ca.pem", ca.cert_pem), ("other-ca.pem", other.cert_pem),
+                      ("node.pem", node.cert_pem), ("node.key", node.key_pem)):
+        (folder / name).write_bytes(pem)
+    return folder
+
+
+def test_the_store_works_on_a_redis_cluster_over_mutual_tls_with_a_password(
+        tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server or redis-cli is not installed")
+    pki, password = dual_use_pki(tmp_path), secrets.token_urlsafe(16)
+    with RedisClusterServer(tls=pki, password=password) as cluster:
+        assert cluster.url.startswith(f"rediss+cluster://:{password}@")
+        store, _ = populated(cluster.url)  # items, a version, a batch: scripts and MULTI
+        assert isinstance(store._client, RedisCluster)
+        assert [v.version for v in store.versions(CATALOG)] == [1]
+        assert store.read_reduced(CATALOG, 1, 0, 8).shape == (8, 3)
+        assert store.cooccurrence_totals(CATALOG).batches == 1
+        assert store.acquire_refit_lock(CATALOG, "me", 5) and not store.acquire_refit_lock(
+            CATALOG, "you", 5)
+        store.close()
+        with cluster.nodes[0].client() as node:  # TLS only: the plain port is closed
+            assert int(node.config_get("port")["port"]) == 0
+        for bad in (cluster.url.replace(f":{password}@", ":wrong@"),
+                    cluster.url.replace(f":{password}@", ""),
+                    cluster.url.replace("ca.pem", "other-ca.pem"),
+                    cluster.url.split("&ssl_certfile")[0]):  # no client certificate
+            with pytest.raises(StoreUnavailableError):
+                open_store(bad).ping()

@@ -241,7 +241,11 @@ class RedisStore(CatalogStore):
         scheme, separator, rest = url.partition("://")
         if separator and scheme in CLUSTER_SCHEMES:
             options.pop("health_check_interval")
-            self._client = RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **options)
+            try:  # a cluster client connects at once, to learn the slot map
+                self._client = RedisCluster.from_url(
+                    f"{CLUSTER_SCHEMES[scheme]}://{rest}", **options)
+            except (*_UNAVAILABLE, redis.exceptions.RedisClusterException) as error:
+                raise StoreUnavailableError(f"redis cluster does not answer: {error}") from error
         else:
             self._client = redis.Redis.from_url(url, **options)
         self._prefix = key_prefix
