@@ -38,11 +38,13 @@ SCENARIO_TESTS = [
     "tests/test_reliability_security_process.py",
     "tests/test_reliability_security.py",
     "tests/test_refit_recovery.py",
+    "tests/test_redis_full.py",
     "tests/test_store_contract.py",
 ]
 CATEGORY = {
     "test_reliability_faults": "faults",
     "test_refit_recovery": "faults",
+    "test_redis_full": "faults",
     "test_reliability_scaleout": "scale-out",
     "test_store_contract": "scale-out (cluster contract)",
     "test_reliability_security_process": "security",

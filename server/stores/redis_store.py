@@ -84,14 +84,18 @@ T = TypeVar("T")
 
 _CHUNK = 10_000  # fields per HSET/HMGET/RPUSH command, so no single command is huge
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-# Failures that mean "the store does not answer right now" (UNAVAILABLE, safe to retry):
-# connection loss, timeouts, a cluster whose slots are not all served (a node is down).
+# Failures that mean "the store cannot serve right now" (UNAVAILABLE, safe to retry: Redis
+# applied none of the refused commands): connection loss, timeouts, a cluster whose slots
+# are not all served (a node is down), a replica that became read-only in a failover, and a
+# full Redis (maxmemory with noeviction refuses writes and, inside MULTI, reads too).
 _UNAVAILABLE = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
 )
 
 # Applies the batches not seen before and updates the totals: one script for the whole
