@@ -95,9 +95,8 @@ def run_fuzz(workdir: Path, cases: int) -> dict[str, Any]:
 
 def run_load_phase(workdir: Path, clients: int, seconds: float) -> dict[str, Any]:
     from server.stores import RedisStore
-    from tests.process_harness import ServerProcess, synthetic_catalog
+    from tests.process_harness import ServerProcess, refit, synthetic_catalog
     from tests.redis_server import RedisServer
-    from tests.test_reliability_faults import refit
 
     catalog = "load"
     with RedisServer() as redis_server:

@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.stores import EncoderIdentity, ItemChanges, RedisStore
 
@@ -158,3 +159,21 @@ def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
     return time.monotonic() - started
+
+
+def refit(stub: pb_grpc.EmbeddingServiceStub, catalog: str, dim: int, activate: bool = True,
+          **strength: float) -> int:
+    """RefitProjection (λ = 0 unless ``lam`` or ``retention_budget`` is given); the version."""
+    parameters = pb.FitParameters(dim=dim, **(strength or {"lam": 0.0}))
+    reply = stub.RefitProjection(pb.RefitProjectionRequest(
+        catalog=catalog, activate=activate, parameters=parameters), timeout=300)
+    return reply.version.version
+
+
+def status_of(call: Callable[[], object]) -> grpc.StatusCode:
+    """The status ``call()`` ended with (OK when it returned)."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK

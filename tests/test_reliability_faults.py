@@ -38,7 +38,7 @@ from google.protobuf.json_format import MessageToDict
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.cooccurrence_merge import counts_from_pairs
 from server.stores import RedisStore
-from tests.process_harness import ServerProcess, synthetic_catalog, wait_for
+from tests.process_harness import ServerProcess, refit, status_of, synthetic_catalog, wait_for
 from tests.push_worker import worker_pairs
 from tests.redis_server import RedisServer
 from trainer_client.client import EmbeddingClient, RetryPolicy
@@ -56,21 +56,6 @@ LEASE = 4.0
 def aof_redis() -> Iterator[RedisServer]:
     with RedisServer(appendonly=True, appendfsync="always") as server:
         yield server
-
-
-def refit(stub, catalog: str, dim: int, activate: bool = True, **strength) -> int:
-    parameters = pb.FitParameters(dim=dim, **(strength or {"lam": 0.0}))
-    reply = stub.RefitProjection(pb.RefitProjectionRequest(
-        catalog=catalog, activate=activate, parameters=parameters), timeout=300)
-    return reply.version.version
-
-
-def status_of(call) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
 
 
 # ---------------------------------------------------------------- Redis dies during a pull
@@ -122,7 +107,11 @@ def test_redis_killed_during_a_pull_is_unavailable_and_the_retried_pull_succeeds
         restarter.join()
     retries = [r.getMessage() for r in caplog.records if "UNAVAILABLE" in r.getMessage()]
     assert retries, "the pull never saw UNAVAILABLE"
-    assert progress[2] < n_items and progress[3] < progress[2]  # restarted from the start
+    # Killed mid-way, and restarted from the start after the kill (the server may have sent
+    # a few chunks ahead of the client before it needed Redis again).
+    assert progress[2] < n_items
+    assert any(b < a for a, b in zip(progress[2:], progress[3:], strict=False))
+    assert progress[-1] == n_items
     assert table.version == reference.version
     assert table.item_ids == reference.item_ids
     assert table.vectors.tobytes() == reference.vectors.tobytes()

@@ -15,9 +15,8 @@ import pytest
 
 from bench.reliability_load import run_load
 from server.stores import RedisStore
-from tests.process_harness import ServerProcess, synthetic_catalog
+from tests.process_harness import ServerProcess, refit, synthetic_catalog
 from tests.redis_server import RedisServer
-from tests.test_reliability_faults import refit
 
 pytestmark = pytest.mark.reliability
 CATALOG, N_ITEMS = "load", 10_000

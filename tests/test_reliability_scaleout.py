@@ -29,9 +29,8 @@ from redis.crc import key_slot
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.stores import RedisStore
-from tests.process_harness import ServerProcess, synthetic_catalog, wait_for
+from tests.process_harness import ServerProcess, refit, status_of, synthetic_catalog, wait_for
 from tests.redis_server import RedisClusterServer, RedisServer
-from tests.test_reliability_faults import refit, status_of
 from trainer_client.client import EmbeddingClient, RetryPolicy
 
 pytestmark = pytest.mark.reliability
