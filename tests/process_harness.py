@@ -6,11 +6,14 @@ without encoding thousands of texts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -177,3 +180,80 @@ def status_of(call: Callable[[], object]) -> grpc.StatusCode:
     except grpc.RpcError as error:
         return error.code()
     return grpc.StatusCode.OK
+
+
+class FreezingProxy:
+    """A TCP proxy in front of Redis that freezes its clients' traffic at a chosen command,
+    for deterministic crash points (like toxiproxy, in-process).
+
+    Until ``arm`` is called it forwards everything. Once armed, bytes from clients to Redis
+    are forwarded until they match ``pattern`` for the ``after``-th time; the bytes before
+    that match still go through (so every earlier command runs) and nothing from then on
+    does (that command never completes). ``tripped`` is set at that moment. Replies from
+    Redis always flow."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream = ("127.0.0.1", upstream_port)
+        self._pattern: re.Pattern[bytes] | None = None
+        self._remaining = 0
+        self._lock = threading.Lock()
+        self.tripped = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, pattern: bytes, after: int = 1) -> None:
+        with self._lock:
+            self._pattern, self._remaining = re.compile(pattern), after
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._upstream)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._client_to_redis, args=(client, upstream),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def _client_to_redis(self, source: socket.socket, sink: socket.socket) -> None:
+        tail = b""  # the end of what was forwarded, so a match may span two reads
+        try:
+            while data := source.recv(1 << 16):
+                if self.tripped.is_set():
+                    continue  # frozen: hold everything
+                window = tail + data
+                forward = len(data)
+                with self._lock:
+                    matches = self._pattern.finditer(window) if self._pattern else ()
+                    for match in matches:
+                        if match.end() <= len(tail):
+                            continue  # already counted in the previous read
+                        self._remaining -= 1
+                        if self._remaining == 0:
+                            forward = max(0, match.start() - len(tail))
+                            self.tripped.set()
+                            break
+                sink.sendall(data[:forward])
+                tail = window[-512:]
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()

@@ -7,9 +7,10 @@ trainer client over a real gRPC channel, and SIGKILL.
   same matrix bit for bit.
 * Redis SIGKILLed and restarted from its AOF: no version, projection, served vector, raw
   vector, count or applied batch id is lost; re-pushing old batches adds nothing.
-* The server SIGKILLed in the middle of a refit (paused deterministically: the test waits
-  for the half-written version's first block via keyspace notifications, then
-  ``CLIENT PAUSE WRITE`` holds the dying refit's writes): the active version is unchanged,
+* The server SIGKILLed in the middle of a refit, at an exact point: it reaches Redis through
+  a proxy that freezes its traffic at the SET of the new version's third block of served
+  vectors (W, μ and two blocks written; the rest and the publish never arrive), then it is
+  killed: the active version is unchanged,
   the half-written version is never visible (not described, not servable, not activatable),
   and the next refit after the lease collects its arrays.
 * Two concurrent refits of one catalog: exactly one runs, the other gets ABORTED.
@@ -38,7 +39,14 @@ from google.protobuf.json_format import MessageToDict
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.cooccurrence_merge import counts_from_pairs
 from server.stores import RedisStore
-from tests.process_harness import ServerProcess, refit, status_of, synthetic_catalog, wait_for
+from tests.process_harness import (
+    FreezingProxy,
+    ServerProcess,
+    refit,
+    status_of,
+    synthetic_catalog,
+    wait_for,
+)
 from tests.push_worker import worker_pairs
 from tests.redis_server import RedisServer
 from trainer_client.client import EmbeddingClient, RetryPolicy
@@ -220,45 +228,41 @@ def test_a_server_killed_mid_refit_keeps_the_active_version_and_hides_the_half_w
     redis_server, catalog = big_catalog
     watcher = redis_server.client()
     key = lambda suffix: f"tfllmer:{{{catalog}}}:{suffix}"  # noqa: E731
-    server = ServerProcess(redis_server.url, tmp_path / "server.log",
-                           args=["--refit-lock-lease-seconds", str(LEASE)])
-    with server, server.channel() as channel:
-        stub = server.stub(channel)
+    args = ["--refit-lock-lease-seconds", str(LEASE)]
+    # The dying server reaches Redis through a proxy that freezes its traffic at the SET of
+    # the third block of served vectors of the new version: W, μ and two blocks are written,
+    # the rest (and the publish) never arrive. The crash point is exact, not a timing race.
+    proxy = FreezingProxy(redis_server.port)
+    dying = ServerProcess(proxy.url, tmp_path / "dying.log", args=args)
+    with dying, dying.channel() as channel:
+        stub = dying.stub(channel)
         active = refit(stub, catalog, dim=16)
         published = sorted(int(v) for v in watcher.hkeys(key("versions")))
         served = b"".join(m.vectors for m in stub.GetItemEmbeddings(
             pb.GetItemEmbeddingsRequest(catalog=catalog, omit_item_ids=True)))
-        # Keyspace notifications tell the test when the refit writes its first block of
-        # served vectors; CLIENT PAUSE WRITE then holds its remaining writes (and the
-        # publish that would follow them) until the process is dead.
-        watcher.config_set("notify-keyspace-events", "K$")
-        events = watcher.pubsub()
-        events.psubscribe(f"__keyspace@0__:{key('v:*:red:*')}")
-        events.get_message(timeout=5)  # the subscription confirmation
+        half = int(watcher.get(key("vseq"))) + 1
+        proxy.arm(rb"\$3\r\nSET\r\n\$\d+\r\n[^\r\n]*:v:%d:red:\d+\r\n" % half, after=3)
         doomed: list[grpc.StatusCode] = []
         caller = threading.Thread(target=lambda: doomed.append(status_of(
             lambda: refit(stub, catalog, dim=128))))
         caller.start()
-        message = events.get_message(timeout=120)
-        while message is not None and message["data"] != b"set":
-            message = events.get_message(timeout=120)
-        assert message is not None, "the refit never started writing its payload"
-        watcher.client_pause(30_000, all=False)  # WRITE: the refit's next writes block
-        server.kill()
-        watcher.client_unpause()
+        assert proxy.tripped.wait(120), "the refit never wrote its third block"
+        dying.kill()
         caller.join(60)
-        events.close()
-        half = int(watcher.hkeys(key("pending"))[0])
-        written = watcher.keys(key(f"v:{half}:*"))
-        lock_ttl = watcher.pttl(key("refit_lock"))
+    proxy.close()
+    written = sorted(k.decode().rsplit(":", 1)[-1] for k in watcher.keys(key(f"v:{half}:*")))
+    lock_ttl = watcher.pttl(key("refit_lock"))
 
-        assert doomed == [UNAVAILABLE]  # the caller saw its server go away
-        assert sorted(int(v) for v in watcher.hkeys(key("versions"))) == published  # unpublished
-        assert int(watcher.get(key("active"))) == active
-        assert len(written) >= 3, "expected W, mean and some blocks of served vectors"
-        assert 0 < lock_ttl <= LEASE * 1000  # the dead refit's lock frees with its lease
+    assert doomed == [UNAVAILABLE]  # the caller saw its server go away
+    assert written == ["0", "1", "W", "mean"]  # half-written: 2 of 25 blocks
+    assert watcher.hexists(key("pending"), str(half))  # allocated, never published
+    assert sorted(int(v) for v in watcher.hkeys(key("versions"))) == published
+    assert int(watcher.get(key("active"))) == active
+    assert 0 < lock_ttl <= LEASE * 1000  # the dead refit's lock frees with its lease
 
-        server.start()  # a new process on the same store
+    with ServerProcess(redis_server.url, tmp_path / "server.log", args=args) as server, \
+            server.channel() as channel:  # a new process on the same store
+        stub = server.stub(channel)
         described = stub.DescribeCatalog(pb.DescribeCatalogRequest(catalog=catalog))
         assert described.active_version == active
         assert [v.version for v in described.versions] == published

@@ -72,11 +72,19 @@ def test_a_refit_on_one_replica_is_served_by_the_other_after_activation(replicas
         first = refit(a.stub(channel), CATALOG, dim=16)
     assert active_on(b) == first
     b_pull_before = served(b)  # B now caches the first version
-    with a.channel() as channel:
-        second = refit(a.stub(channel), CATALOG, dim=32)
-    activated = time.monotonic()
-    delay = wait_for(lambda: active_on(b) == second, ACTIVATION_BOUND_S, 0.005,
-                     "replica B to serve the new version")
+    with b.channel() as b_channel:  # connected before the refit: polls are one RPC each
+        b_stub = b.stub(b_channel)
+
+        def b_active() -> int:
+            return next(b_stub.GetItemEmbeddings(pb.GetItemEmbeddingsRequest(
+                catalog=CATALOG, item_ids=[f"{CATALOG}-0"]), timeout=10)).header.version
+
+        assert b_active() == first
+        with a.channel() as channel:
+            second = refit(a.stub(channel), CATALOG, dim=32)
+        activated = time.monotonic()
+        delay = wait_for(lambda: b_active() == second, ACTIVATION_BOUND_S, 0.005,
+                         "replica B to serve the new version")
     print(f"replica B served version {second} {1000 * (time.monotonic() - activated):.1f} ms "
           f"after A's refit returned (polled {1000 * delay:.1f} ms)")
     assert served(b) == served(a) != b_pull_before
