@@ -26,6 +26,7 @@ from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.stores import EncoderIdentity, ItemChanges, RedisStore
 
+_LISTENING = re.compile(r"listening on [^ ]+:(\d+) ")
 # The identity of the server's default encoder (all-MiniLM-L6-v2, pooled vectors).
 DEFAULT_ENCODER = EncoderIdentity("sentence-transformers/all-MiniLM-L6-v2:pooled", 384)
 
@@ -37,17 +38,17 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """One ``python -m server`` process. ``start`` returns once health says SERVING;
-    ``restart`` keeps the port, so clients reconnect to the same address."""
+    """One ``python -m server`` process. The first start binds port 0 and reads the port the
+    OS gave from the server's log (no race with other processes for a "free" port);
+    ``start`` returns once health on that port says SERVING; a restart keeps the port, so
+    clients reconnect to the same address."""
 
     def __init__(self, store_url: str, log_path: str | Path, *, args: Sequence[str] = (),
                  env: dict[str, str] | None = None,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.port = 0
         self.log_path = Path(log_path)
-        self._argv = [sys.executable, "-m", "server", "--port", str(self.port),
-                      "--store-url", store_url, "--log-format", "json", *args]
+        self._args = ["--store-url", store_url, "--log-format", "json", *args]
         base = {k: v for k, v in os.environ.items() if not k.startswith("TFLLMER_")}
         self._env = {**base, "HF_HUB_OFFLINE": "1", **(env or {})}
         self._credentials = credentials
@@ -67,12 +68,27 @@ class ServerProcess:
     def stub(self, channel: grpc.Channel) -> pb_grpc.EmbeddingServiceStub:
         return pb_grpc.EmbeddingServiceStub(channel)
 
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
     def start(self, timeout: float = 180.0) -> ServerProcess:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        argv = [sys.executable, "-m", "server", "--port", str(self.port), *self._args]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self._argv, env=self._env, stdout=log, stderr=log)
+            self.process = subprocess.Popen(argv, env=self._env, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while not self.port:  # bound to port 0: the log says which port it got
+            found = _LISTENING.search(self.log_path.read_bytes()[offset:].decode(errors="replace"))
+            if found:
+                self.port = int(found.group(1))
+            elif self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"the server did not start:\n{self.log_tail()}")
+            else:
+                time.sleep(0.1)
         with self.channel() as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + timeout
             while True:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"the server exited during start-up:\n{self.log_tail()}")
