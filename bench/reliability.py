@@ -8,8 +8,9 @@
 2. The fuzz: ``--fuzz-cases`` (default 2,000) hypothesis cases of every request type
    against a ``python -m server`` process, and the server's memory while it refuses 8 MiB
    messages over its 256 KiB limit.
-3. The load: ``--clients`` (32) trainer clients mixing full pulls, id look-ups and pushes
-   for ``--seconds`` (60) against a ``python -m server`` process.
+3. The load: ``--clients`` (32) trainer clients mixing full pulls, pulls abandoned after
+   their first chunk, id look-ups and pushes for ``--seconds`` (60) against a
+   ``python -m server`` process.
 
 Writes ``bench/results/reliability.json`` (everything) and ``reliability.md`` (the table
 printed at the end). About 6 minutes on 2 cores. Exits 1 if any check failed.
@@ -39,12 +40,14 @@ SCENARIO_TESTS = [
     "tests/test_reliability_security.py",
     "tests/test_refit_recovery.py",
     "tests/test_redis_full.py",
+    "tests/test_cancelled_streams.py",
     "tests/test_store_contract.py",
 ]
 CATEGORY = {
     "test_reliability_faults": "faults",
     "test_refit_recovery": "faults",
     "test_redis_full": "faults",
+    "test_cancelled_streams": "faults",
     "test_reliability_scaleout": "scale-out",
     "test_store_contract": "scale-out (cluster contract)",
     "test_reliability_security_process": "security",

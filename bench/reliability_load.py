@@ -19,9 +19,19 @@ import numpy as np
 
 from trainer_client.client import EmbeddingClient, RetryPolicy
 
-OPERATIONS = ("full_pull", "id_lookup", "push")
-DEFAULT_MIX = (0.15, 0.55, 0.30)
+OPERATIONS = ("full_pull", "abandoned_pull", "id_lookup", "push")
+# An abandoned pull is a trainer that stops reading after the first chunk (it died or gave
+# up): the client cancels the stream, and the server must shrug it off.
+DEFAULT_MIX = (0.12, 0.05, 0.53, 0.30)
 PAIRS_PER_PUSH = 500
+
+
+class _Abandoned(Exception):
+    pass
+
+
+def _abandon(received: int, total: int) -> None:
+    raise _Abandoned()
 
 
 class _RetryCounter(logging.Handler):
@@ -39,7 +49,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def run_load(address: str, catalog: str, *, clients: int = 32, seconds: float = 60.0,
              warmup_s: float = 5.0, rss: Callable[[], int] | None = None, token: str = "",
-             mix: tuple[float, float, float] = DEFAULT_MIX, seed: int = 0) -> dict[str, Any]:
+             mix: tuple[float, ...] = DEFAULT_MIX, seed: int = 0) -> dict[str, Any]:
     """Run the load; ``rss`` reads the server's resident memory in bytes."""
     policy = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=1.0, budget_s=30)
     probe = EmbeddingClient(address, token=token, retry=policy)
@@ -72,6 +82,14 @@ def run_load(address: str, catalog: str, *, clients: int = 32, seconds: float = 
                         table = client.fetch_embeddings(catalog)
                         if table.vectors.shape != (n_items, dim):
                             raise AssertionError(f"pulled {table.vectors.shape}")
+                    elif op == "abandoned_pull":
+                        try:
+                            client.fetch_embeddings(catalog, max_chunk_bytes=64 * 1024,
+                                                    on_chunk=_abandon)
+                        except _Abandoned:
+                            pass
+                        else:
+                            raise AssertionError("the pull was not abandoned")
                     elif op == "id_lookup":
                         wanted = rng.sample(ids, 32)
                         table = client.fetch_embeddings(catalog, ids=wanted)

@@ -1,5 +1,6 @@
 """Load (issue 8, item 4; the engine is bench/reliability_load.py): 32 concurrent trainer
-clients, each on its own channel, mixing full pulls, id look-ups and pushes against a
+clients, each on its own channel, mixing full pulls, pulls abandoned after their first chunk
+(the client cancels), id look-ups and pushes against a
 ``python -m server`` process on a real redis-server for 60 s: no errors (and no client-side
 retries), every acknowledged push in the totals, p99 latency reported, the server's RSS
 growing less than 10 % after a 5 s warm-up.
