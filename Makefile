@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test data lint clean-venv
+.PHONY: demo test data lint clean-venv test-reliability reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ demo: data
 
 test: data
 	$(PY) -m pytest
+
+# Real processes killed and restarted, replicas, a Redis Cluster, the full fuzz and the
+# 60 s load (minutes; excluded from `make test`).
+test-reliability: data
+	$(PY) -m pytest -m reliability
+
+# The same scenarios plus the 2,000-case fuzz and the 32-client load, recorded in
+# bench/results/reliability.{json,md}.
+reliability: data
+	$(PY) -m bench.reliability
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

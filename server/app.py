@@ -95,7 +95,9 @@ class EmbeddingServer:
         interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
         auth = auth_interceptor(config)
         if auth is not None:
-            interceptors.insert(0, auth)
+            # After the metrics interceptor (outermost): refused calls are counted and
+            # access-logged too, so failed authentication attempts leave a trace.
+            interceptors.append(auth)
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[("grpc.max_receive_message_length", config.max_receive_message_bytes),

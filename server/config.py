@@ -50,7 +50,7 @@ KiB = 1024
 MiB = 1024 * KiB
 MAX_GRPC_MESSAGE_BYTES = 2**31 - 1  # gRPC message limits are int32
 MIN_TOKEN_CHARS = 16
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 EncoderBackend = Literal["sentence-transformers", "vllm", "openai"]
 EncoderDevice = Literal["auto", "cpu", "cuda"]
@@ -122,8 +122,8 @@ def _check_store_url(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in REDIS_SCHEMES:
         return (
-            f"has the unsupported scheme {parts.scheme!r}; use redis://, rediss://, unix:// "
-            "or a local file path"
+            f"has the unsupported scheme {parts.scheme!r}; use redis://, rediss://, unix://, "
+            "redis+cluster://, rediss+cluster:// or a local file path"
         )
     try:
         parts.port  # noqa: B018 - urlsplit checks the port lazily, on access
@@ -182,7 +182,10 @@ class ServerConfig:
     store_url: str = setting(
         ".cache/tfllmer.db",
         "Where catalogs live: a file path selects the embedded local SQLite store; redis://, "
-        "rediss:// (TLS) or unix:// selects Redis. A password in the URL is redacted in logs.",
+        "rediss:// (TLS) or unix:// selects Redis, redis+cluster:// (rediss+cluster://) a "
+        "Redis Cluster through one of its nodes. TLS files go in the query "
+        "(?ssl_ca_certs=…&ssl_certfile=…&ssl_keyfile=…). A password in the URL is redacted "
+        "in logs.",
         check=_check_store_url,
     )
     raw_vector_dtype: RawVectorDtype = setting(

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.redis_server import fresh_redis_server, redis_server  # noqa: F401 (fixtures)
+from tests.redis_server import (  # noqa: F401 (fixtures)
+    fresh_redis_server,
+    redis_cluster,
+    redis_server,
+)
 from trainer_client.datasets import dataset_dir, fetch
 from trainer_client.recbole_data import RecBoleDataset, load_recbole
 

@@ -1,6 +1,7 @@
-"""One contract suite for every store: each test runs on LocalStore (a fresh SQLite file) and
-on RedisStore (a real redis-server, flushed before the test). Blocks of 4 rows make small
-arrays cross block boundaries."""
+"""One contract suite for every store: each test runs on LocalStore (a fresh SQLite file), on
+RedisStore (a real redis-server, flushed before the test) and on RedisStore over a real
+3-node Redis Cluster (``redis+cluster://``, flushed before the test). Blocks of 4 rows make
+small arrays cross block boundaries."""
 
 from __future__ import annotations
 
@@ -34,10 +35,14 @@ CATALOG = "ml-1m"
 BLOCK_ROWS = 4
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", "redis", "cluster"])
 def store(request, tmp_path):
     if request.param == "local":
         store = LocalStore(tmp_path / "store.sqlite3", block_rows=BLOCK_ROWS)
+    elif request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flushall()
+        store = RedisStore(cluster.url, block_rows=BLOCK_ROWS)
     else:
         server = request.getfixturevalue("redis_server")
         with server.client() as client:

@@ -345,6 +345,13 @@ class CatalogService:
             raise Aborted(f"a refit of {name!r} is already running; retry after it finishes")
         renewer = _LeaseRenewer(self.store, name, owner, lease)
         try:
+            # Payloads a refit wrote but never published (its process died before the
+            # atomic publish) are invisible; collect those older than a lease, so crashed
+            # refits do not leak their arrays. A live refit holding the lock is this one.
+            collected = self.store.collect_garbage(name, min_age_seconds=lease)
+            if collected:
+                log.warning("catalog %s: removed %d unpublished version payload(s) left by "
+                            "an interrupted refit", name, collected)
             return self._refit_locked(state, settings, activate)
         finally:
             renewer.stop()

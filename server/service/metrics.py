@@ -147,22 +147,22 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             return with_behavior(handler, self._observe_call(method, behavior))
         return handler
 
-    def _start(self, method: str) -> float:
+    def _start(self, method: str, context: grpc.aio.ServicerContext) -> tuple[float, str]:
+        """Count the call; its start time and peer. The peer is read now, while the call is
+        alive: ``context.peer()`` on a call the client has cancelled dereferences freed
+        memory in grpc's core and crashes the process (SIGSEGV)."""
         self._metrics.rpc_started.labels(*_split(method)).inc()
-        return time.perf_counter()
+        return time.perf_counter(), context.peer()
 
     def _finish(
         self,
         method: str,
         context: grpc.aio.ServicerContext,
-        started: float,
+        started: tuple[float, str],
         error: BaseException | None,
-        peer: str,
     ) -> None:
-        """``peer`` is read when the call starts: a response stream abandoned by its client
-        is closed (GeneratorExit) after grpc.aio freed the call, and asking the context
-        anything then crashes the process (grpcio 1.85)."""
-        seconds = time.perf_counter() - started
+        began, peer = started
+        seconds = time.perf_counter() - began
         code = final_code(context, error)
         self._metrics.record_rpc(method, code, seconds)
         log_rpc(access_log, method, code, seconds * 1000, peer=peer)
@@ -171,13 +171,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         """Unary responses, and streams written with ``context.write``."""
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started, peer = self._start(method), context.peer()
+            started = self._start(method, context)
             try:
                 response = await behavior(request, context)
             except BaseException as error:
-                self._finish(method, context, started, error, peer)
+                self._finish(method, context, started, error)
                 raise
-            self._finish(method, context, started, None, peer)
+            self._finish(method, context, started, None)
             return response
 
         return observed
@@ -186,14 +186,14 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         """Response streams from async generators: timed until the last message is sent."""
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started, peer = self._start(method), context.peer()
+            started = self._start(method, context)
             try:
                 async for response in behavior(request, context):
                     yield response
             except BaseException as error:
-                self._finish(method, context, started, error, peer)
+                self._finish(method, context, started, error)
                 raise
-            self._finish(method, context, started, None, peer)
+            self._finish(method, context, started, None)
 
         return observed
 

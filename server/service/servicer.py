@@ -27,6 +27,7 @@ from server.service.vector_codec import bytes_per_value, vector_buffer
 from server.stores.base import (
     ConflictError,
     CooccurrenceTotals,
+    CorruptDataError,
     EncoderIdentity,
     NotFoundError,
     StoreUnavailableError,
@@ -82,6 +83,10 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         except StoreUnavailableError as error:
             self.metrics.record_store_error(getattr(function, "__name__", "call"))
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {error}")
+        except CorruptDataError as error:  # damaged stored data, not the caller's mistake
+            self.metrics.record_store_error(getattr(function, "__name__", "call"))
+            log.error("stored data does not decode: %s", error)
+            await context.abort(grpc.StatusCode.DATA_LOSS, f"stored data is corrupt: {error}")
         except NotFoundError as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
         except ConflictError as error:

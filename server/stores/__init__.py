@@ -7,6 +7,7 @@ from server.stores.base import (
     CatalogStore,
     ConflictError,
     CooccurrenceTotals,
+    CorruptDataError,
     EncoderIdentity,
     ItemChanges,
     NewVersion,
@@ -24,6 +25,7 @@ __all__ = [
     "CatalogStore",
     "ConflictError",
     "CooccurrenceTotals",
+    "CorruptDataError",
     "EncoderIdentity",
     "ItemChanges",
     "LocalStore",
@@ -37,11 +39,12 @@ __all__ = [
     "open_store",
 ]
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
 def open_store(url_or_path: str) -> CatalogStore:
-    """``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs open a ``RedisStore``; anything
+    """``redis://``, ``rediss://`` (TLS), ``unix://`` and Redis Cluster
+    (``redis+cluster://``, ``rediss+cluster://``) URLs open a ``RedisStore``; anything
     else a ``LocalStore`` on that file, also as ``sqlite:///relative`` or ``sqlite:////abs``
     (SQLAlchemy's spelling)."""
     if url_or_path.startswith(_REDIS_SCHEMES):

@@ -42,6 +42,11 @@ class NotFoundError(StoreError):
     """An unknown catalog or version (maps to NOT_FOUND)."""
 
 
+class CorruptDataError(StoreError):
+    """A stored value does not decode (truncated block, garbage header, not JSON): the data
+    is damaged, not the request (maps to DATA_LOSS). Decoding never evaluates anything."""
+
+
 class ConflictError(StoreError):
     """A concurrent writer committed first; nothing was applied (maps to ABORTED)."""
 

@@ -8,10 +8,18 @@ arbitrary objects.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import numpy as np
+
+from server.stores.base import CorruptDataError
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _DTYPES = frozenset({"<f8", "<f4", "<f2", "<u4"})
 _LENGTH = struct.Struct("<I")
@@ -20,6 +28,24 @@ _LENGTH = struct.Struct("<I")
 def _pack(header: dict, *payload: bytes) -> bytes:
     head = json.dumps(header, separators=(",", ":")).encode()
     return b"".join((_LENGTH.pack(len(head)), head, *payload))
+
+
+def decoding(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Turn any failure to decode a stored value into ``CorruptDataError``."""
+
+    def decorate(function: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(function)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return function(*args, **kwargs)
+            except CorruptDataError:
+                raise
+            except (ValueError, TypeError, KeyError, IndexError, struct.error) as error:
+                raise CorruptDataError(f"a stored {what} does not decode: {error}") from error
+
+        return wrapper
+
+    return decorate
 
 
 def _unpack(blob: bytes) -> tuple[dict, memoryview]:
@@ -41,6 +67,7 @@ def pack_array(array: np.ndarray) -> bytes:
     return _pack({"dtype": dtype.str, "shape": list(data.shape)}, data.tobytes())
 
 
+@decoding("array")
 def unpack_array(blob: bytes) -> np.ndarray:
     header, payload = _unpack(blob)
     shape = tuple(int(s) for s in header["shape"])
@@ -62,6 +89,7 @@ def pack_pairs(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> bytes
     )
 
 
+@decoding("pair batch")
 def unpack_pairs(blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(rows, cols, weights)`` as uint32, uint32, float64."""
     header, payload = _unpack(blob)

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict
 
 from server.stores.base import CooccurrenceTotals, EncoderIdentity, NewVersion, VersionRecord
+from server.stores.packing import decoding
 
 
 def record_json(new: NewVersion, created_at: float) -> str:
@@ -35,6 +36,7 @@ def status_of(version: int, active: int, activated_at: float | None) -> str:
     return "staged" if activated_at is None else "retired"
 
 
+@decoding("version record")
 def parse_record(
     version: int, text: str | bytes, active: int, activated_at: float | None
 ) -> VersionRecord:

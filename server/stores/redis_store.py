@@ -24,6 +24,11 @@ a catalog lives in one slot and every MULTI/EXEC or script touches one catalog o
 
 ``B`` (rows per block) is fixed per catalog at creation, so a 1M-item catalog is a few
 hundred values of a few MiB, and a range read is one GETRANGE per block touched.
+
+Redis Cluster: ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) opens a
+cluster client seeded by that node; it discovers the others. Because every key of a
+catalog shares one slot, transactions, WATCH and the Lua scripts run unchanged on the node
+that owns the catalog.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import numpy as np
 import redis
 import scipy.sparse as sp
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from server.cooccurrence_merge import counts_from_pairs
@@ -47,12 +53,12 @@ from server.stores.base import (
     CatalogStore,
     ConflictError,
     CooccurrenceTotals,
+    CorruptDataError,
     EncoderIdentity,
     ItemChanges,
     NewVersion,
     NotFoundError,
     PairBatch,
-    StoreError,
     StoreUnavailableError,
     VersionRecord,
 )
@@ -63,7 +69,14 @@ from server.stores.checks import (
     check_pair_batch,
     check_raw_dtype,
 )
-from server.stores.packing import pack_array, pack_pairs, pair_arrays, row_runs, unpack_array
+from server.stores.packing import (
+    decoding,
+    pack_array,
+    pack_pairs,
+    pair_arrays,
+    row_runs,
+    unpack_array,
+)
 from server.stores.records import parse_record, record_json
 
 P = ParamSpec("P")
@@ -71,6 +84,20 @@ T = TypeVar("T")
 
 _CHUNK = 10_000  # fields per HSET/HMGET/RPUSH command, so no single command is huge
 _BLOCKS_PER_READ = 16  # row blocks per MULTI when a whole table is read
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+# Failures that mean "the store cannot serve right now" (UNAVAILABLE, safe to retry: Redis
+# applied none of the refused commands): connection loss, timeouts, a cluster whose slots
+# are not all served (a node is down), a replica that became read-only in a failover, and a
+# full Redis (maxmemory with noeviction refuses writes and, inside MULTI, reads too).
+_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+)
 
 # Applies the batches not seen before and updates the totals: one script for the whole
 # call, so a call is all-or-nothing and a retried batch is counted once.
@@ -148,7 +175,7 @@ def _unavailable_as_store_error(method: Callable[P, T]) -> Callable[P, T]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+        except _UNAVAILABLE as error:
             raise StoreUnavailableError(f"redis does not answer: {error}") from error
 
     return wrapper
@@ -167,9 +194,32 @@ class _Meta:
         return self.encoder.dim * np.dtype(self.raw_dtype).itemsize
 
 
+@decoding("catalog header")
+def _parse_meta(text: bytes) -> _Meta:
+    fields = json.loads(text)
+    meta = _Meta(EncoderIdentity(**fields["encoder"]), fields["raw_dtype"], fields["block_rows"])
+    check_raw_dtype(meta.raw_dtype)
+    if not isinstance(meta.block_rows, int) or meta.block_rows < 1:
+        raise ValueError(f"block_rows {meta.block_rows!r}")
+    if not isinstance(meta.encoder.dim, int) or meta.encoder.dim < 1:
+        raise ValueError(f"encoder dim {meta.encoder.dim!r}")
+    return meta
+
+
+@decoding("version record")
+def _parse_json(text: bytes) -> dict[str, Any]:
+    fields = json.loads(text)
+    if not isinstance(fields, dict):
+        raise TypeError("not a JSON object")
+    return fields
+
+
 class RedisStore(CatalogStore):
     """``CatalogStore`` on Redis (``redis://``, ``rediss://`` TLS, ``unix://``; passwords in
-    the URL). Extra keyword arguments go to ``redis.Redis.from_url``.
+    the URL), or on a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``). Extra
+    keyword arguments go to ``redis.Redis.from_url`` (``RedisCluster.from_url``), e.g.
+    ``ssl_ca_certs``; TLS options may also be URL query parameters
+    (``rediss://host:6380/0?ssl_ca_certs=/ca.pem&ssl_certfile=…&ssl_keyfile=…``).
 
     The client does not retry on its own (``retries=0``): a write whose reply was lost may
     have been applied, and only the caller (with batch ids, base counts) can retry safely.
@@ -193,7 +243,16 @@ class RedisStore(CatalogStore):
             "retry": Retry(NoBackoff(), 0),
         }
         options.update(client_options)
-        self._client = redis.Redis.from_url(url, **options)
+        scheme, separator, rest = url.partition("://")
+        if separator and scheme in CLUSTER_SCHEMES:
+            options.pop("health_check_interval")
+            try:  # a cluster client connects at once, to learn the slot map
+                self._client = RedisCluster.from_url(
+                    f"{CLUSTER_SCHEMES[scheme]}://{rest}", **options)
+            except (*_UNAVAILABLE, redis.exceptions.RedisClusterException) as error:
+                raise StoreUnavailableError(f"redis cluster does not answer: {error}") from error
+        else:
+            self._client = redis.Redis.from_url(url, **options)
         self._prefix = key_prefix
         self._block_rows = block_rows
         self._compact_after = compact_after
@@ -220,10 +279,7 @@ class RedisStore(CatalogStore):
             text = self._client.get(self._key(name, "meta"))
             if text is None:
                 raise NotFoundError(f"catalog {name!r} does not exist")
-            fields = json.loads(text)
-            meta = _Meta(
-                EncoderIdentity(**fields["encoder"]), fields["raw_dtype"], fields["block_rows"]
-            )
+            meta = _parse_meta(text)
             self._metas[name] = meta
         return meta
 
@@ -243,7 +299,9 @@ class RedisStore(CatalogStore):
                 pipe.getrange(block_key(block), within * row_bytes, end)
             data = b"".join(pipe.execute())
         if len(data) != len(rows) * row_bytes:
-            raise StoreError(f"row blocks hold {len(data)} bytes, expected {len(rows) * row_bytes}")
+            raise CorruptDataError(
+                f"row blocks hold {len(data)} bytes, expected {len(rows) * row_bytes}"
+            )
         return data
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -522,7 +580,7 @@ class RedisStore(CatalogStore):
         text = self._client.hget(self._key(name, "versions"), str(version))
         if text is None:
             raise NotFoundError(f"catalog {name!r} has no version {version}")
-        return json.loads(text)
+        return _parse_json(text)
 
     @_unavailable_as_store_error
     def read_projection(self, name: str, version: int) -> tuple[np.ndarray, np.ndarray]:
