@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import machine_info, write_results
+from bench.report import RESULTS_DIR, machine_info, write_results
 
 NAME = "gpu"
 COLUMNS = ("part", "path", "size", "seconds (median)", "throughput", "GPU speed-up",
@@ -125,6 +125,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--parts", default="encode,recpca", help="parts to run, comma-separated")
     parser.add_argument("--name", default=NAME, help="results name [gpu]")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="where the JSON and Markdown go [bench/results]")
     parser.add_argument("--device", default="cuda",
                         help="device of the GPU paths [cuda]; cpu only to smoke-test the script")
     return parser.parse_args(argv)
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {"rows": rows, "args": {k: str(v) for k, v in vars(args).items()},
                "gpu": torch.cuda.get_device_name(0) if cuda else "none (smoke test)",
                "torch": torch.__version__, "machine": machine_info()}
-    write_results(args.name, payload, rows, COLUMNS,
+    write_results(args.name, payload, rows, COLUMNS, results_dir=args.results_dir,
                   notes=[f"{payload['gpu']}, torch {torch.__version__}; CPU paths on the same "
                          f"host ({payload['machine']['nproc']} cores)."])
     return payload

@@ -126,7 +126,7 @@ def test_prepared_data_round_trips(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_quick_run_goes_through_the_service_and_writes_table_and_plot(tmp_path: Path) -> None:
     payload = main(["--dataset", "ml-100k", "--quick", "--epochs", "1", "--patience", "1",
-                    "--work", str(tmp_path / "work"), "--results", str(tmp_path)])
+                    "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path)])
     assert payload is not None
     summary = payload["summary"]
     assert set(summary["variants"]) == {v.name for v in VARIANTS}

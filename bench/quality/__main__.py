@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stage", choices=("all", "prepare", "train"), default="all")
     parser.add_argument("--work", type=Path, default=None,
                         help="prepared data and run log [runs/quality/<dataset>[-quick]]")
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR,
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
                         help="where the JSON, Markdown and PNG go [bench/results]")
     parser.add_argument("--store-url", default=None,
                         help="store of the in-process server (default: a fresh embedded one)")
@@ -107,10 +107,11 @@ def write_report(args: argparse.Namespace, data: PreparedData, outcome: tuple, s
          "retained variance": diagnostics["retained_variance"],
          "alignment@10": diagnostics.get("alignment")},
     ]
+    fields = {field.name for field in dataclasses.fields(TrainResult)}
     curves = {BY_NAME[name].label: TrainResult(**{k: v for k, v in runs[0].items()
-                                                   if k != "spec"})
+                                                   if k in fields})
               for name, runs in finals.items()}
-    png = save_loss_curve(curves, args.results / f"{args.name}_loss.png")
+    png = save_loss_curve(curves, args.results_dir / f"{args.name}_loss.png")
     payload = {
         "dataset": args.dataset, "quick": args.quick, "device": args.device, "jobs": args.jobs,
         "variants": [v.name for v in args.variants],
@@ -126,9 +127,10 @@ def write_report(args: argparse.Namespace, data: PreparedData, outcome: tuple, s
             f"## Rec-PCA diagnostics of the served versions (alignment with window-"
             f"{diagnostics['window']} counts)\n\n"
             f"{markdown_table(diag_rows, ('version', 'λ', 'retained variance', 'alignment@10'))}"
-            f"\n\n## Tuning on validation (mean over tuning seeds)\n\n"
-            f"{markdown_table(payload['tuning'], ('variant', 'setting', 'valid NDCG@10', 'seeds'))}"
             f"\n\nLoss curves: `{png.name}`\n")
+    if payload["tuning"]:
+        more += ("\n## Tuning on validation (mean over tuning seeds)\n\n" + markdown_table(
+            payload["tuning"], ("variant", "setting", "valid NDCG@10", "seeds")) + "\n")
     notes = [
         f"{args.dataset}, SASRec (max length 50, d = 64), leave-one-out, full ranking over "
         f"{data.n_items} items; {args.seeds} final seeds per variant (mean ± std), "
@@ -137,7 +139,7 @@ def write_report(args: argparse.Namespace, data: PreparedData, outcome: tuple, s
         f"E = {summary['common_epoch']}: the fewest epochs any final run trained.",
     ]
     write_results(args.name, payload, table_rows(summary), COLUMNS, notes,
-                  results_dir=args.results, more_markdown=more)
+                  results_dir=args.results_dir, more_markdown=more)
     print(verdict_text(summary))
     return payload
 
