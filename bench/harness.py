@@ -15,6 +15,8 @@ Profiling: with ``BENCH_PROFILE_DIR`` set, every server process is sampled by ``
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import shutil
 import signal
@@ -25,16 +27,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.report import RESULTS_DIR
 from server.stores.base import CooccurrenceTotals, EncoderIdentity, ItemChanges, NewVersion
 from server.stores.redis_store import RedisStore
 from tests.redis_server import RedisServer, _free_port
 
+C = TypeVar("C")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
 # Encoder identity of the default server (sentence-transformers all-MiniLM-L6-v2, pooled).
@@ -43,6 +47,26 @@ DEFAULT_ENCODER = EncoderIdentity("all-MiniLM-L6-v2", 384)
 
 def progress(name: str, message: str) -> None:
     print(f"[{name}] {message}", file=sys.stderr, flush=True)
+
+
+def config_parser(prog: str, doc: str | None, defaults: Any,
+                  helps: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """A parser with one ``--flag`` per field of the config dataclass ``defaults`` (typed and
+    defaulted by its value) plus ``--results-dir``: every benchmark's options, one way."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field in dataclasses.fields(defaults):
+        value = getattr(defaults, field.name)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(value), default=value,
+                            help=(helps or {}).get(field.name, "[%(default)s]"))
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="where <name>.json and <name>.md go")
+    return parser
+
+
+def config_from(args: argparse.Namespace, config_class: type[C]) -> C:
+    """The config dataclass filled from the parsed flags of ``config_parser``."""
+    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
 
 
 def median_of(values: Sequence[float]) -> float:

@@ -40,7 +40,14 @@ from typing import Any
 
 import grpc
 
-from bench.harness import REPO_ROOT, ServerProcess, median_of, redis_server
+from bench.harness import (
+    REPO_ROOT,
+    ServerProcess,
+    config_from,
+    config_parser,
+    median_of,
+    redis_server,
+)
 from bench.harness import progress as _progress
 from bench.report import RESULTS_DIR, Target, machine_info, write_results
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
@@ -210,19 +217,13 @@ def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR)
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, Path, bool]:
-    d = Config()
-    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=d.items,
-                        help="first N item texts only (0: all)")
-    parser.add_argument("--repeats", type=int, default=d.repeats)
+    parser = config_parser("python -m bench.ingest", __doc__, Config(),
+                           {"items": "first N item texts only (0: all) [%(default)s]"})
     parser.add_argument("--_encode-child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
-                        help="where <name>.json and <name>.md go")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.items < 0:
         parser.error("need --repeats >= 1 and --items >= 0")
-    return Config(args.items, args.repeats), args.results_dir, args._encode_child
+    return config_from(args, Config), args.results_dir, args._encode_child
 
 
 def main(argv: list[str] | None = None) -> None:

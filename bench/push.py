@@ -18,7 +18,6 @@ one pusher call), for longer runs. Prints a table and writes ``bench/results/pus
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import ServerProcess, median_of, redis_server
+from bench.harness import ServerProcess, config_from, config_parser, median_of, redis_server
 from bench.harness import progress as _progress
 from bench.report import RESULTS_DIR, Target, machine_info, write_results
 from server.stores.base import EncoderIdentity, ItemChanges
@@ -153,20 +152,11 @@ def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR)
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
-    d = Config()
-    parser = argparse.ArgumentParser(prog="python -m bench.push", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=d.repeats)
-    parser.add_argument("--copies", type=int, default=d.copies)
-    parser.add_argument("--batch-pairs", type=int, default=d.batch_pairs)
-    parser.add_argument("--batches-per-call", type=int, default=d.batches_per_call)
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
-                        help="where <name>.json and <name>.md go")
+    parser = config_parser("python -m bench.push", __doc__, Config())
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.copies < 1:
         parser.error("need --repeats >= 1 and --copies >= 1")
-    config = Config(args.repeats, args.copies, args.batch_pairs, args.batches_per_call)
-    return config, args.results_dir
+    return config_from(args, Config), args.results_dir
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,6 @@ Prints a table and writes ``bench/results/refit.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import threading
 import time
@@ -35,6 +34,8 @@ import numpy as np
 from bench.harness import (
     MB,
     ServerProcess,
+    config_from,
+    config_parser,
     load_synthetic_catalog,
     median_of,
     redis_server,
@@ -188,23 +189,12 @@ def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR)
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
-    d = Config()
-    parser = argparse.ArgumentParser(prog="python -m bench.refit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=d.items)
-    parser.add_argument("--dim", type=int, default=d.dim)
-    parser.add_argument("--nnz", type=int, default=d.nnz,
-                        help="stored non-zeros of the symmetric count matrix (nnz/2 pairs)")
-    parser.add_argument("--components", type=int, default=d.components)
-    parser.add_argument("--repeats", type=int, default=d.repeats)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
-                        help="where <name>.json and <name>.md go")
+    parser = config_parser("python -m bench.refit", __doc__, Config(), {
+        "nnz": "stored non-zeros of the symmetric count matrix (nnz/2 pairs) [%(default)s]"})
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.items <= args.components:
         parser.error("need --repeats >= 1 and --items > --components")
-    config = Config(args.items, args.dim, args.nnz, args.components, args.repeats, args.seed)
-    return config, args.results_dir
+    return config_from(args, Config), args.results_dir
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,6 @@ Prints a table and writes ``bench/results/serving.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,8 @@ from bench.harness import (
     MB,
     REPO_ROOT,
     ServerProcess,
+    config_from,
+    config_parser,
     free_port,
     item_id,
     load_synthetic_catalog,
@@ -280,23 +281,11 @@ def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR)
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
-    d = Config()
-    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=d.items)
-    parser.add_argument("--dim", type=int, default=d.dim)
-    parser.add_argument("--repeats", type=int, default=d.repeats)
-    parser.add_argument("--clients", type=int, default=d.clients)
-    parser.add_argument("--ids-per-request", type=int, default=d.ids_per_request)
-    parser.add_argument("--lookup-seconds", type=float, default=d.lookup_seconds)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
-                        help="where <name>.json and <name>.md go")
+    parser = config_parser("python -m bench.serving", __doc__, Config())
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.items < 2:
         parser.error("need --repeats >= 1 and --items >= 2")
-    return Config(args.items, args.dim, args.repeats, args.clients, args.ids_per_request,
-                  args.lookup_seconds, args.seed), args.results_dir
+    return config_from(args, Config), args.results_dir
 
 
 def main(argv: list[str] | None = None) -> None:
