@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("ml-100k", "ml-1m"), default="ml-100k")
     parser.add_argument("--quick", action="store_true",
-                        help="--grid defaults, 2 seeds, 30 epochs, patience 5")
+                        help="--grid defaults, 2 seeds, 30 epochs, patience 10")
     parser.add_argument("--grid", choices=("full", "defaults"), default=None,
                         help="tuning grid: full (default) or each axis's default only")
     parser.add_argument("--lr", type=float, default=None,
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="final seeds per variant [5; quick 2]")
     parser.add_argument("--epochs", type=int, default=None, help="epoch bound [200; quick 30]")
     parser.add_argument("--patience", type=int, default=None,
-                        help="validations without improvement before stopping [15; quick 5]")
+                        help="validations without improvement before stopping [15; quick 10]")
     args = parser.parse_args(argv)
     quick = args.quick
     grid = QUICK_GRID if quick or args.grid == "defaults" else FULL_GRID
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.tune_seeds = args.tune_seeds or 1
     args.seeds = args.seeds or (2 if quick else 5)
     args.epochs = args.epochs or (30 if quick else 200)
-    args.patience = args.patience or (5 if quick else 15)
+    args.patience = args.patience or (10 if quick else 15)
     args.name = f"quality_{args.dataset}{'_quick' if quick else ''}"
     args.work = args.work or Path("runs/quality") / args.name
     return args
