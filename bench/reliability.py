@@ -33,7 +33,13 @@ from bench.reliability_load import run_load
 from bench.report import RESULTS_DIR, machine_info, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIO_TESTS = [
+# One module per promise of the contract, named ``tests/test_promise_<check>.py``: the check
+# ``<check>`` is true when every test in it ran and passed. Figures a promise test measures
+# (``record_property``) are kept with its scenario in the JSON.
+PROMISE_PREFIX = "test_promise_"
+PROMISE_TESTS = sorted(str(path.relative_to(ROOT))
+                       for path in (ROOT / "tests").glob(f"{PROMISE_PREFIX}*.py"))
+SCENARIO_TESTS = [*PROMISE_TESTS,
     "tests/test_reliability_faults.py",
     "tests/test_reliability_scaleout.py",
     "tests/test_reliability_security_process.py",
@@ -59,7 +65,8 @@ def run_scenarios(workdir: Path) -> dict[str, Any]:
     junit = workdir / "scenarios.xml"
     started = time.perf_counter()
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               "-m", "reliability or not reliability", f"--junitxml={junit}", *SCENARIO_TESTS,
+               "-m", "reliability or not reliability", "-o", "junit_family=xunit1",
+               f"--junitxml={junit}", *SCENARIO_TESTS,
                "-k", "not test_store_contract or cluster"]
     process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     scenarios = []
@@ -69,9 +76,13 @@ def run_scenarios(workdir: Path) -> dict[str, Any]:
         for tag in ("failure", "error", "skipped"):
             if case.find(tag) is not None:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-        scenarios.append({"category": CATEGORY.get(module, module), "test": case.get("name"),
+        category = ("promise" if module.startswith(PROMISE_PREFIX)
+                    else CATEGORY.get(module, module))
+        properties = {prop.get("name"): prop.get("value") for prop in case.iter("property")}
+        scenarios.append({"category": category, "test": case.get("name"),
                           "module": module, "outcome": outcome,
-                          "seconds": round(float(case.get("time", 0)), 2)})
+                          "seconds": round(float(case.get("time", 0)), 2),
+                          **({"measured": properties} if properties else {})})
     summary: dict[str, dict[str, int]] = {}
     for scenario in scenarios:
         counts = summary.setdefault(scenario["category"], {"passed": 0, "total": 0})
@@ -139,7 +150,21 @@ def evaluate(scenarios: dict[str, Any] | None, fuzz: dict[str, Any], load: dict[
     }
     if scenarios is not None:
         checks["scenarios: all passed"] = scenarios["exit_code"] == 0
+        checks.update(promise_checks(scenarios["scenarios"]))
     return checks
+
+
+def promise_checks(scenarios: list[dict[str, Any]]) -> dict[str, bool]:
+    """One check per promise module: at least one test ran and none failed or was skipped."""
+    outcomes: dict[str, list[str]] = {
+        path.rsplit("/", 1)[-1].removesuffix(".py").removeprefix(PROMISE_PREFIX): []
+        for path in PROMISE_TESTS}
+    for scenario in scenarios:
+        if scenario["module"].startswith(PROMISE_PREFIX):
+            outcomes.setdefault(scenario["module"].removeprefix(PROMISE_PREFIX), []).append(
+                scenario["outcome"])
+    return {name: bool(seen) and all(outcome == "passed" for outcome in seen)
+            for name, seen in outcomes.items()}
 
 
 def table(scenarios: dict[str, Any] | None, fuzz: dict[str, Any], load: dict[str, Any]
