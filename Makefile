@@ -34,8 +34,13 @@ test-reliability: data
 reliability: data
 	$(PY) -m bench.reliability
 
+# The gates CI runs before the tests: style, types, layering (ARCHITECTURE §11) and the
+# wire contract (buf lint, and buf breaking against main; see .ci/contract).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	.ci/contract
 
 clean-venv:
 	rm -rf $(VENV)

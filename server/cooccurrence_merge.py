@@ -1,18 +1,13 @@
-"""Server side of co-occurrence: validated pair batches and merged count matrices.
+"""Server side of co-occurrence: pushed pair batches as one symmetric count matrix.
 
-Workers count their own shards (``trainer_client.cooccurrence``) and push unordered pairs;
-the server turns each batch into a symmetric matrix and adds it to the catalog's total.
-Catalogs only grow, so a total from an older, smaller catalog is padded, never truncated.
+Workers count their own shards and push unordered pairs; the stores turn a catalog's batches
+into one symmetric matrix for a refit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import scipy.sparse as sp
-
-from server.recpca.graph import validate_counts
 
 
 def counts_from_pairs(
@@ -41,23 +36,3 @@ def counts_from_pairs(
     upper = sp.csr_matrix((weights, (rows, cols)), shape=(n_items, n_items))
     upper.sum_duplicates()
     return (upper + upper.T).tocsr()
-
-
-def resize_counts(counts: sp.csr_matrix, n_items: int) -> sp.csr_matrix:
-    """Pad ``counts`` to ``n_items`` (the catalog grew since they were counted)."""
-    if counts.shape[0] > n_items:
-        raise ValueError(
-            f"counts cover {counts.shape[0]} items, more than the catalog's {n_items}"
-        )
-    padded = counts.copy()
-    padded.resize((n_items, n_items))
-    return padded
-
-
-def merge_counts(matrices: Iterable[sp.spmatrix | sp.sparray], n_items: int) -> sp.csr_matrix:
-    """Sum of validated count matrices, each padded to ``n_items``."""
-    total = sp.csr_matrix((n_items, n_items), dtype=np.float64)
-    for matrix in matrices:
-        size = matrix.shape[0]
-        total = total + resize_counts(validate_counts(matrix, size), n_items)
-    return total.tocsr()

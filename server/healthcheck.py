@@ -98,8 +98,8 @@ def check(args: argparse.Namespace) -> tuple[int, str]:
             return UNHEALTHY, f"{address}: {name}: {error.details()}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     service = f" ({args.service})" if args.service else ""
-    code = HEALTHY if reply.status == health_pb2.HealthCheckResponse.SERVING else UNHEALTHY
-    return code, f"{address}{service}: {status}"
+    healthy = reply.status == health_pb2.HealthCheckResponse.SERVING
+    return HEALTHY if healthy else UNHEALTHY, f"{address}{service}: {status}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -138,8 +138,8 @@ def evaluate(
     if world > 1:
         dist.all_reduce(totals, group=process_group)
     n_users = int(totals[-1])
-    values = {name: float(totals[i]) / max(n_users, 1) for i, name in enumerate(names)}
-    return RankingMetrics(values, n_users)
+    means = {name: float(totals[i]) / max(n_users, 1) for i, name in enumerate(names)}
+    return RankingMetrics(means, n_users)
 
 
 def evaluate_model(

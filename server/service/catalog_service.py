@@ -168,7 +168,7 @@ class CatalogService:
         hashes = [text_hash(text) for text in texts]
         known = np.flatnonzero(rows >= 0)
         stored = self.store.text_hashes(name, rows[known]) if len(known) else []
-        changed = [i for i, old in zip(known, stored, strict=True) if old != hashes[i]]
+        changed = [i for i, old in zip(known.tolist(), stored, strict=True) if old != hashes[i]]
         new = np.flatnonzero(rows < 0).tolist()
         to_encode = [texts[i] for i in new + changed]
         started = time.perf_counter()

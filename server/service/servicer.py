@@ -380,6 +380,7 @@ def add_to_server(servicer: EmbeddingServicer, server: grpc.aio.Server) -> None:
     pb_grpc.add_EmbeddingServiceServicer_to_server(servicer, capture)
     handlers = dict(capture.handlers)
     original = handlers["GetItemEmbeddings"]
+    assert original.unary_stream is not None  # GetItemEmbeddings is a server stream
     handlers["GetItemEmbeddings"] = grpc.unary_stream_rpc_method_handler(
         original.unary_stream, request_deserializer=original.request_deserializer,
         response_serializer=_serialize_response)

@@ -6,9 +6,13 @@ byte layout byte for byte.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-WIRE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2")}
+WIRE_DTYPES: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2"),
+}
 
 
 def to_bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
@@ -34,7 +38,7 @@ def vector_buffer(vectors: np.ndarray, dtype: str) -> memoryview:
         array = to_bfloat16_bits(vectors)
     else:
         array = np.ascontiguousarray(vectors, dtype=WIRE_DTYPES[dtype])
-    return memoryview(array.reshape(-1).view(np.uint8))
+    return array.reshape(-1).view(np.uint8).data
 
 
 def decode_vectors(block: bytes, dtype: str, dim: int) -> np.ndarray:

@@ -195,7 +195,7 @@ class _Meta:
 
 
 @decoding("catalog header")
-def _parse_meta(text: bytes) -> _Meta:
+def _parse_meta(text: bytes | str) -> _Meta:
     fields = json.loads(text)
     meta = _Meta(EncoderIdentity(**fields["encoder"]), fields["raw_dtype"], fields["block_rows"])
     check_raw_dtype(meta.raw_dtype)
@@ -207,7 +207,7 @@ def _parse_meta(text: bytes) -> _Meta:
 
 
 @decoding("version record")
-def _parse_json(text: bytes) -> dict[str, Any]:
+def _parse_json(text: bytes | str) -> dict[str, Any]:
     fields = json.loads(text)
     if not isinstance(fields, dict):
         raise TypeError("not a JSON object")
@@ -244,6 +244,7 @@ class RedisStore(CatalogStore):
         }
         options.update(client_options)
         scheme, separator, rest = url.partition("://")
+        self._client: redis.Redis | RedisCluster
         if separator and scheme in CLUSTER_SCHEMES:
             options.pop("health_check_interval")
             try:  # a cluster client connects at once, to learn the slot map
@@ -397,7 +398,7 @@ class RedisStore(CatalogStore):
         if stop <= start:
             return []
         values = self._client.lrange(self._key(name, "rowids"), start, stop - 1)
-        return [value.decode() for value in values]
+        return [value if isinstance(value, str) else value.decode() for value in values]
 
     @_unavailable_as_store_error
     def commit_items(self, name: str, changes: ItemChanges) -> int:
@@ -431,10 +432,10 @@ class RedisStore(CatalogStore):
         base, block_rows = changes.base_count, meta.block_rows
         new_rows = range(base, base + len(changes.new_ids))
         for i in range(0, len(new_rows), _CHUNK):
-            rows, ids = new_rows[i : i + _CHUNK], changes.new_ids[i : i + _CHUNK]
-            pipe.hset(self._key(name, "ids"), mapping=dict(zip(ids, rows, strict=True)))
+            chunk_rows, ids = new_rows[i : i + _CHUNK], changes.new_ids[i : i + _CHUNK]
+            pipe.hset(self._key(name, "ids"), mapping=dict(zip(ids, chunk_rows, strict=True)))
             pipe.rpush(self._key(name, "rowids"), *ids)
-            hashes = zip(rows, changes.new_text_hashes[i : i + _CHUNK], strict=True)
+            hashes = zip(chunk_rows, changes.new_text_hashes[i : i + _CHUNK], strict=True)
             pipe.hset(self._key(name, "texthash"), mapping=dict(hashes))
         if len(new_rows):
             data = np.ascontiguousarray(changes.new_vectors, dtype=meta.raw_dtype)
@@ -447,8 +448,8 @@ class RedisStore(CatalogStore):
                 done += take
         rows = np.asarray(changes.changed_rows, dtype=np.int64)
         if len(rows):
-            hashes = dict(zip(rows.tolist(), changes.changed_text_hashes, strict=True))
-            pipe.hset(self._key(name, "texthash"), mapping=hashes)
+            changed = dict(zip(rows.tolist(), changes.changed_text_hashes, strict=True))
+            pipe.hset(self._key(name, "texthash"), mapping=changed)
             vectors = np.ascontiguousarray(changes.changed_vectors, dtype=meta.raw_dtype)
             for row, vector in zip(rows.tolist(), vectors, strict=True):
                 block, within = divmod(row, block_rows)
@@ -545,7 +546,7 @@ class RedisStore(CatalogStore):
         returns the previously active version."""
         keys = [self._key(name, k) for k in ("pending", "versions", "active", "activated")]
         activate = "1" if activated_at is not None else "0"
-        args = [version, record, activate, activated_at or 0.0]
+        args: list[str | int | float] = [version, record, activate, activated_at or 0.0]
         previous = int(self._scripts["publish"](keys=keys, args=args))
         if previous < 0:
             raise ConflictError(
