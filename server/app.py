@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from protos.tfllmer.v1 import embedding_service_pb2 as pb
+from protos.metadata import SERVICE
 from server.config import ServerConfig
 from server.encoders.base import Encoder
 from server.service.auth import auth_interceptor
@@ -29,7 +29,6 @@ from server.stores import CatalogStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
 STORE_CHECK_SECONDS = 5.0
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 
 
 def build_encoder(config: ServerConfig) -> Encoder:
@@ -111,7 +110,7 @@ class EmbeddingServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), server)
         self.port = add_listening_port(server, config)
         await server.start()
@@ -128,7 +127,7 @@ class EmbeddingServer:
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else (
             health_pb2.HealthCheckResponse.NOT_SERVING)
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE):
             await self.health.set(name, status)
 
     async def _watch_store(self, store: CatalogStore) -> None:

@@ -39,12 +39,9 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, get_args, get_origin
 from urllib.parse import urlsplit
 
-ENV_PREFIX = "TFLLMER_"
-# TFLLMER_* variables that the repository's client tools read. They are not server settings,
-# but they are not typos either, and operators export them in the same shells:
-# trainer_client.datasets reads TFLLMER_DATA_DIR; server.admin (and trainer workers) read
-# the service address and their bearer token.
-OTHER_TOOLS_ENV = frozenset({"TFLLMER_DATA_DIR", "TFLLMER_SERVER", "TFLLMER_TOKEN"})
+from protos import environment
+
+ENV_PREFIX = environment.PREFIX
 REDACTED = "***"
 KiB = 1024
 MiB = 1024 * KiB
@@ -176,7 +173,8 @@ class ServerConfig:
         check=_check_host,
     )
     port: int = setting(
-        50051, "gRPC port; 0 lets the OS pick a free one.", at_least=0, at_most=65535
+        environment.DEFAULT_PORT, "gRPC port; 0 lets the OS pick a free one.", at_least=0,
+        at_most=65535,
     )
     # Store
     store_url: str = setting(
@@ -343,10 +341,6 @@ class ServerConfig:
         """``host:port`` as gRPC's ``add_*_port`` expects it (IPv6 hosts in brackets)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
-
-    @property
-    def store_kind(self) -> Literal["redis", "local"]:
-        return "redis" if "://" in self.store_url else "local"
 
     @property
     def auth_enabled(self) -> bool:
@@ -605,7 +599,9 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
     problems = [
         _unknown("setting", key, known, ENV_PREFIX)
         for key in sorted(environ)
-        if key.startswith(ENV_PREFIX) and key not in known and key not in OTHER_TOOLS_ENV
+        # The client tools' variables (protos.environment) are not typos either.
+        if key.startswith(ENV_PREFIX) and key not in known
+        and key not in environment.CLIENT_VARIABLES
     ]
     if problems:
         raise ConfigError(problems)

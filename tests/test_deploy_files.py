@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from server.config import OTHER_TOOLS_ENV, ServerConfig, env_name, load_config
+from protos.environment import CLIENT_VARIABLES
+from server.config import ServerConfig, env_name, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -27,7 +28,7 @@ DOCKERFILES = {
 }
 SERVER_IMAGES = ("server-gpu", "server-cpu")
 SETTINGS = frozenset(env_name(f.name) for f in fields(ServerConfig))
-KNOWN_TFLLMER = SETTINGS | OTHER_TOOLS_ENV
+KNOWN_TFLLMER = SETTINGS | CLIENT_VARIABLES
 SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|API_KEY", re.IGNORECASE)
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}
 INTERPOLATION = re.compile(
@@ -264,7 +265,7 @@ def test_compose_trainer_is_scalable(compose: dict[str, Any]) -> None:
 def test_compose_refit_job(compose: dict[str, Any]) -> None:
     refit = compose["services"]["refit"]
     command = " ".join(refit["entrypoint"] + refit["command"])
-    assert command.startswith("python -m server.admin refit --catalog ${CATALOG")
+    assert command.startswith("python -m trainer_client.admin refit --catalog ${CATALOG")
     assert "--retention 0.8 --activate" in command
     assert service_env(refit)["TFLLMER_TOKEN"].startswith("${ADMIN_TOKEN")
 
@@ -298,7 +299,7 @@ def test_compose_servers_accept_their_configuration(
         env.update({k: interpolate(v, example_env) for k, v in
                     service_env(compose["services"][name]).items()})
         config = load_config([], env)
-        assert config.store_kind == "redis" and config.auth_enabled, name
+        assert config.store_url.startswith("redis") and config.auth_enabled, name
         assert config.metrics_port and config.host == "0.0.0.0", name
 
 

@@ -20,9 +20,9 @@ import pytest
 import torch
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from protos.codecs import decode_vectors, encode_vectors
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
-from server.service.vector_codec import decode_vectors, encode_vectors
 from server.stores import RedisStore
 from tests.service_harness import ServerThread
 from tests.test_server_process import free_port, wait_until_serving

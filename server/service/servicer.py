@@ -16,6 +16,9 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from protos.codecs import bytes_per_value, vector_buffer
+from protos.enums import DTYPE, KIND, TRANSFORM, VERSION_STATUS
+from protos.metadata import SERVICE
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.service.catalog_service import CatalogService, Selection
@@ -23,7 +26,6 @@ from server.service.chunk_cache import ChunkCache, Messages
 from server.service.errors import ServiceError
 from server.service.metrics import ServiceMetrics
 from server.service.validation import FitRequest, PairBlock
-from server.service.vector_codec import bytes_per_value, vector_buffer
 from server.stores.base import (
     ConflictError,
     CooccurrenceTotals,
@@ -37,18 +39,6 @@ from server.stores.base import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DTYPES = {pb.DTYPE_UNSPECIFIED: "float32", pb.DTYPE_FLOAT32: "float32",
-          pb.DTYPE_FLOAT16: "float16", pb.DTYPE_BFLOAT16: "bfloat16"}
-DTYPE_ENUM = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16,
-              "bfloat16": pb.DTYPE_BFLOAT16}
-KINDS = {pb.EMBEDDING_KIND_UNSPECIFIED: "reduced", pb.EMBEDDING_KIND_REDUCED: "reduced",
-         pb.EMBEDDING_KIND_RAW: "raw"}
-TRANSFORMS = {pb.GRAPH_TRANSFORM_UNSPECIFIED: "identity", pb.GRAPH_TRANSFORM_IDENTITY: "identity",
-              pb.GRAPH_TRANSFORM_LOG1P: "log1p", pb.GRAPH_TRANSFORM_TOP_K: "topk"}
-TRANSFORM_ENUM = {"identity": pb.GRAPH_TRANSFORM_IDENTITY, "log1p": pb.GRAPH_TRANSFORM_LOG1P,
-                  "topk": pb.GRAPH_TRANSFORM_TOP_K}
-STATUS_ENUM = {"staged": pb.VERSION_STATUS_STAGED, "active": pb.VERSION_STATUS_ACTIVE,
-               "retired": pb.VERSION_STATUS_RETIRED}
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
 CHUNK_OVERHEAD = 1024
 # A worker-thread call reads and serializes about this many bytes of chunks at once.
@@ -136,7 +126,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     async def GetItemEmbeddings(self, request: pb.GetItemEmbeddingsRequest,
                                 context: grpc.aio.ServicerContext
                                 ) -> AsyncIterator[pb.GetItemEmbeddingsResponse | bytes]:
-        dtype, kind = DTYPES.get(request.dtype), KINDS.get(request.kind)
+        dtype, kind = DTYPE.name(request.dtype), KIND.name(request.kind)
         if dtype is None or kind is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown dtype or kind")
         if request.max_chunk_bytes < 0:
@@ -146,8 +136,8 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         pull: _Pull = await self._run(context, self._open, request, kind, dtype)
         selection = pull.selection
         header = pb.EmbeddingHeader(
-            version=selection.version, dim=selection.dim, dtype=DTYPE_ENUM[dtype],
-            kind=pb.EMBEDDING_KIND_RAW if kind == "raw" else pb.EMBEDDING_KIND_REDUCED,
+            version=selection.version, dim=selection.dim, dtype=DTYPE.number(dtype),
+            kind=KIND.number(kind),
             item_count=selection.item_count, encoder=_encoder(selection.encoder),
         )
         if selection.item_count == 0:
@@ -282,7 +272,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                               context: grpc.aio.ServicerContext) -> pb.RefitProjectionResponse:
         params = request.parameters
         strength = params.WhichOneof("strength")
-        transform = TRANSFORMS.get(params.graph.transform)
+        transform = TRANSFORM.name(params.graph.transform)
         if transform is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown graph transform")
         record, previous = await self._run(
@@ -384,9 +374,8 @@ def add_to_server(servicer: EmbeddingServicer, server: grpc.aio.Server) -> None:
     handlers["GetItemEmbeddings"] = grpc.unary_stream_rpc_method_handler(
         original.unary_stream, request_deserializer=original.request_deserializer,
         response_serializer=_serialize_response)
-    service = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 async def _ensure_half_closed(context: grpc.aio.ServicerContext) -> None:
@@ -424,7 +413,7 @@ def _version(record: VersionRecord) -> pb.CatalogVersion:
     fit = pb.FitParameters(
         dim=record.dim,
         graph=pb.GraphOptions(
-            transform=TRANSFORM_ENUM[graph.get("transform", "identity")],
+            transform=TRANSFORM.number(graph.get("transform", "identity")),
             top_k=graph.get("top_k", 0) if graph.get("transform") == "topk" else 0,
         ),
     )
@@ -437,7 +426,8 @@ def _version(record: VersionRecord) -> pb.CatalogVersion:
         if value is not None and key in pb.FitDiagnostics.DESCRIPTOR.fields_by_name
     })
     return pb.CatalogVersion(
-        version=record.version, status=STATUS_ENUM[record.status], item_count=record.item_count,
+        version=record.version, status=VERSION_STATUS.number(record.status),
+        item_count=record.item_count,
         encoder=_encoder(record.encoder), parameters=fit, diagnostics=diagnostics,
         cooccurrence=_totals(record.counts), create_time=_timestamp(record.created_at),
         activate_time=_timestamp(record.activated_at), fit_seconds=record.fit_seconds,
