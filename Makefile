@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU build of torch first, so nothing later pulls a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# Both sides and the tools: the wheel's extras are `server` and `trainer`.
+	$(PY) -m pip install --quiet -e '.[server,trainer,dev]'
 	touch $(STAMP)
 
 data: $(STAMP)

@@ -171,10 +171,11 @@ def test_trainer_image_runs_the_worker() -> None:
 
 def test_images_install_what_they_promise() -> None:
     gpu = DOCKERFILES["server-gpu"].read_text()
-    assert '".[gpu]"' in gpu and "vllm==" in gpu
-    for name in ("server-cpu", "trainer"):
+    assert '".[server,gpu]"' in gpu and "vllm==" in gpu
+    for name, extra in (("server-cpu", "server"), ("trainer", "trainer")):
         text = DOCKERFILES[name].read_text()
         assert "download.pytorch.org/whl/cpu" in text and "TORCH_VERSION=2.13.0" in text, name
+        assert f'pip install ".[{extra}]"' in text, name  # the trainer has no server deps
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
