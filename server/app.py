@@ -58,18 +58,6 @@ def build_encoder(config: ServerConfig) -> Encoder:
     )
 
 
-def build_limits(config: ServerConfig) -> Limits:
-    return Limits(
-        max_items_per_upsert=config.max_items_per_upsert,
-        max_text_chars=config.max_text_chars,
-        max_pairs_per_push=config.max_pairs_per_push,
-        max_similar_k=config.max_similar_k,
-        refit_lock_lease_seconds=config.refit_lock_lease_seconds,
-        version_cache_size=config.version_cache_size,
-        raw_dtype="<f2" if config.raw_vector_dtype == "float16" else "<f4",
-    )
-
-
 class EmbeddingServer:
     """One server process. ``store`` and ``encoder`` may be passed in (tests, the demo) so
     a model is loaded once; otherwise they are built from ``config``."""
@@ -102,7 +90,7 @@ class EmbeddingServer:
             options=[("grpc.max_receive_message_length", config.max_receive_message_bytes),
                      ("grpc.max_send_message_length", config.max_send_message_bytes)],
         )
-        service = CatalogService(store, encoder, build_limits(config))
+        service = CatalogService(store, encoder, Limits.from_config(config))
         add_to_server(
             EmbeddingServicer(service, self.metrics, config.default_chunk_bytes,
                               config.max_send_message_bytes),

@@ -80,13 +80,13 @@ def test_pairs_become_symmetric_counts() -> None:
 @pytest.mark.parametrize(
     ("rows", "cols", "weights", "message"),
     [
-        ([0, 5], [1, 2], [1.0, 1.0], "row index 5 out of range"),
-        ([0, 1], [-1, 2], [1.0, 1.0], "col index -1 out of range"),
-        ([1], [1], [1.0], "no self-pairs"),
-        ([0], [1], [np.nan], "NaN or Inf"),
-        ([0], [1], [-2.0], "must be positive"),
+        ([0, 5], [1, 2], [1.0, 1.0], "an item row is outside the catalog's 3"),
+        ([0, 1], [-1, 2], [1.0, 1.0], "an item row is outside the catalog's 3"),
+        ([1], [1], [1.0], "a pair joins an item to itself"),
+        ([0], [1], [np.nan], "weights must be finite and positive"),
+        ([0], [1], [-2.0], "weights must be finite and positive"),
         ([0.5], [1], [1.0], "integer item rows"),
-        ([0, 1], [1], [1.0], "same length"),
+        ([0, 1], [1], [1.0], "equally long"),
     ],
 )
 def test_bad_pairs_are_rejected(rows, cols, weights, message) -> None:

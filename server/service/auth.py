@@ -30,7 +30,7 @@ import grpc
 
 from protos.metadata import AUTHORIZATION, BEARER, SERVICE
 from server.config import ServerConfig
-from server.service.handlers import with_behavior
+from server.service.handlers import Continuation, with_behavior
 
 OPEN_SERVICES = (
     "grpc.health.v1.Health",
@@ -138,9 +138,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._required_role = required_role
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method

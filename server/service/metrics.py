@@ -13,14 +13,14 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from server.service.handlers import Behavior, behavior_of, with_behavior
+from server.service.handlers import Behavior, Continuation, behavior_of, with_behavior
 from server.service.logging_setup import log_rpc
 
 # From 1 ms to 10 min: full pulls of large catalogs and refits take minutes.
@@ -132,9 +132,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: not counted, so callers cannot add label values

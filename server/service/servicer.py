@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -21,24 +22,44 @@ from protos.enums import DTYPE, KIND, TRANSFORM, VERSION_STATUS
 from protos.metadata import SERVICE
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
+from server.errors import (
+    Aborted,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
 from server.service.catalog_service import CatalogService, Selection
 from server.service.chunk_cache import ChunkCache, Messages
-from server.service.errors import ServiceError
 from server.service.metrics import ServiceMetrics
-from server.service.validation import FitRequest, PairBlock
-from server.stores.base import (
-    ConflictError,
-    CooccurrenceTotals,
-    CorruptDataError,
-    EncoderIdentity,
-    NotFoundError,
-    StoreUnavailableError,
-    VersionRecord,
+from server.stores.base import CooccurrenceTotals, EncoderIdentity, VersionRecord
+from server.validation import (
+    FitRequest,
+    PairBlock,
+    verify_item_count,
+    verify_not_empty,
+    verify_pair_count,
+    verify_pull,
+    verify_same_catalog,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Every kind of ``server.errors`` and the status it ends a call with (details: prefix +
+# message). An exception of no kind here is a bug: INTERNAL, with an incident id in the log.
+STATUS: dict[type[ServiceError], tuple[grpc.StatusCode, str]] = {
+    InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, ""),
+    NotFound: (grpc.StatusCode.NOT_FOUND, ""),
+    FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, ""),
+    ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    Aborted: (grpc.StatusCode.ABORTED, ""),
+    Unavailable: (grpc.StatusCode.UNAVAILABLE, "store unavailable: "),
+    DataLoss: (grpc.StatusCode.DATA_LOSS, "stored data is corrupt: "),
+}
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
 CHUNK_OVERHEAD = 1024
 # A worker-thread call reads and serializes about this many bytes of chunks at once.
@@ -68,29 +89,38 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         """Await ``call`` (started from ``function``); map every expected failure to a status."""
         try:
             return await call
+        except grpc.aio.AbortError:
+            raise  # the call already has its status
         except ServiceError as error:
-            await context.abort(getattr(grpc.StatusCode, error.code), error.message)
-        except StoreUnavailableError as error:
-            self.metrics.record_store_error(getattr(function, "__name__", "call"))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {error}")
-        except CorruptDataError as error:  # damaged stored data, not the caller's mistake
-            self.metrics.record_store_error(getattr(function, "__name__", "call"))
-            log.error("stored data does not decode: %s", error)
-            await context.abort(grpc.StatusCode.DATA_LOSS, f"stored data is corrupt: {error}")
-        except NotFoundError as error:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-        except ConflictError as error:
-            await context.abort(grpc.StatusCode.ABORTED, str(error))
-        except ValueError as error:  # a store's own input checks
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            await self._abort(context, error, getattr(function, "__name__", "call"))
+        except Exception:  # a bug: never the caller's fault, never shown to the caller
+            incident = uuid.uuid4().hex[:12]
+            log.exception("incident %s: %s failed unexpectedly", incident,
+                          getattr(function, "__name__", "call"))
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"internal error (incident {incident}); the server log has it")
         raise AssertionError("context.abort always raises")
 
-    async def _same_catalog(self, context: grpc.aio.ServicerContext, first: str | None,
-                            catalog: str) -> str:
-        if first is not None and catalog != first:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "every message of a stream must name the same catalog")
-        return catalog
+    async def _abort(self, context: grpc.aio.ServicerContext, error: ServiceError,
+                     name: str) -> None:
+        """End the call with the status ``STATUS`` gives the error's kind."""
+        kind = next(k for k in type(error).__mro__ if k in STATUS)
+        code, prefix = STATUS[kind]
+        if kind in (Unavailable, DataLoss):
+            self.metrics.record_store_error(name)
+        if kind is DataLoss:  # damaged stored data, not the caller's mistake
+            log.error("stored data does not decode: %s", error.message)
+        await context.abort(code, prefix + error.message)
+
+    async def _check(self, context: grpc.aio.ServicerContext, check: Callable[..., T],
+                     *args: Any) -> T:
+        """Run a ``server.validation`` rule on the event loop (cheap checks of what a stream
+        has delivered so far); its error ends the call like any other."""
+        try:
+            return check(*args)
+        except ServiceError as error:
+            await self._abort(context, error, getattr(check, "__name__", "check"))
+        raise AssertionError("context.abort always raises")
 
     async def UpsertItems(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
                           context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
@@ -99,15 +129,13 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         texts: list[str] = []
         limit = self.service.limits.max_items_per_upsert
         async for message in request_iterator:
-            catalog = await self._same_catalog(context, catalog, message.catalog)
+            catalog = await self._check(context, verify_same_catalog, catalog, message.catalog)
             ids.extend(item.id for item in message.items)
             texts.extend(item.text for item in message.items)
-            if len(ids) > limit:  # stop reading early: memory stays bounded
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"more than {limit} items in one call; split the ingest")
+            # Stop reading early: memory stays bounded.
+            await self._check(context, verify_item_count, len(ids), limit)
         await _ensure_half_closed(context)
-        if catalog is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream had no message")
+        catalog = await self._check(context, verify_not_empty, catalog)
         result = await self._run(context, self.service.upsert_items, catalog, ids, texts)
         self.metrics.record_encoded(result.added + result.changed, result.encode_seconds)
         return pb.UpsertItemsResponse(added=result.added, changed=result.changed,
@@ -127,10 +155,8 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                                 context: grpc.aio.ServicerContext
                                 ) -> AsyncIterator[pb.GetItemEmbeddingsResponse | bytes]:
         dtype, kind = DTYPE.name(request.dtype), KIND.name(request.kind)
-        if dtype is None or kind is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown dtype or kind")
-        if request.max_chunk_bytes < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_chunk_bytes must be >= 0")
+        await self._check(context, verify_pull, dtype, kind, request.max_chunk_bytes)
+        assert dtype is not None and kind is not None  # verify_pull refused None
         # One worker-thread hop resolves the selection and prepares its first chunk (a
         # look-up of a few ids is usually one chunk); later chunks are prefetched.
         pull: _Pull = await self._run(context, self._open, request, kind, dtype)
@@ -251,16 +277,13 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         blocks: list[PairBlock] = []
         pairs, limit = 0, self.service.limits.max_pairs_per_push
         async for message in request_iterator:
-            catalog = await self._same_catalog(context, catalog, message.catalog)
+            catalog = await self._check(context, verify_same_catalog, catalog, message.catalog)
             blocks.append(PairBlock(message.worker_id, message.batch_id, message.rows,
                                     message.cols, message.weights))
             pairs += len(message.rows) // 4
-            if pairs > limit:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"more than {limit} pairs in one call; push in several calls")
+            await self._check(context, verify_pair_count, pairs, limit)
         await _ensure_half_closed(context)
-        if catalog is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream had no message")
+        catalog = await self._check(context, verify_not_empty, catalog)
         result = await self._run(context, self.service.push, catalog, blocks)
         return pb.PushCooccurrenceResponse(
             batches_applied=result.applied, duplicates_ignored=result.duplicates,
@@ -273,8 +296,6 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         params = request.parameters
         strength = params.WhichOneof("strength")
         transform = TRANSFORM.name(params.graph.transform)
-        if transform is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown graph transform")
         record, previous = await self._run(
             context, self.service.refit, request.catalog, FitRequest(
                 dim=params.dim,

@@ -63,7 +63,6 @@ from server.stores.base import (
     VersionRecord,
 )
 from server.stores.checks import (
-    check_catalog_name,
     check_changes,
     check_new_version,
     check_pair_batch,
@@ -78,6 +77,7 @@ from server.stores.packing import (
     unpack_array,
 )
 from server.stores.records import parse_record, record_json
+from server.validation import verify_catalog
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -276,7 +276,7 @@ class RedisStore(CatalogStore):
         """The catalog's settings; ``NotFoundError`` for an unknown catalog."""
         meta = self._metas.get(name)
         if meta is None:
-            check_catalog_name(name)
+            verify_catalog(name)
             text = self._client.get(self._key(name, "meta"))
             if text is None:
                 raise NotFoundError(f"catalog {name!r} does not exist")
@@ -318,7 +318,7 @@ class RedisStore(CatalogStore):
     def create_catalog(
         self, name: str, encoder: EncoderIdentity, raw_dtype: str = "<f4"
     ) -> CatalogState:
-        check_catalog_name(name)
+        verify_catalog(name)
         check_raw_dtype(raw_dtype)
         meta = {
             "encoder": {"name": encoder.name, "dim": encoder.dim},
@@ -686,18 +686,18 @@ class RedisStore(CatalogStore):
     # -- refit lock ---------------------------------------------------------------------
     @_unavailable_as_store_error
     def acquire_refit_lock(self, name: str, owner: str, lease_seconds: float) -> bool:
-        check_catalog_name(name)
+        verify_catalog(name)
         lease_ms = max(1, round(lease_seconds * 1000))
         return bool(self._client.set(self._key(name, "refit_lock"), owner, nx=True, px=lease_ms))
 
     @_unavailable_as_store_error
     def renew_refit_lock(self, name: str, owner: str, lease_seconds: float) -> bool:
-        check_catalog_name(name)
+        verify_catalog(name)
         lease_ms = max(1, round(lease_seconds * 1000))
         keys = [self._key(name, "refit_lock")]
         return bool(self._scripts["renew"](keys=keys, args=[owner, lease_ms]))
 
     @_unavailable_as_store_error
     def release_refit_lock(self, name: str, owner: str) -> None:
-        check_catalog_name(name)
+        verify_catalog(name)
         self._scripts["release"](keys=[self._key(name, "refit_lock")], args=[owner])
