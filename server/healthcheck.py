@@ -29,7 +29,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import connection, environment
-from server.config import env_name
+from server.settings import env_name
 
 PORT_ENV = env_name("port")
 HEALTHY, UNHEALTHY = 0, 1

@@ -12,15 +12,8 @@ from protos.environment import DATA_DIR as DATA_DIR_ENV
 from protos.environment import SERVER as SERVER_ENV
 from protos.environment import TOKEN as TOKEN_ENV
 from server import config as config_module
-from server.config import (
-    ConfigError,
-    ServerConfig,
-    config_from_dict,
-    env_name,
-    flag_name,
-    load_config,
-    markdown_table,
-)
+from server.config import ConfigError, ServerConfig, config_from_dict, load_config, markdown_table
+from server.settings import env_name, flag_name
 
 FIELD_NAMES = [f.name for f in dataclasses.fields(ServerConfig)]
 TRAINER_TOKEN = "trainer-token-0123456789abcdef"

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from protos.environment import CLIENT_VARIABLES
-from server.config import ServerConfig, env_name, load_config
+from server.config import ServerConfig, load_config
+from server.settings import env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
