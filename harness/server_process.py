@@ -84,8 +84,11 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while not self.port:  # bound to port 0: the log says which port it got
             found = _LISTENING.search(self.log_path.read_bytes()[offset:].decode(errors="replace"))
+            ports = _listening_ports(self.process.pid)  # a log level above info says nothing
             if found:
                 self.port = int(found.group(1))
+            elif len(ports) == 1:
+                self.port = ports.pop()
             elif self.process.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"the server did not start:\n{self.log_tail()}")
@@ -189,6 +192,23 @@ class ServerProcess:
             self.stop()
         else:
             self.kill()
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on (Linux: its socket inodes in /proc/net)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                  if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+    except OSError:  # the process is gone or its fds changed meanwhile
+        return set()
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
 
 
 def synthetic_catalog(store: RedisStore, name: str, n_items: int, *, seed: int = 0,
