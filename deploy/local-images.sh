@@ -16,7 +16,7 @@
 #
 # `build` runs `podman build` on the Dockerfiles with the host's network (to reach PyPI) and,
 # for the build only, the host's CA certificates and a pip.conf mounted in; nothing of them
-# is written into an image. --torch-wheels DIR (a folder holding the torch CPU wheel, e.g.
+# is written into an image (tests/test_compose_stack.py scans the images' files). --torch-wheels DIR (a folder holding the torch CPU wheel, e.g.
 # the one pip's find-links names here) installs torch from that folder instead of PyTorch's
 # CPU index (TORCH_INDEX_URL=https://pypi.org/simple plus find-links: pip prefers the local
 # `+cpu` build, and torch's own dependencies still come from PyPI).
@@ -107,20 +107,22 @@ build() {
       *) echo "unknown option $1" >&2; exit 2 ;;
     esac
   done
-  local conf
-  conf=$(mktemp -d /var/tmp/tfllmer-build.XXXXXX)
+  local home
+  home=$(mktemp -d /var/tmp/tfllmer-build.XXXXXX)
   # shellcheck disable=SC2064
-  trap "rm -rf '$conf'" RETURN
-  # The host's CA bundle (a proxy may re-sign TLS here) and, when asked, the torch wheels.
-  local -a mounts=(-v /etc/ssl/certs:/etc/ssl/certs:ro) args=()
+  trap "rm -rf '$home'" RETURN
+  # For the build only, mounted where the base images already have an (empty) directory, so
+  # that no mount point is left in an image: the host's CA bundle (a proxy may re-sign TLS
+  # here), a pip.conf as root's user configuration (/root), the torch wheels (/mnt).
+  local -a mounts=(-v /etc/ssl/certs:/etc/ssl/certs:ro -v "$home:/root:ro") args=()
+  mkdir -p "$home/.config/pip"
   {
     echo "[global]"
     echo "cert = /etc/ssl/certs/ca-certificates.crt"
-    if [[ -n $torch_wheels ]]; then echo "find-links = /tmp/torch-wheels"; fi
-  } >"$conf/pip.conf"
-  mounts+=(-v "$conf/pip.conf:/etc/pip.conf:ro")
+    if [[ -n $torch_wheels ]]; then echo "find-links = /mnt"; fi
+  } >"$home/.config/pip/pip.conf"
   if [[ -n $torch_wheels ]]; then
-    mounts+=(-v "$torch_wheels:/tmp/torch-wheels:ro")
+    mounts+=(-v "$torch_wheels:/mnt:ro")
     args+=(--build-arg TORCH_INDEX_URL=https://pypi.org/simple)
   fi
   local image dockerfile
