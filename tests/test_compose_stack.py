@@ -232,6 +232,11 @@ class Stack:
         self.wheels = workdir / "wheels"
         self.socket = workdir / "podman.sock"
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.dangling_before = set(self.dangling_volumes())
+
+    @staticmethod
+    def dangling_volumes() -> list[str]:
+        return podman("volume", "ls", "-q", "--filter", "dangling=true").split()
 
     @property
     def env(self) -> dict[str, str]:
@@ -293,6 +298,9 @@ class Stack:
         try:
             self.compose("--profile", "cpu", "--profile", "ops", "down", "-v",
                          "--remove-orphans", timeout=300, check=False)
+            # The anonymous volume of the server image's VOLUME, left by the plain `down`.
+            for volume in set(self.dangling_volumes()) - self.dangling_before:
+                podman("volume", "rm", volume, check=False)
         finally:
             for process in reversed(self.processes):
                 if process.poll() is None:
