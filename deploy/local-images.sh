@@ -16,10 +16,11 @@
 #
 # `build` runs `podman build` on the Dockerfiles with the host's network (to reach PyPI) and,
 # for the build only, the host's CA certificates and a pip.conf mounted in; nothing of them
-# is written into an image (tests/test_compose_stack.py scans the images' files). --torch-wheels DIR (a folder holding the torch CPU wheel, e.g.
-# the one pip's find-links names here) installs torch from that folder instead of PyTorch's
-# CPU index (TORCH_INDEX_URL=https://pypi.org/simple plus find-links: pip prefers the local
-# `+cpu` build, and torch's own dependencies still come from PyPI).
+# is written into an image (tests/test_compose_stack.py scans the images' files). It needs
+# the base images locally (`base`, or pulled ones). --torch-wheels DIR (a folder holding the
+# torch CPU wheel, e.g. the one pip's find-links names here) installs torch from that folder
+# instead of PyTorch's CPU index (TORCH_INDEX_URL=https://pypi.org/simple plus find-links:
+# pip prefers the local `+cpu` build; torch's own dependencies still come from PyPI).
 #
 # Environment: PODMAN (default `podman`; add `--runtime runc --cgroup-manager cgroupfs` where
 # containers.conf does not set them), MIRROR (Debian mirror, default deb.debian.org),
@@ -50,6 +51,15 @@ qualified() {  # podman and Docker both read a bare official name as docker.io/l
 }
 exists() { $PODMAN image exists "$(qualified "$1")"; }
 
+# An interrupted debootstrap leaves /proc and /sys mounted inside its tree: unmount first.
+remove_tree() {
+  local mount
+  awk -v dir="$1/" 'index($2, dir) == 1 {print $2}' /proc/mounts | sort -r |
+    while read -r mount; do umount -l "$mount"; done
+  rm -rf "$1"
+}
+trap 'exit 130' INT TERM  # so that the EXIT traps run
+
 # debootstrap a minimal bookworm with PACKAGES, let SETUP run in the tree, strip what an
 # image does not need, import it as NAME with the given --change instructions.
 make_base() {
@@ -57,7 +67,7 @@ make_base() {
   local root
   root=$(mktemp -d /var/tmp/tfllmer-rootfs.XXXXXX)
   # shellcheck disable=SC2064
-  trap "rm -rf '$root'" RETURN
+  trap "remove_tree '$root'" RETURN EXIT
   log "debootstrap $SUITE ($packages) for $name"
   mkdir -p /var/cache/tfllmer-debootstrap
   debootstrap --variant=minbase --include="$packages" \
@@ -139,5 +149,5 @@ case ${1:-} in
   base) base ;;
   build) shift; build "$@" ;;
   all) shift; base; build "$@" ;;
-  *) sed -n '2,27p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,28p' "$0" >&2; exit 2 ;;
 esac
