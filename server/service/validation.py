@@ -123,6 +123,7 @@ class FitRequest:
     retention: float | None = None
     transform: str = "identity"
     top_k: int = 0
+    whitening: float = 0.0
 
 
 def verify_fit(request: FitRequest, encoder_dim: int) -> FitSettings:
@@ -142,8 +143,11 @@ def verify_fit(request: FitRequest, encoder_dim: int) -> FitSettings:
         raise InvalidArgument(f"top_k must be >= 0, got {top_k}")
     if top_k and request.transform != "topk":
         raise InvalidArgument("top_k is only meaningful with GRAPH_TRANSFORM_TOP_K")
+    if not (math.isfinite(request.whitening) and 0 <= request.whitening <= 1):
+        raise InvalidArgument(f"whitening must be in [0, 1], got {request.whitening}")
     graph = GraphOptions(request.transform, top_k or GraphOptions().top_k)  # type: ignore[arg-type]
-    return FitSettings(dim=dim, lam=lam, retention=retention, graph=graph)
+    return FitSettings(dim=dim, lam=lam, retention=retention, graph=graph,
+                       whitening=request.whitening)
 
 
 def verify_similar(k: int, max_k: int) -> int:
