@@ -406,9 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument(
         "--whitening",
         type=float,
-        default=0.0,
         metavar="P",
-        help="whitening exponent p in [0, 1] of the served subspace (0 = none, 1 = full) [0]",
+        help="whitening exponent p in [0, 1] of the served subspace (0 = none, 1 = full) "
+        "[server default]",
     )
     mode = refit.add_mutually_exclusive_group()
     mode.add_argument("--activate", action="store_true", help="activate the new version")

@@ -35,6 +35,7 @@ from server.recpca.projection import Projection
 from server.recpca.solve import lambda_for_retention, scores, solve, whitener
 
 DEFAULT_RETENTION = 0.8
+DEFAULT_WHITENING = 0.0  # chosen on validation by bench.value (README, "Quality")
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class FitSettings:
     lam: float | None = None  # set λ directly, or
     retention: float | None = None  # choose λ by this budget (DEFAULT_RETENTION if neither)
     graph: GraphOptions = GraphOptions()
-    whitening: float = 0.0  # exponent p in [0, 1]; 0 = no whitening (the reference)
+    whitening: float = DEFAULT_WHITENING  # exponent p in [0, 1]; 0 = none (the reference)
 
     def __post_init__(self) -> None:
         if self.lam is not None and self.retention is not None:

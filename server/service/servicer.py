@@ -293,7 +293,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                 retention=params.retention_budget if strength == "retention_budget" else None,
                 transform=transform,
                 top_k=params.graph.top_k,
-                whitening=params.whitening,
+                whitening=params.whitening if params.HasField("whitening") else None,
             ), request.activate)
         self.metrics.record_refit(record.fit_seconds)
         return pb.RefitProjectionResponse(version=_version(record),
