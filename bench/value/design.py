@@ -43,14 +43,16 @@ class Formulation:
 
 
 # The reference first (today's default: ρ = 0.8, identity, no whitening), then one change
-# at a time: PPMI graph, half and full whitening.
+# at a time: the PPMI graph, full whitening. These are trained on validation; the half
+# whitening (p = 0.5) is fitted and probed zero-shot only (2 shared cores: each trained
+# candidate costs about 6 minutes).
 FORMULATIONS: tuple[Formulation, ...] = (
     Formulation(0.8),
     Formulation(0.8, "ppmi"),
-    Formulation(0.8, whitening=0.5),
     Formulation(0.8, whitening=1.0),
 )
-BY_KEY = {formulation.key: formulation for formulation in FORMULATIONS}
+PROBED_ONLY: tuple[Formulation, ...] = (Formulation(0.8, whitening=0.5),)
+BY_KEY = {formulation.key: formulation for formulation in FORMULATIONS + PROBED_ONLY}
 REFERENCE = FORMULATIONS[0]
 
 PCA_NORM = BY_NAME["pca_norm"]

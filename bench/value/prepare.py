@@ -26,7 +26,16 @@ import numpy as np
 from bench.quality.prepare import PreparedData, raw_pca, rescaled
 from bench.quality.variants import RAW_PCA, RAW_PCA_RESCALED
 from bench.value.cold_split import choose_cold, cold_split
-from bench.value.design import COLD, DIM, FORMULATIONS, MAIN, SERVED_PCA, WINDOW, Formulation
+from bench.value.design import (
+    COLD,
+    DIM,
+    FORMULATIONS,
+    MAIN,
+    PROBED_ONLY,
+    SERVED_PCA,
+    WINDOW,
+    Formulation,
+)
 from trainer_client.interactions import build_sequences
 from trainer_client.recbole_data import read_catalog, read_interactions
 from trainer_client.sequences import LeaveOneOutSplit, leave_one_out
@@ -149,7 +158,7 @@ class _Session:
 
     def _fit_all(self, catalog: str) -> dict[str, Any]:
         versions = {SERVED_PCA: self._fit(catalog, None)}
-        for formulation in FORMULATIONS:
+        for formulation in FORMULATIONS + PROBED_ONLY:
             versions[formulation.key] = self._fit(catalog, formulation)
         return versions
 

@@ -3,9 +3,10 @@
 1. Tuning (skipped when the choice comes from another data set): TF-LLMER trains every
    Rec-PCA formulation on the tuning seed; the best validation NDCG@10 becomes the default
    served version (``choice.json``). The test split never takes part.
-2. Final seeds, seed by seed: PCA + norm and TF-LLMER's chosen version (paired seeds), then
-   the other variants asked for.
-3. The cold-start split: PCA + norm and TF-LLMER, cold-start path on for both.
+2. Seed by seed: PCA + norm and TF-LLMER's chosen version (paired seeds) on the main split,
+   then the same pair on the cold-start split (cold-start path on for both), so a time
+   limit leaves every measure with the same number of seeds.
+3. The other variants asked for.
 """
 
 from __future__ import annotations
@@ -82,20 +83,23 @@ def run_all(runner: Runner, *, choice_from: Path | None, seeds: int, cold_seeds:
     if choice_from is None:
         choice = choose([runner.run(s) for s in tuning_specs()])
         choice_path.write_text(json.dumps(choice, indent=2) + "\n")
-    for k in range(seeds):
-        for name in [PCA_NORM.name, *with_seeds]:  # these need no choice
-            runner.run(spec(name, MAIN, variant_table(name, ""), FINAL_SEED_BASE + k, "final"))
+    for k in range(max(seeds, cold_seeds)):  # seed by seed, the cold split interleaved
+        if k < seeds:
+            for name in [PCA_NORM.name, *with_seeds]:  # these need no choice
+                runner.run(spec(name, MAIN, variant_table(name, ""), FINAL_SEED_BASE + k,
+                                "final"))
         if not choice_path.is_file():
             assert choice_from is not None
             choice = wait_for_choice(choice_from)
             choice_path.write_text(json.dumps({**choice, "from": str(choice_from)}, indent=2)
                                    + "\n")
         choice = json.loads(choice_path.read_text())
-        runner.run(spec(TF_LLMER.name, MAIN, choice["table"], FINAL_SEED_BASE + k, "final"))
-    choice = json.loads(choice_path.read_text()) if choice_path.is_file() else \
-        wait_for_choice(choice_from)  # type: ignore[arg-type]
-    for run in final_specs([PCA_NORM.name, TF_LLMER.name], choice["table"], cold_seeds, COLD):
-        runner.run(run)
+        if k < seeds:
+            runner.run(spec(TF_LLMER.name, MAIN, choice["table"], FINAL_SEED_BASE + k, "final"))
+        if k < cold_seeds:
+            for name in (PCA_NORM.name, TF_LLMER.name):
+                runner.run(spec(name, COLD, variant_table(name, choice["table"]),
+                                FINAL_SEED_BASE + k, "final"))
     for run in final_specs(extras, choice["table"], extra_seeds):
         runner.run(run)
     return choice
