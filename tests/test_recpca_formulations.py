@@ -154,4 +154,5 @@ def test_a_ppmi_fit_keeps_the_engine_properties() -> None:
                         alignment_sample=None)
     components = result.projection.components
     np.testing.assert_allclose(components.T @ components, np.eye(4), atol=1e-10)
-    assert result.diagnostics.retained_variance >= 0.8 * result.diagnostics.pca_retained_variance - 1e-9
+    diagnostics = result.diagnostics
+    assert diagnostics.retained_variance >= 0.8 * diagnostics.pca_retained_variance - 1e-9

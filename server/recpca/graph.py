@@ -1,7 +1,8 @@
 """The item–item graph of Rec-PCA: validated counts, a transform, the normalized adjacency.
 
 ``A = f(C)`` with ``f`` the identity, ``log1p``, "top-k neighbours per row, then
-symmetrize", or PPMI (positive pointwise mutual information). Degrees ``d_i = Σ_j A_ij``; ``A_n = D^{-1/2} A D^{-1/2}`` on connected items.
+symmetrize", or PPMI (positive pointwise mutual information). Degrees
+``d_i = Σ_j A_ij``; ``A_n = D^{-1/2} A D^{-1/2}`` on connected items.
 Isolated items (``d_i = 0``) get zero rows and are left out of the Laplacian's identity part
 ``Π_V``, so they contribute nothing to the graph total variation.
 """
