@@ -84,10 +84,8 @@ def run_all(runner: Runner, *, choice_from: Path | None, seeds: int, cold_seeds:
         choice = choose([runner.run(s) for s in tuning_specs()])
         choice_path.write_text(json.dumps(choice, indent=2) + "\n")
     for k in range(max(seeds, cold_seeds)):  # seed by seed, the cold split interleaved
-        if k < seeds:
-            for name in [PCA_NORM.name, *with_seeds]:  # these need no choice
-                runner.run(spec(name, MAIN, variant_table(name, ""), FINAL_SEED_BASE + k,
-                                "final"))
+        if k < seeds:  # needs no choice: it can run while another data set is still tuning
+            runner.run(spec(PCA_NORM.name, MAIN, SERVED_PCA, FINAL_SEED_BASE + k, "final"))
         if not choice_path.is_file():
             assert choice_from is not None
             choice = wait_for_choice(choice_from)
@@ -96,6 +94,9 @@ def run_all(runner: Runner, *, choice_from: Path | None, seeds: int, cold_seeds:
         choice = json.loads(choice_path.read_text())
         if k < seeds:
             runner.run(spec(TF_LLMER.name, MAIN, choice["table"], FINAL_SEED_BASE + k, "final"))
+            for name in with_seeds:
+                runner.run(spec(name, MAIN, variant_table(name, ""), FINAL_SEED_BASE + k,
+                                "final"))
         if k < cold_seeds:
             for name in (PCA_NORM.name, TF_LLMER.name):
                 runner.run(spec(name, COLD, variant_table(name, choice["table"]),
