@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.quality.prepare import PreparedData
+from bench.quality.runs import read_records
 from bench.quality.variants import BY_NAME
 from bench.value.design import DIM
 
@@ -96,11 +97,5 @@ class Runner:
 
 
 def read_log(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    if not path.is_file():
-        return
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill: that run trains again
-            continue
+    for record in read_records(path):
         yield RunSpec(**record["spec"]).key, record
