@@ -16,7 +16,7 @@ validation and test NDCG@10, zero-shot NDCG@10 of each initial table) and write 
 PNG of the three loss and validation curves under ``runs/demo/``. Every run has the same
 fixed epoch budget (no early stopping), so the curves compare like with like.
 
-    python -m bench.demo [--epochs 15] [--out runs/demo]
+    python -m bench.demo [--epochs 12] [--out runs/demo]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ COLUMNS = ("item table", "normalized", "final training loss", "epochs to quality
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=15, help="epochs per training run [15]")
+    parser.add_argument("--epochs", type=int, default=12, help="epochs per training run [12]")
     parser.add_argument("--dim", type=int, default=64, help="served dimension [64]")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     return parser.parse_args(argv)
