@@ -68,10 +68,17 @@ def _pm(values: Sequence[float], digits: int = 4) -> str:
 
 
 def _ci(comparison: dict[str, Any] | None) -> str:
-    if not comparison:
+    if not comparison or comparison.get("ratio") is None:
         return ""
-    low, high = comparison["ci95"]
-    return f"{comparison['ratio']:.3f} [{low:.3f}, {high:.3f}]"
+    low, high = (f"{v:.3f}" if v is not None else "∞" for v in comparison["ci95"])
+    return f"{comparison['ratio']:.3f} [{low}, {high}]"
+
+
+def _difference(comparison: dict[str, Any] | None) -> str:
+    if not comparison or "difference" not in comparison:
+        return ""
+    low, high = comparison["difference_ci95"]
+    return f"{comparison['difference']:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
 def per_user(records: Sequence[dict[str, Any]], metric: str = NDCG
@@ -321,9 +328,11 @@ def write_report(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
     more = "## Targets (TF-LLMER's default served version ÷ PCA + norm, same run)\n\n"
     more += markdown_table(
         [{**t, "value": "not measured" if t["value"] is None else f"{t['value']:.3f}",
-          "met": t["met"], "95 % CI": _ci(t.get("comparison")) if t.get("comparison") else ""}
+          "ratio [95 % CI]": _ci(t["comparison"]),
+          "difference [95 % CI]": _difference(t["comparison"])}
          for t in targets.values()],
-        ("key", "definition", "value", "95 % CI", "bound", "met", "note"))
+        ("key", "definition", "value", "ratio [95 % CI]", "difference [95 % CI]", "bound",
+         "met", "note"))
     if tuning:
         more += ("\n\n## Choosing TF-LLMER's formulation (validation only, tuning seed 0)\n\n"
                  + markdown_table(tuning, ("formulation", "valid NDCG@10 (trained)",
@@ -374,10 +383,15 @@ def build_targets(details: dict[str, Any], cold: dict[str, Any] | None,
     targets = {}
     for key, (bound, at_most, definition) in BOUNDS.items():
         comparison = found[key]
-        value = None if comparison is None else comparison["ratio"]
+        value = None if comparison is None else comparison.get("ratio")
         met = value is not None and (value <= bound if at_most else value >= bound)
-        note = "not measured: no finished paired runs" if value is None else (
-            f"{comparison['seeds']} paired seed(s)" if "seeds" in comparison else "")
+        if comparison is None or value is None:
+            note = "not measured: no finished paired runs"
+        else:
+            ours_mean, theirs_mean = comparison["means"]
+            note = (f"{ours_mean:.4g} vs {theirs_mean:.4g}; {comparison['seeds']} paired "
+                    f"seed(s)" + (f", {comparison['users']} users" if "users" in comparison
+                                  else ""))
         if key == "time_to_quality" and comparison and comparison["censored_seeds"]:
             met, note = False, note + "; censored seeds (quality not reached): " + \
                 ", ".join(map(str, comparison["censored_seeds"]))

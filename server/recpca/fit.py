@@ -35,7 +35,7 @@ from server.recpca.projection import Projection
 from server.recpca.solve import lambda_for_retention, scores, solve, whitener
 
 DEFAULT_RETENTION = 0.8
-DEFAULT_WHITENING = 0.0  # chosen on validation by bench.value (README, "Quality")
+DEFAULT_WHITENING = 0.0  # chosen on validation by bench.value (README, "What TF-LLMER buys")
 
 
 @dataclass(frozen=True)
