@@ -324,7 +324,19 @@ def write_report(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
         f"validation NDCG@10 (threshold {report.threshold() or float('nan'):.4f}); epochs "
         "are the primary measure, seconds are noisy on a shared machine.",
         "Tail: the least popular 50 % of items by training count; head: the rest.",
+        "Finished runs: " + ", ".join(
+            f"{BY_NAME[variant].label} {split} seeds {[r['spec']['seed'] for r in runs]}"
+            for (split, variant), runs in report.finals.items())
+        + f"; tuning runs {len(report.tuning)}. Whatever else the protocol plans did not run.",
     ]
+    if cold and TF_LLMER.name in cold:
+        notes.append(
+            "Cold start: trained cold-user NDCG@10 "
+            f"{statistics.fmean(cold[PCA_NORM.name]['cold_ndcg10']):.4f} (PCA + norm) and "
+            f"{statistics.fmean(cold[TF_LLMER.name]['cold_ndcg10']):.4f} (TF-LLMER), against "
+            f"zero-shot retrieval of the served spaces on the same users "
+            f"{zero[COLD][SERVED_PCA]['subset_ndcg10']:.4f} and "
+            f"{zero[COLD][cold[TF_LLMER.name]['table']]['subset_ndcg10']:.4f}.")
     more = "## Targets (TF-LLMER's default served version ÷ PCA + norm, same run)\n\n"
     more += markdown_table(
         [{**t, "value": "not measured" if t["value"] is None else f"{t['value']:.3f}",
