@@ -37,6 +37,7 @@ TRANSFORMS = {
     "identity": pb.GRAPH_TRANSFORM_IDENTITY,
     "log1p": pb.GRAPH_TRANSFORM_LOG1P,
     "topk": pb.GRAPH_TRANSFORM_TOP_K,
+    "ppmi": pb.GRAPH_TRANSFORM_PPMI,
 }
 MISSING = "—"
 Stub = pb_grpc.EmbeddingServiceStub
@@ -155,6 +156,7 @@ def format_diagnostics(d: pb.FitDiagnostics) -> str:
         ["retained variance", _num(d, "retained_variance"), _num(d, "pca_retained_variance")],
         ["graph TV (lower = smoother)", _num(d, "graph_tv"), _num(d, "pca_graph_tv")],
         [f"alignment@{d.alignment_k}", _num(d, "alignment"), _num(d, "pca_alignment")],
+        ["whitening p", _num(d, "whitening"), _num(d, "whitening")],
     ]
     return _table(["", "Rec-PCA", "PCA"], rows)
 
@@ -237,6 +239,7 @@ def cmd_refit(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
     parameters = pb.FitParameters(
         dim=args.dim,
         graph=pb.GraphOptions(transform=TRANSFORMS[args.transform], top_k=args.top_k or 0),
+        whitening=args.whitening,
     )
     if args.lam is not None:
         parameters.lam = args.lam
@@ -399,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         metavar="K",
         help="neighbours kept per item with --transform topk [server default 50]",
+    )
+    refit.add_argument(
+        "--whitening",
+        type=float,
+        metavar="P",
+        help="whitening exponent p in [0, 1] of the served subspace (0 = none, 1 = full) "
+        "[server default]",
     )
     mode = refit.add_mutually_exclusive_group()
     mode.add_argument("--activate", action="store_true", help="activate the new version")

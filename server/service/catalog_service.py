@@ -381,6 +381,7 @@ class CatalogService:
             "lam": settings.lam,
             "retention_budget": settings.retention,
             "graph": asdict(settings.graph),
+            "whitening": settings.whitening,
         }
         new = NewVersion(
             item_count=count,
@@ -390,7 +391,7 @@ class CatalogService:
             diagnostics=result.diagnostics.to_dict(),
             counts=totals,
             fit_seconds=time.perf_counter() - started,
-            components=result.projection.components,
+            components=result.projection.served_map,  # W T: what new items go through
             mean=result.projection.mean,
             reduced=reduced,
         )

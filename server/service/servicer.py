@@ -44,9 +44,10 @@ DTYPE_ENUM = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16,
 KINDS = {pb.EMBEDDING_KIND_UNSPECIFIED: "reduced", pb.EMBEDDING_KIND_REDUCED: "reduced",
          pb.EMBEDDING_KIND_RAW: "raw"}
 TRANSFORMS = {pb.GRAPH_TRANSFORM_UNSPECIFIED: "identity", pb.GRAPH_TRANSFORM_IDENTITY: "identity",
-              pb.GRAPH_TRANSFORM_LOG1P: "log1p", pb.GRAPH_TRANSFORM_TOP_K: "topk"}
+              pb.GRAPH_TRANSFORM_LOG1P: "log1p", pb.GRAPH_TRANSFORM_TOP_K: "topk",
+              pb.GRAPH_TRANSFORM_PPMI: "ppmi"}
 TRANSFORM_ENUM = {"identity": pb.GRAPH_TRANSFORM_IDENTITY, "log1p": pb.GRAPH_TRANSFORM_LOG1P,
-                  "topk": pb.GRAPH_TRANSFORM_TOP_K}
+                  "topk": pb.GRAPH_TRANSFORM_TOP_K, "ppmi": pb.GRAPH_TRANSFORM_PPMI}
 STATUS_ENUM = {"staged": pb.VERSION_STATUS_STAGED, "active": pb.VERSION_STATUS_ACTIVE,
                "retired": pb.VERSION_STATUS_RETIRED}
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
@@ -292,6 +293,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                 retention=params.retention_budget if strength == "retention_budget" else None,
                 transform=transform,
                 top_k=params.graph.top_k,
+                whitening=params.whitening if params.HasField("whitening") else None,
             ), request.activate)
         self.metrics.record_refit(record.fit_seconds)
         return pb.RefitProjectionResponse(version=_version(record),
@@ -426,6 +428,7 @@ def _version(record: VersionRecord) -> pb.CatalogVersion:
             transform=TRANSFORM_ENUM[graph.get("transform", "identity")],
             top_k=graph.get("top_k", 0) if graph.get("transform") == "topk" else 0,
         ),
+        whitening=params.get("whitening", 0.0),
     )
     if params.get("lam") is not None:
         fit.lam = params["lam"]

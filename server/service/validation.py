@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.recpca import FitSettings, GraphOptions
+from server.recpca import DEFAULT_WHITENING, FitSettings, GraphOptions
 from server.service.errors import InvalidArgument, ResourceExhausted
 from server.stores.base import PairBatch
 from server.stores.checks import CATALOG_NAME
@@ -123,6 +123,7 @@ class FitRequest:
     retention: float | None = None
     transform: str = "identity"
     top_k: int = 0
+    whitening: float | None = None
 
 
 def verify_fit(request: FitRequest, encoder_dim: int) -> FitSettings:
@@ -142,8 +143,11 @@ def verify_fit(request: FitRequest, encoder_dim: int) -> FitSettings:
         raise InvalidArgument(f"top_k must be >= 0, got {top_k}")
     if top_k and request.transform != "topk":
         raise InvalidArgument("top_k is only meaningful with GRAPH_TRANSFORM_TOP_K")
+    whitening = DEFAULT_WHITENING if request.whitening is None else request.whitening
+    if not (math.isfinite(whitening) and 0 <= whitening <= 1):
+        raise InvalidArgument(f"whitening must be in [0, 1], got {whitening}")
     graph = GraphOptions(request.transform, top_k or GraphOptions().top_k)  # type: ignore[arg-type]
-    return FitSettings(dim=dim, lam=lam, retention=retention, graph=graph)
+    return FitSettings(dim=dim, lam=lam, retention=retention, graph=graph, whitening=whitening)
 
 
 def verify_similar(k: int, max_k: int) -> int:
