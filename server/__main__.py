@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 import sys
 
 from server.app import EmbeddingServer
 from server.config import ConfigError, load_config
 from server.service.logging_setup import configure_logging
+
+log = logging.getLogger("server")
 
 
 async def run() -> None:
@@ -22,6 +26,12 @@ async def run() -> None:
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     await server.stop()
+    if server.guard.live.wait_for_threads(0):
+        # A cancelled call's thread is inside one long step (an encoder batch, a solve) and
+        # cannot commit any more (its lifetime ended): exit now instead of waiting for it.
+        log.warning("exiting with worker threads of cancelled calls still running")
+        logging.shutdown()
+        os._exit(0)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ that owns the catalog.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +48,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from server.call_lifetime import CallEnded, check_commit
 from server.cooccurrence_merge import counts_from_pairs
 from server.stores.base import (
     CatalogState,
@@ -59,6 +61,7 @@ from server.stores.base import (
     NewVersion,
     NotFoundError,
     PairBatch,
+    RequestRecord,
     StoreUnavailableError,
     VersionRecord,
 )
@@ -129,14 +132,22 @@ redis.call('INCR', KEYS[2])
 return 1
 """
 
-# Publishes a written payload (and optionally activates it); -1 if it was collected.
+# Publishes a written payload (and optionally activates it); -1 if it was collected, -2 if
+# the request id (KEYS[5], when ARGV[5] holds its fingerprint) is already recorded. The
+# request's record is written in the same step, with the previous active version.
 _PUBLISH = """
+if ARGV[5] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then return -2 end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 local previous = tonumber(redis.call('GET', KEYS[3]) or '0')
 if ARGV[3] == '1' then
   redis.call('SET', KEYS[3], ARGV[1])
   redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
+end
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[5], 'fingerprint', ARGV[5], 'outcome', ARGV[6], 'version', ARGV[1],
+             'previous', previous)
+  redis.call('PEXPIREAT', KEYS[5], ARGV[7])
 end
 return previous
 """
@@ -399,13 +410,38 @@ class RedisStore(CatalogStore):
         values = self._client.lrange(self._key(name, "rowids"), start, stop - 1)
         return [value.decode() for value in values]
 
+    def _request_key(self, name: str, request_id: str) -> str:
+        return self._key(name, "req", hashlib.sha256(request_id.encode()).hexdigest())
+
     @_unavailable_as_store_error
-    def commit_items(self, name: str, changes: ItemChanges) -> int:
+    def find_request(self, name: str, request_id: str) -> RequestRecord | None:
+        check_catalog_name(name)
+        key = self._request_key(name, request_id)
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(key)
+            pipe.pexpiretime(key)
+            fields, expires_ms = pipe.execute()
+        if not fields:
+            return None
+        outcome = _parse_json(fields[b"outcome"])
+        if b"version" in fields:  # written by a publish
+            outcome["version"] = int(fields[b"version"])
+            outcome["previous_active_version"] = int(fields[b"previous"])
+        return RequestRecord(request_id, fields[b"fingerprint"].decode(), outcome,
+                             int(expires_ms) / 1000)
+
+    @_unavailable_as_store_error
+    def commit_items(
+        self, name: str, changes: ItemChanges, request: RequestRecord | None = None
+    ) -> int:
         meta = self._meta(name)
         count_key, ids_key = self._key(name, "count"), self._key(name, "ids")
+        request_key = self._request_key(name, request.request_id) if request else None
         try:
             with self._client.pipeline(transaction=True) as pipe:
-                pipe.watch(count_key)
+                pipe.watch(count_key, *([request_key] if request_key else []))
+                if request_key and pipe.exists(request_key):
+                    raise ConflictError("the request was committed by a concurrent call")
                 count = int(pipe.get(count_key) or 0)
                 if count != changes.base_count:
                     raise ConflictError(
@@ -422,6 +458,11 @@ class RedisStore(CatalogStore):
                         raise ValueError(f"item id {taken[0]!r} already has a row")
                 pipe.multi()
                 self._queue_items(pipe, name, meta, changes)
+                if request is not None and request_key is not None:
+                    pipe.hset(request_key, mapping={"fingerprint": request.fingerprint,
+                                                    "outcome": json.dumps(request.outcome)})
+                    pipe.pexpireat(request_key, int(request.expires_at * 1000))
+                check_commit()  # the call is alive now, right before the atomic EXEC
                 pipe.execute()
         except redis.WatchError as error:
             raise ConflictError(f"a concurrent upsert of {name!r} committed first") from error
@@ -500,7 +541,9 @@ class RedisStore(CatalogStore):
 
     # -- versions -----------------------------------------------------------------------
     @_unavailable_as_store_error
-    def write_version(self, name: str, new: NewVersion, activate: bool) -> VersionRecord:
+    def write_version(
+        self, name: str, new: NewVersion, activate: bool, request: RequestRecord | None = None
+    ) -> VersionRecord:
         meta = self._meta(name)
         check_new_version(new, meta.encoder.dim, self._count(name))
         created_at = time.time()
@@ -508,10 +551,17 @@ class RedisStore(CatalogStore):
         version = self._write_payload(name, new, created_at)
         activated_at = time.time() if activate else None
         try:
-            self._publish(name, version, record, activated_at)
+            self._publish(name, version, record, activated_at, request)
         except ConflictError:  # collected meanwhile: drop blocks written after the collection
             blocks = -(-new.item_count // meta.block_rows)
             self._client.unlink(*self._payload_keys(name, version, blocks))
+            raise
+        except CallEnded:  # refused before publishing (the call died): nothing is visible
+            blocks = -(-new.item_count // meta.block_rows)
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._key(name, "pending"), str(version))
+                pipe.unlink(*self._payload_keys(name, version, blocks))
+                pipe.execute()
             raise
         return parse_record(version, record, version if activate else 0, activated_at)
 
@@ -540,13 +590,26 @@ class RedisStore(CatalogStore):
             pipe.execute()
         return version
 
-    def _publish(self, name: str, version: int, record: str, activated_at: float | None) -> int:
-        """Make the version visible (and active, with ``activated_at``) in one atomic step;
-        returns the previously active version."""
+    def _publish(
+        self, name: str, version: int, record: str, activated_at: float | None,
+        request: RequestRecord | None = None,
+    ) -> int:
+        """Make the version visible (and active, with ``activated_at``) in one atomic step,
+        with ``request``'s record; returns the previously active version."""
         keys = [self._key(name, k) for k in ("pending", "versions", "active", "activated")]
         activate = "1" if activated_at is not None else "0"
         args = [version, record, activate, activated_at or 0.0]
+        if request is None:
+            keys.append(self._key(name, "req", "-"))  # unused: every key names the catalog
+            args += ["", "", 0]
+        else:
+            keys.append(self._request_key(name, request.request_id))
+            args += [request.fingerprint, json.dumps(request.outcome),
+                     int(request.expires_at * 1000)]
+        check_commit()  # the call is alive now, right before the atomic script
         previous = int(self._scripts["publish"](keys=keys, args=args))
+        if previous == -2:
+            raise ConflictError("the request was committed by a concurrent call")
         if previous < 0:
             raise ConflictError(
                 f"version {version} of {name!r} was garbage-collected before it was published "
@@ -571,6 +634,7 @@ class RedisStore(CatalogStore):
     def activate(self, name: str, version: int) -> int:
         self._meta(name)
         keys = [self._key(name, k) for k in ("versions", "active", "activated")]
+        check_commit()  # the call is alive now, right before the atomic script
         previous = int(self._scripts["activate"](keys=keys, args=[version, time.time()]))
         if previous < 0:
             raise NotFoundError(f"catalog {name!r} has no version {version}")
@@ -636,6 +700,7 @@ class RedisStore(CatalogStore):
         if not batches:
             return 0, 0
         keys = [self._key(name, k) for k in ("batches", "pairs", "cooc", "meta")]
+        check_commit()  # the call is alive now, right before the atomic script
         applied = int(self._scripts["apply"](keys=keys, args=args))
         if applied < 0:
             raise NotFoundError(f"catalog {name!r} does not exist")
