@@ -7,8 +7,8 @@ therefore runs under a ``CallLifetime`` (absolute deadline, cancel flag), made c
 context variable that ``asyncio.to_thread`` copies into the worker thread. Long work calls
 ``check_alive()`` between steps (encoder batches, fit phases) to stop early, and the stores
 call it inside the atomic step that publishes the call's effects (the SQLite transaction
-before ``COMMIT``; right before ``EXEC`` / the Lua script on Redis), so a dead call changes
-nothing and a live one commits completely.
+before ``COMMIT``; in the Lua scripts on Redis, against Redis's clock, and right before an
+``EXEC``), so a dead call changes nothing and a live one commits completely.
 
 A commit needs ``commit_margin_seconds`` of deadline left: the response must still reach the
 caller, or it would be told DEADLINE_EXCEEDED about a call that committed. A retry with the
@@ -66,8 +66,7 @@ class CallLifetime:
         if self.deadline is not None:
             left = self.deadline - time.time()
             if left <= (self.margin if committing else 0.0):
-                raise CallEnded(DEADLINE_EXCEEDED,
-                                "the call's deadline passed before it could commit")
+                raise deadline_passed()
 
 
 _CURRENT: contextvars.ContextVar[CallLifetime | None] = contextvars.ContextVar(
@@ -102,9 +101,16 @@ def check_commit() -> None:
         lifetime.check(committing=True)
 
 
-def deadline_left(default: float) -> float:
-    """Seconds the current call has left (``default`` outside a call or without deadline)."""
+def commit_deadline_ms() -> int:
+    """The latest unix time, in milliseconds, at which the current call may still commit,
+    for stores that check it on their own clock inside the atomic step (Redis scripts); 0:
+    no deadline."""
     lifetime = _CURRENT.get()
     if lifetime is None or lifetime.deadline is None:
-        return default
-    return max(0.0, lifetime.deadline - time.time())
+        return 0
+    return int((lifetime.deadline - lifetime.margin) * 1000)
+
+
+def deadline_passed() -> CallEnded:
+    """What a store raises when its own deadline check refused the commit."""
+    return CallEnded(DEADLINE_EXCEEDED, "the call's deadline passed before it could commit")

@@ -305,7 +305,7 @@ class ServerConfig:
         at_least=64 * KiB,
     )
     max_inflight_bytes: int = setting(
-        192 * MiB,
+        128 * MiB,
         "Request bytes all running streaming calls may hold together; a message beyond it "
         "fails its call with RESOURCE_EXHAUSTED (retry with backoff). Returned when calls end.",
         at_least=64 * KiB,
@@ -341,7 +341,7 @@ class ServerConfig:
         at_least=1,
     )
     commit_margin_seconds: float = setting(
-        0.05,
+        0.25,
         "A mutating call commits only with at least this much of its deadline left, so that "
         "its response can still arrive in time.",
         at_least=0.0,

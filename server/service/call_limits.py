@@ -53,11 +53,11 @@ MiB = 2**20
 @dataclass(frozen=True)
 class CallLimits:
     max_call_bytes: int = 64 * MiB
-    max_inflight_bytes: int = 192 * MiB
+    max_inflight_bytes: int = 128 * MiB
     max_call_seconds: float = 3600.0
     idle_stream_seconds: float = 30.0
     max_open_pulls: int = 32
-    commit_margin_seconds: float = 0.05
+    commit_margin_seconds: float = 0.25
 
 
 class ByteLedger:

@@ -115,11 +115,11 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                                 "every message of a stream must name the same catalog")
         return catalog
 
-    async def _same_request_id(self, context: grpc.aio.ServicerContext, first: str | None,
+    async def _same_request_id(self, context: grpc.aio.ServicerContext, first: bool,
                                request_id: str, message: pb.UpsertItemsRequest) -> str:
         """The call's request_id: set in the first message; later ones repeat it or leave it
         empty."""
-        if first is None:  # the first message
+        if first:
             try:
                 verify_request_id(message.request_id)
             except ServiceError as error:
@@ -138,8 +138,9 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         texts: list[str] = []
         limits = self.service.limits
         async for message in request_iterator:
+            first = catalog is None
             catalog = await self._same_catalog(context, catalog, message.catalog)
-            request_id = await self._same_request_id(context, catalog, request_id, message)
+            request_id = await self._same_request_id(context, first, request_id, message)
             try:  # each message is checked as it arrives: a bad one ends the call at once
                 for item in message.items:
                     verify_item(item.id, item.text, limits.max_text_chars)

@@ -48,7 +48,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from server.call_lifetime import CallEnded, check_commit
+from server.call_lifetime import CallEnded, check_commit, commit_deadline_ms, deadline_passed
 from server.cooccurrence_merge import counts_from_pairs
 from server.stores.base import (
     CatalogState,
@@ -102,12 +102,25 @@ _UNAVAILABLE = (
     redis.exceptions.OutOfMemoryError,
 )
 
+# Scripts that commit a call's effects first check its commit deadline (unix ms, 0: none)
+# on Redis's clock, so a call whose script waited past its deadline (a paused or busy
+# Redis) commits nothing: they return -3.
+_PAST_DEADLINE = """
+local function past_deadline(deadline)
+  deadline = tonumber(deadline)
+  if deadline == 0 then return false end
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > deadline
+end
+"""
+
 # Applies the batches not seen before and updates the totals: one script for the whole
-# call, so a call is all-or-nothing and a retried batch is counted once.
-_APPLY_BATCHES = """
+# call, so a call is all-or-nothing and a retried batch is counted once. ARGV[1]: deadline.
+_APPLY_BATCHES = _PAST_DEADLINE + """
 if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
+if past_deadline(ARGV[1]) then return -3 end
 local applied, pairs = 0, 0
-for i = 1, #ARGV, 4 do
+for i = 2, #ARGV, 4 do
   if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
     redis.call('RPUSH', KEYS[2], ARGV[i + 1])
     redis.call('HINCRBYFLOAT', KEYS[3], 'weight', ARGV[i + 3])
@@ -135,7 +148,8 @@ return 1
 # Publishes a written payload (and optionally activates it); -1 if it was collected, -2 if
 # the request id (KEYS[5], when ARGV[5] holds its fingerprint) is already recorded. The
 # request's record is written in the same step, with the previous active version.
-_PUBLISH = """
+_PUBLISH = _PAST_DEADLINE + """
+if past_deadline(ARGV[8]) then return -3 end
 if ARGV[5] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then return -2 end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
@@ -152,7 +166,8 @@ end
 return previous
 """
 
-_ACTIVATE = """
+_ACTIVATE = _PAST_DEADLINE + """
+if past_deadline(ARGV[3]) then return -3 end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
 local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
 if previous ~= tonumber(ARGV[1]) then
@@ -606,8 +621,10 @@ class RedisStore(CatalogStore):
             keys.append(self._request_key(name, request.request_id))
             args += [request.fingerprint, json.dumps(request.outcome),
                      int(request.expires_at * 1000)]
-        check_commit()  # the call is alive now, right before the atomic script
-        previous = int(self._scripts["publish"](keys=keys, args=args))
+        check_commit()  # the call is alive now; the script checks its deadline again
+        previous = int(self._scripts["publish"](keys=keys, args=[*args, commit_deadline_ms()]))
+        if previous == -3:
+            raise deadline_passed()
         if previous == -2:
             raise ConflictError("the request was committed by a concurrent call")
         if previous < 0:
@@ -634,8 +651,11 @@ class RedisStore(CatalogStore):
     def activate(self, name: str, version: int) -> int:
         self._meta(name)
         keys = [self._key(name, k) for k in ("versions", "active", "activated")]
-        check_commit()  # the call is alive now, right before the atomic script
-        previous = int(self._scripts["activate"](keys=keys, args=[version, time.time()]))
+        check_commit()  # the call is alive now; the script checks its deadline again
+        previous = int(self._scripts["activate"](
+            keys=keys, args=[version, time.time(), commit_deadline_ms()]))
+        if previous == -3:
+            raise deadline_passed()
         if previous < 0:
             raise NotFoundError(f"catalog {name!r} has no version {version}")
         return previous
@@ -700,8 +720,10 @@ class RedisStore(CatalogStore):
         if not batches:
             return 0, 0
         keys = [self._key(name, k) for k in ("batches", "pairs", "cooc", "meta")]
-        check_commit()  # the call is alive now, right before the atomic script
-        applied = int(self._scripts["apply"](keys=keys, args=args))
+        check_commit()  # the call is alive now; the script checks its deadline again
+        applied = int(self._scripts["apply"](keys=keys, args=[commit_deadline_ms(), *args]))
+        if applied == -3:
+            raise deadline_passed()
         if applied < 0:
             raise NotFoundError(f"catalog {name!r} does not exist")
         return applied, len(batches) - applied
