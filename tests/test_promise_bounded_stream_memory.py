@@ -11,6 +11,7 @@ stream had a server-side time limit; texts and block lengths were checked at hal
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -158,8 +159,9 @@ def test_a_stream_that_stops_sending_is_ended_and_one_that_trickles_is_ended_at_
         stub = server.stub(channel)
         for interval, count, bound in ((60.0, 1, IDLE_SECONDS), (0.5, 1000, MAX_CALL_SECONDS)):
             started = time.monotonic()
-            code = status_of(lambda: stub.PushCooccurrence(  # noqa: B023
-                pushes(interval, count), metadata=_auth(TRAINER), timeout=120))
+            code = status_of(functools.partial(
+                stub.PushCooccurrence, pushes(interval, count), metadata=_auth(TRAINER),
+                timeout=120))
             seconds = time.monotonic() - started
             assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (interval, code)
             assert bound - 0.5 < seconds < bound + 5, (interval, seconds)
@@ -191,13 +193,18 @@ def test_bytes_that_are_not_a_message_are_invalid_argument_without_a_traceback(
     with server.channel() as channel:
         for method in ("DescribeCatalog", "RefitProjection", "GetItemEmbeddings"):
             path = f"/tfllmer.v1.EmbeddingService/{method}"
-            call = (channel.unary_stream(path) if method == "GetItemEmbeddings"
-                    else channel.unary_unary(path))
+            if method == "GetItemEmbeddings":
+                stream = channel.unary_stream(path)
+
+                def call(data: bytes, stream=stream) -> object:
+                    return list(stream(data, metadata=_auth(ADMIN), timeout=10))
+            else:
+                unary = channel.unary_unary(path)
+
+                def call(data: bytes, unary=unary) -> object:
+                    return unary(data, metadata=_auth(ADMIN), timeout=10)
             for garbage in (b"\xff\xff\xff\xff", b"\x0a\xff\x01abc", b"\x08" * 11):
-                code = status_of(lambda: list(call(  # noqa: B023
-                    garbage, metadata=_auth(ADMIN), timeout=10)) if method ==
-                    "GetItemEmbeddings" else call(garbage, metadata=_auth(ADMIN),  # noqa: B023
-                                                  timeout=10))
+                code = status_of(functools.partial(call, garbage))
                 assert code == grpc.StatusCode.INVALID_ARGUMENT, (method, garbage, code)
     assert "Traceback" not in server.log_text()
 
