@@ -126,7 +126,12 @@ class EmbeddingServer:
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[("grpc.max_receive_message_length", config.max_receive_message_bytes),
-                     ("grpc.max_send_message_length", config.max_send_message_bytes)],
+                     ("grpc.max_send_message_length", config.max_send_message_bytes),
+                     # Receive windows stay at HTTP/2's 64 KiB instead of growing with
+                     # the bandwidth-delay product: what the transport buffers per request
+                     # stream stays small (it is outside --max-inflight-bytes). Responses
+                     # are unaffected (the client's windows govern them).
+                     ("grpc.http2.bdp_probe", 0)],
         )
         self._encoders = EncoderExecutor(encoder, config.encoder_queue_limit)
         service = CatalogService(store, self._encoders, build_limits(config))

@@ -306,8 +306,10 @@ class ServerConfig:
     )
     max_inflight_bytes: int = setting(
         128 * MiB,
-        "Request bytes all running streaming calls may hold together; a message beyond it "
-        "fails its call with RESOURCE_EXHAUSTED (retry with backoff). Returned when calls end.",
+        "Memory that all running streaming calls may hold with their request messages, "
+        "counted as 2 × their bytes (decoded blocks plus receive buffers); a message beyond "
+        "it fails its call with RESOURCE_EXHAUSTED (retry with backoff). Returned when calls "
+        "end.",
         at_least=64 * KiB,
     )
     max_call_seconds: float = setting(

@@ -132,10 +132,19 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     async def UpsertItems(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
                           context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
-        catalog: str | None = None
-        request_id = ""
         ids: list[str] = []
         texts: list[str] = []
+        try:
+            return await self._upsert(request_iterator, context, ids, texts)
+        finally:  # a failed call's frame outlives it in its traceback: free what it read now
+            ids.clear()
+            texts.clear()
+
+    async def _upsert(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
+                      context: grpc.aio.ServicerContext, ids: list[str], texts: list[str]
+                      ) -> pb.UpsertItemsResponse:
+        catalog: str | None = None
+        request_id = ""
         limits = self.service.limits
         async for message in request_iterator:
             first = catalog is None
@@ -296,8 +305,16 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     async def PushCooccurrence(self, request_iterator: AsyncIterator[pb.PushCooccurrenceRequest],
                                context: grpc.aio.ServicerContext) -> pb.PushCooccurrenceResponse:
-        catalog: str | None = None
         blocks: list[PairBlock] = []
+        try:
+            return await self._push(request_iterator, context, blocks)
+        finally:  # a failed call's frame outlives it in its traceback: free what it read now
+            blocks.clear()
+
+    async def _push(self, request_iterator: AsyncIterator[pb.PushCooccurrenceRequest],
+                    context: grpc.aio.ServicerContext, blocks: list[PairBlock]
+                    ) -> pb.PushCooccurrenceResponse:
+        catalog: str | None = None
         pairs, limit = 0, self.service.limits.max_pairs_per_push
         async for message in request_iterator:
             catalog = await self._same_catalog(context, catalog, message.catalog)
