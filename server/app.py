@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import fields
 from typing import Any
 
 import grpc
@@ -83,14 +84,8 @@ def build_limits(config: ServerConfig) -> Limits:
 
 
 def build_call_limits(config: ServerConfig) -> CallLimits:
-    return CallLimits(
-        max_call_bytes=config.max_call_bytes,
-        max_inflight_bytes=config.max_inflight_bytes,
-        max_call_seconds=config.max_call_seconds,
-        idle_stream_seconds=config.idle_stream_seconds,
-        max_open_pulls=config.max_open_pulls,
-        commit_margin_seconds=config.commit_margin_seconds,
-    )
+    """Each ``CallLimits`` field is the server setting of the same name."""
+    return CallLimits(**{f.name: getattr(config, f.name) for f in fields(CallLimits)})
 
 
 class EmbeddingServer:

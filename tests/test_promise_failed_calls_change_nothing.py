@@ -115,6 +115,7 @@ def test_an_upsert_whose_deadline_passes_while_encoding_stores_nothing(served) -
     assert store.find_rows("deadline-upsert", ["item-0", "item-799"]).tolist() == [-1, -1]
 
 
+@pytest.mark.reliability  # a reference upsert and a watch: about a minute on 2 cores
 def test_a_cancelled_upsert_stores_nothing_not_even_its_new_catalog(served) -> None:
     server, store = served
     with server.channel() as channel:
@@ -241,6 +242,7 @@ def _push(catalog: str, batches: list[int], pairs: int) -> Iterator[pb.PushCoocc
             cols=cols.astype("<u4").tobytes(), weights=np.ones(pairs, "<f4").tobytes())
 
 
+@pytest.mark.reliability  # 33 pushes of 600,000 pairs: about a minute on 2 cores
 def test_pushes_whose_deadlines_pass_at_random_points_apply_none_of_their_batches(
         served) -> None:
     """Pushes of 2 batches × 300,000 pairs with deadlines drawn around the time such a push
@@ -329,6 +331,8 @@ def _held_commit(server: ServerProcess, store: CatalogStore, rpc: str) -> None:
             code = status_of(functools.partial(_calls(catalog)[rpc], stub, 1.5))
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED
         time.sleep(1.5)  # the held commit has had every chance to land
+        wait_for(lambda: _lock_free(store, catalog), timeout=120, interval=0.1,
+                 what="a dead refit to release its lock")
         assert _state(stub, catalog) == before
         _calls(catalog)[rpc](stub, 120)  # and the same call with time to spare works
         assert _state(stub, catalog) != before

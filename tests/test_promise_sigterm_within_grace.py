@@ -47,7 +47,9 @@ def _terminate(server: ServerProcess) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize(("kind", "grace"), [("local", 1.0), ("redis", 1.0), ("local", 3.0)])
+@pytest.mark.parametrize(("kind", "grace"), [
+    ("local", 1.0), ("redis", 1.0),
+    pytest.param("local", 3.0, marks=pytest.mark.reliability)])
 def test_sigterm_mid_upsert_cancels_it_commits_nothing_and_exits_promptly(
         kind: str, grace: float, tmp_path: Path, record_property) -> None:
     with store_of_kind(kind, tmp_path) as (url, store):

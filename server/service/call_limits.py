@@ -10,8 +10,9 @@ The wrapper (``guard_handlers``) replaces each generated method handler with one
   message has arrived, and would otherwise wait forever;
 * ends a request stream that sends nothing for ``idle_stream_seconds``, charges each
   message's bytes to a per-call budget (``max_call_bytes``) and its memory cost to a
-  server-wide one (``max_inflight_bytes``) as it arrives (RESOURCE_EXHAUSTED beyond either; the charge is
-  returned when the call ends), and ends any call after ``max_call_seconds``;
+  server-wide one (``max_inflight_bytes``) as it arrives (RESOURCE_EXHAUSTED beyond
+  either; the charge is returned when the call ends), and ends any call after
+  ``max_call_seconds``;
 * ends a response stream whose reader has not taken a message for ``idle_stream_seconds``
   (a stalled reader pins the prepared chunks) and caps open GetItemEmbeddings streams;
 * runs the call under a ``CallLifetime`` (deadline + cancel flag, see
@@ -228,40 +229,24 @@ class CallGuard:
             yield message
 
     # -- handlers -----------------------------------------------------------------------
-    def _unary(self, behavior: Callable[..., Any], message_type: type[Message]) -> Callable:
+    def _single_response(self, behavior: Callable[..., Any], message_type: type[Message],
+                         request_streaming: bool) -> Callable:
+        """A bounded handler for a method with one response (unary or client stream)."""
         guard = self
 
         async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
                          ) -> Any:
             lifetime = guard._lifetime(context)
             guard.live.add(lifetime)
+            held = [0]  # request bytes of a stream so far
             try:
                 async with guard._time_limit(context, lifetime):
-                    request = await guard._single(requests, message_type, context)
+                    if request_streaming:
+                        request = guard._stream(requests, message_type, context, held)
+                    else:
+                        request = await guard._single(requests, message_type, context)
                     with running(lifetime):
                         return await behavior(request, context)
-            except asyncio.CancelledError:
-                lifetime.end(CANCELLED, "the call was cancelled")
-                raise
-            finally:
-                guard.live.discard(lifetime)
-
-        return handle
-
-    def _client_stream(self, behavior: Callable[..., Any], message_type: type[Message]
-                       ) -> Callable:
-        guard = self
-
-        async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-                         ) -> Any:
-            lifetime = guard._lifetime(context)
-            guard.live.add(lifetime)
-            held = [0]
-            try:
-                async with guard._time_limit(context, lifetime):
-                    parsed = guard._stream(requests, message_type, context, held)
-                    with running(lifetime):
-                        return await behavior(parsed, context)
             except asyncio.CancelledError:
                 lifetime.end(CANCELLED, "the call was cancelled")
                 raise
@@ -346,17 +331,14 @@ class CallGuard:
         out = {}
         for name, handler in handlers.items():
             message_type = request_types[name]
-            if handler.request_streaming:
-                out[name] = grpc.stream_unary_rpc_method_handler(
-                    self._client_stream(handler.stream_unary, message_type),
-                    response_serializer=handler.response_serializer)
-            elif handler.response_streaming:
+            if handler.response_streaming:
                 out[name] = grpc.stream_stream_rpc_method_handler(
                     self._server_stream(handler.unary_stream, message_type),
                     response_serializer=handler.response_serializer)
             else:
+                behavior = handler.stream_unary or handler.unary_unary
                 out[name] = grpc.stream_unary_rpc_method_handler(
-                    self._unary(handler.unary_unary, message_type),
+                    self._single_response(behavior, message_type, handler.request_streaming),
                     response_serializer=handler.response_serializer)
         return out
 
