@@ -57,6 +57,7 @@ TRANSFORM = WireEnum(
         "identity": pb.GRAPH_TRANSFORM_IDENTITY,
         "log1p": pb.GRAPH_TRANSFORM_LOG1P,
         "topk": pb.GRAPH_TRANSFORM_TOP_K,
+        "ppmi": pb.GRAPH_TRANSFORM_PPMI,
     },
     default="identity",
 )

@@ -18,10 +18,11 @@ import numpy as np
 
 from protos.codecs import decode_pairs
 from server.errors import InvalidArgument, ResourceExhausted
-from server.recpca import FitSettings, GraphOptions
+from server.recpca import DEFAULT_WHITENING, FitSettings, GraphOptions
 
 MAX_ID_BYTES = 512
 MAX_WORKER_OR_BATCH_BYTES = 128
+MAX_REQUEST_ID_BYTES = 128
 # The name becomes part of store keys (and, in Redis, of the `{name}` hash tag, which must
 # not contain braces).
 CATALOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -90,16 +91,35 @@ def verify_items(
     verify_item_count(len(ids), max_items)
     seen: set[str] = set()
     for item_id, text in zip(ids, texts, strict=True):
-        verify_item_id(item_id)
+        verify_item(item_id, text, max_chars)
         if item_id in seen:
             raise InvalidArgument(f"item id {item_id!r} appears twice in one call")
         seen.add(item_id)
-        if not text.strip():
-            raise InvalidArgument(f"item {item_id!r} has an empty text")
-        if len(text) > max_chars:
-            raise InvalidArgument(
-                f"item {item_id!r} has {len(text)} characters, more than the limit {max_chars}"
-            )
+
+
+def verify_item(item_id: str, text: str, max_chars: int) -> None:
+    """One item on its own (the servicer checks each as its message arrives)."""
+    verify_item_id(item_id)
+    if len(text) > max_chars:
+        raise InvalidArgument(
+            f"item {item_id!r} has {len(text)} characters, more than the limit {max_chars}"
+        )
+    if not text.strip():
+        raise InvalidArgument(f"item {item_id!r} has an empty text")
+
+
+def verify_request_id(request_id: str) -> str:
+    """An optional idempotency key (AIP-155): empty, or 1 to 128 bytes."""
+    if len(request_id.encode()) > MAX_REQUEST_ID_BYTES:
+        raise InvalidArgument(f"request_id must be at most {MAX_REQUEST_ID_BYTES} bytes")
+    return request_id
+
+
+def verify_same_request_id(first: str, request_id: str) -> None:
+    """A stream's request_id is set in its first message; later ones repeat it or leave it
+    empty."""
+    if request_id and request_id != first:
+        raise InvalidArgument("every message of a stream must carry the same request_id")
 
 
 @dataclass(frozen=True)
@@ -145,19 +165,27 @@ def verify_pair_batches(
         raise InvalidArgument("PushCooccurrence needs at least one batch")
     batches, total = [], 0
     for block in blocks:
-        for label, value in (("worker_id", block.worker_id), ("batch_id", block.batch_id)):
-            if not value or len(value.encode()) > MAX_WORKER_OR_BATCH_BYTES:
-                raise InvalidArgument(f"{label} must be 1 to {MAX_WORKER_OR_BATCH_BYTES} bytes")
-        name = f"batch {block.worker_id}/{block.batch_id}"
-        try:
-            rows, cols, weights = decode_pairs(block.rows, block.cols, block.weights)
-        except ValueError as error:
-            raise InvalidArgument(f"{name}: {error}") from error
-        total += len(rows)
+        total += verify_pair_block(block)
         verify_pair_count(total, max_pairs)
+        name = f"batch {block.worker_id}/{block.batch_id}"
+        rows, cols, weights = decode_pairs(block.rows, block.cols, block.weights)
         verify_pairs(name, rows, cols, weights, item_count)
         batches.append((block.worker_id, block.batch_id, rows, cols, weights))
     return batches
+
+
+def verify_pair_block(block: PairBlock) -> int:
+    """The ids and block lengths of one batch (checked as its message arrives); its pairs."""
+    for label, value in (("worker_id", block.worker_id), ("batch_id", block.batch_id)):
+        if not value or len(value.encode()) > MAX_WORKER_OR_BATCH_BYTES:
+            raise InvalidArgument(f"{label} must be 1 to {MAX_WORKER_OR_BATCH_BYTES} bytes")
+    lengths = {len(block.rows), len(block.cols), len(block.weights)}
+    if len(lengths) != 1 or next(iter(lengths)) % 4:
+        raise InvalidArgument(
+            f"batch {block.worker_id}/{block.batch_id}: rows, cols and weights must be "
+            "equally long multiples of 4 bytes"
+        )
+    return len(block.rows) // 4
 
 
 DEFAULT_DIM = 64
@@ -174,6 +202,7 @@ class FitRequest:
     retention: float | None = None
     transform: str | None = "identity"
     top_k: int = 0
+    whitening: float | None = None
 
 
 def verify_fit(request: FitRequest, encoder_dim: int) -> FitSettings:
@@ -195,8 +224,11 @@ def verify_fit(request: FitRequest, encoder_dim: int) -> FitSettings:
         raise InvalidArgument(f"top_k must be >= 0, got {top_k}")
     if top_k and request.transform != "topk":
         raise InvalidArgument("top_k is only meaningful with GRAPH_TRANSFORM_TOP_K")
+    whitening = DEFAULT_WHITENING if request.whitening is None else request.whitening
+    if not (math.isfinite(whitening) and 0 <= whitening <= 1):
+        raise InvalidArgument(f"whitening must be in [0, 1], got {whitening}")
     graph = GraphOptions(request.transform, top_k or GraphOptions().top_k)  # type: ignore[arg-type]
-    return FitSettings(dim=dim, lam=lam, retention=retention, graph=graph)
+    return FitSettings(dim=dim, lam=lam, retention=retention, graph=graph, whitening=whitening)
 
 
 def verify_similar(k: int, max_k: int) -> int:

@@ -17,9 +17,11 @@ import argparse
 import csv
 import datetime
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -36,6 +38,7 @@ from trainer_client.recbole_data import read_catalog
 MISSING = "—"
 Stub = pb_grpc.EmbeddingServiceStub
 CallOptions = dict[str, Any]  # timeout and metadata of every call
+T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -144,6 +147,7 @@ def format_diagnostics(d: pb.FitDiagnostics) -> str:
         ["retained variance", _num(d, "retained_variance"), _num(d, "pca_retained_variance")],
         ["graph TV (lower = smoother)", _num(d, "graph_tv"), _num(d, "pca_graph_tv")],
         [f"alignment@{d.alignment_k}", _num(d, "alignment"), _num(d, "pca_alignment")],
+        ["whitening p", _num(d, "whitening"), _num(d, "whitening")],
     ]
     return _table(["", "Rec-PCA", "PCA"], rows)
 
@@ -180,6 +184,28 @@ def format_catalog(c: pb.DescribeCatalogResponse) -> str:
 # ---------------------------------------------------------------- subcommands
 
 
+# Attempts of an ingest or refit call that failed with UNAVAILABLE (a restarting server, a
+# lost connection). Each logical call carries one request_id, so a retry of a call that did
+# commit returns its first outcome instead of doing the work twice.
+ATTEMPTS = 3
+RETRY_BACKOFF_S = 1.0
+
+
+def _idempotent(send: Callable[[str], T]) -> T:
+    """``send(request_id)`` with one fresh request id, retried on UNAVAILABLE."""
+    request_id = str(uuid.uuid4())
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return send(request_id)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == ATTEMPTS:
+                raise
+            print(f"note: {error.code().name}; retrying ({attempt}/{ATTEMPTS - 1})",
+                  file=sys.stderr)
+            time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
 def cmd_ingest(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
     """Upsert every item of the file, --batch items per message, --per-call items per call."""
     if args.recbole_item:
@@ -194,8 +220,12 @@ def cmd_ingest(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
         for start in range(0, len(items), args.per_call):
             part = items[start : start + args.per_call]
             try:
-                messages = _upsert_messages(args.catalog, part, args.batch, bar)
-                reply = stub.UpsertItems(messages, **call)
+                def upsert(request_id: str, part: list[tuple[str, str]] = part
+                           ) -> pb.UpsertItemsResponse:
+                    messages = _upsert_messages(args.catalog, part, args.batch, bar, request_id)
+                    return stub.UpsertItems(messages, **call)
+
+                reply = _idempotent(upsert)
             except grpc.RpcError:
                 if start:  # earlier calls committed; re-sent items count as unchanged
                     print(
@@ -210,12 +240,13 @@ def cmd_ingest(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
 
 
 def _upsert_messages(
-    catalog: str, items: list[tuple[str, str]], batch: int, bar: tqdm
+    catalog: str, items: list[tuple[str, str]], batch: int, bar: tqdm, request_id: str = ""
 ) -> Iterator[pb.UpsertItemsRequest]:
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         yield pb.UpsertItemsRequest(
-            catalog=catalog, items=[pb.Item(id=i, text=t) for i, t in chunk]
+            catalog=catalog, items=[pb.Item(id=i, text=t) for i, t in chunk],
+            request_id=request_id if start == 0 else "",
         )
         bar.update(len(chunk))
     bar.set_postfix_str("server encoding new and changed texts…")
@@ -226,17 +257,19 @@ def cmd_refit(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
     parameters = pb.FitParameters(
         dim=args.dim,
         graph=pb.GraphOptions(transform=TRANSFORM.number(args.transform), top_k=args.top_k or 0),
+        whitening=args.whitening,
     )
     if args.lam is not None:
         parameters.lam = args.lam
     else:
         parameters.retention_budget = args.retention
-    reply = stub.RefitProjection(
+    reply = _idempotent(lambda request_id: stub.RefitProjection(
         pb.RefitProjectionRequest(
-            catalog=args.catalog, parameters=parameters, activate=args.activate
+            catalog=args.catalog, parameters=parameters, activate=args.activate,
+            request_id=request_id,
         ),
         **call,
-    )
+    ))
     v = reply.version
     print(
         f"{args.catalog}: version {v.version} {_status(v.status)} "
@@ -375,6 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         metavar="K",
         help="neighbours kept per item with --transform topk [server default 50]",
+    )
+    refit.add_argument(
+        "--whitening",
+        type=float,
+        metavar="P",
+        help="whitening exponent p in [0, 1] of the served subspace (0 = none, 1 = full) "
+        "[server default]",
     )
     mode = refit.add_mutually_exclusive_group()
     mode.add_argument("--activate", action="store_true", help="activate the new version")

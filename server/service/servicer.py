@@ -22,6 +22,7 @@ from protos.enums import DTYPE, KIND, TRANSFORM, VERSION_STATUS
 from protos.metadata import SERVICE
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
+from server.call_lifetime import CallEnded
 from server.errors import (
     Aborted,
     DataLoss,
@@ -32,6 +33,7 @@ from server.errors import (
     ServiceError,
     Unavailable,
 )
+from server.service.call_limits import CallGuard
 from server.service.catalog_service import CatalogService, Selection
 from server.service.chunk_cache import ChunkCache, Messages
 from server.service.metrics import ServiceMetrics
@@ -39,11 +41,15 @@ from server.stores.base import CooccurrenceTotals, EncoderIdentity, VersionRecor
 from server.validation import (
     FitRequest,
     PairBlock,
+    verify_item,
     verify_item_count,
     verify_not_empty,
+    verify_pair_block,
     verify_pair_count,
     verify_pull,
+    verify_request_id,
     verify_same_catalog,
+    verify_same_request_id,
 )
 
 log = logging.getLogger(__name__)
@@ -62,27 +68,32 @@ STATUS: dict[type[ServiceError], tuple[grpc.StatusCode, str]] = {
 }
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
 CHUNK_OVERHEAD = 1024
-# A worker-thread call reads and serializes about this many bytes of chunks at once.
-GROUP_BYTES = 8 * 2**20
 PREFETCH_GROUPS = 1  # groups prepared ahead of the one being sent
 
 
 class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     def __init__(
         self, service: CatalogService, metrics: ServiceMetrics, default_chunk_bytes: int,
-        max_send_bytes: int,
+        max_send_bytes: int, guard: CallGuard, pull_buffer_bytes: int = 8 * 2**20,
     ) -> None:
         self.service = service
         self.metrics = metrics
         self.default_chunk_bytes = default_chunk_bytes
         self.max_send_bytes = max_send_bytes
+        self.guard = guard
+        # A worker-thread call reads and serializes about this many bytes of chunks at once;
+        # a pull holds at most two such groups (one sent, one prefetched).
+        self.pull_buffer_bytes = pull_buffer_bytes
         limits = service.limits
         self.chunk_cache = ChunkCache(limits.chunk_cache_bytes if limits.version_cache_size else 0)
 
     async def _run(self, context: grpc.aio.ServicerContext, function: Callable[..., T],
                    *args: Any) -> T:
-        """Run a service call off the event loop; map every expected failure to a status."""
-        return await self._outcome(context, asyncio.to_thread(function, *args), function)
+        """Run a service call off the event loop; map every expected failure to a status.
+        The worker thread inherits the call's lifetime (a context variable) and is counted
+        until it returns, so shutdown can wait for it."""
+        call = asyncio.to_thread(self.guard.live.tracked(function), *args)
+        return await self._outcome(context, call, function)
 
     async def _outcome(self, context: grpc.aio.ServicerContext, call: Awaitable[T],
                        function: Callable[..., Any]) -> T:
@@ -91,6 +102,8 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             return await call
         except grpc.aio.AbortError:
             raise  # the call already has its status
+        except CallEnded as error:  # the call died first: the status its caller already sees
+            await context.abort(grpc.StatusCode[error.code], error.message)
         except ServiceError as error:
             await self._abort(context, error, getattr(function, "__name__", "call"))
         except Exception:  # a bug: never the caller's fault, never shown to the caller
@@ -124,19 +137,39 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     async def UpsertItems(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
                           context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
-        catalog: str | None = None
         ids: list[str] = []
         texts: list[str] = []
-        limit = self.service.limits.max_items_per_upsert
+        try:
+            return await self._upsert(request_iterator, context, ids, texts)
+        finally:  # a failed call's frame outlives it in its traceback: free what it read now
+            ids.clear()
+            texts.clear()
+
+    async def _upsert(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
+                      context: grpc.aio.ServicerContext, ids: list[str], texts: list[str]
+                      ) -> pb.UpsertItemsResponse:
+        catalog: str | None = None
+        request_id = ""
+        limits = self.service.limits
         async for message in request_iterator:
+            first = catalog is None
             catalog = await self._check(context, verify_same_catalog, catalog, message.catalog)
+            if first:
+                request_id = await self._check(context, verify_request_id, message.request_id)
+            else:
+                await self._check(context, verify_same_request_id, request_id,
+                                  message.request_id)
+            for item in message.items:  # each message is checked as it arrives
+                await self._check(context, verify_item, item.id, item.text,
+                                  limits.max_text_chars)
             ids.extend(item.id for item in message.items)
             texts.extend(item.text for item in message.items)
             # Stop reading early: memory stays bounded.
-            await self._check(context, verify_item_count, len(ids), limit)
+            await self._check(context, verify_item_count, len(ids), limits.max_items_per_upsert)
         await _ensure_half_closed(context)
         catalog = await self._check(context, verify_not_empty, catalog)
-        result = await self._run(context, self.service.upsert_items, catalog, ids, texts)
+        result = await self._run(context, self.service.upsert_items, catalog, ids, texts,
+                                 request_id)
         self.metrics.record_encoded(result.added + result.changed, result.encode_seconds)
         return pb.UpsertItemsResponse(added=result.added, changed=result.changed,
                                       unchanged=result.unchanged, item_count=result.item_count)
@@ -200,7 +233,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         row_bytes = selection.dim * bytes_per_value(dtype) + 8
         rows_per_chunk = max(1, (budget - CHUNK_OVERHEAD) // (row_bytes + 40))
         pull = _Pull(request, selection, dtype, budget, rows_per_chunk,
-                     max(1, GROUP_BYTES // budget))
+                     max(1, self.pull_buffer_bytes // budget))
         if selection.item_count:
             pull.first_group = self._group(pull, 0)
         return pull
@@ -273,14 +306,24 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     async def PushCooccurrence(self, request_iterator: AsyncIterator[pb.PushCooccurrenceRequest],
                                context: grpc.aio.ServicerContext) -> pb.PushCooccurrenceResponse:
-        catalog: str | None = None
         blocks: list[PairBlock] = []
+        try:
+            return await self._push(request_iterator, context, blocks)
+        finally:  # a failed call's frame outlives it in its traceback: free what it read now
+            blocks.clear()
+
+    async def _push(self, request_iterator: AsyncIterator[pb.PushCooccurrenceRequest],
+                    context: grpc.aio.ServicerContext, blocks: list[PairBlock]
+                    ) -> pb.PushCooccurrenceResponse:
+        catalog: str | None = None
         pairs, limit = 0, self.service.limits.max_pairs_per_push
         async for message in request_iterator:
             catalog = await self._check(context, verify_same_catalog, catalog, message.catalog)
-            blocks.append(PairBlock(message.worker_id, message.batch_id, message.rows,
-                                    message.cols, message.weights))
-            pairs += len(message.rows) // 4
+            block = PairBlock(message.worker_id, message.batch_id, message.rows,
+                              message.cols, message.weights)
+            # Ids and the three blocks' lengths, as each message arrives.
+            pairs += await self._check(context, verify_pair_block, block)
+            blocks.append(block)
             await self._check(context, verify_pair_count, pairs, limit)
         await _ensure_half_closed(context)
         catalog = await self._check(context, verify_not_empty, catalog)
@@ -303,7 +346,8 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                 retention=params.retention_budget if strength == "retention_budget" else None,
                 transform=transform,
                 top_k=params.graph.top_k,
-            ), request.activate)
+                whitening=params.whitening if params.HasField("whitening") else None,
+            ), request.activate, request.request_id)
         self.metrics.record_refit(record.fit_seconds)
         return pb.RefitProjectionResponse(version=_version(record),
                                           previous_active_version=previous)
@@ -376,7 +420,8 @@ def _serialize_response(message: pb.GetItemEmbeddingsResponse | bytes) -> bytes:
 
 def add_to_server(servicer: EmbeddingServicer, server: grpc.aio.Server) -> None:
     """Register ``servicer`` like the generated ``add_EmbeddingServiceServicer_to_server``,
-    except that GetItemEmbeddings responses may already be serialized."""
+    except that GetItemEmbeddings responses may already be serialized and that every
+    method is bounded by the servicer's ``CallGuard`` (see ``call_limits``)."""
 
     class _Capture:
         handlers: dict[str, grpc.RpcMethodHandler] = {}
@@ -395,6 +440,10 @@ def add_to_server(servicer: EmbeddingServicer, server: grpc.aio.Server) -> None:
     handlers["GetItemEmbeddings"] = grpc.unary_stream_rpc_method_handler(
         original.unary_stream, request_deserializer=original.request_deserializer,
         response_serializer=_serialize_response)
+    descriptor = pb.DESCRIPTOR.services_by_name["EmbeddingService"]
+    request_types = {method.name: getattr(pb, method.input_type.name)
+                     for method in descriptor.methods}
+    handlers = servicer.guard.handlers(handlers, request_types)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
 
@@ -437,6 +486,7 @@ def _version(record: VersionRecord) -> pb.CatalogVersion:
             transform=TRANSFORM.number(graph.get("transform", "identity")),
             top_k=graph.get("top_k", 0) if graph.get("transform") == "topk" else 0,
         ),
+        whitening=params.get("whitening", 0.0),
     )
     if params.get("lam") is not None:
         fit.lam = params["lam"]
