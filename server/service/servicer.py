@@ -37,7 +37,12 @@ from server.service.call_limits import CallGuard
 from server.service.catalog_service import CatalogService, Selection
 from server.service.chunk_cache import ChunkCache, Messages
 from server.service.metrics import ServiceMetrics
-from server.stores.base import CooccurrenceTotals, EncoderIdentity, VersionRecord
+from server.stores.base import (
+    CooccurrenceTotals,
+    EncoderIdentity,
+    StoreUnavailableError,
+    VersionRecord,
+)
 from server.validation import (
     FitRequest,
     PairBlock,
@@ -63,7 +68,8 @@ STATUS: dict[type[ServiceError], tuple[grpc.StatusCode, str]] = {
     FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, ""),
     ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
     Aborted: (grpc.StatusCode.ABORTED, ""),
-    Unavailable: (grpc.StatusCode.UNAVAILABLE, "store unavailable: "),
+    StoreUnavailableError: (grpc.StatusCode.UNAVAILABLE, "store unavailable: "),
+    Unavailable: (grpc.StatusCode.UNAVAILABLE, ""),
     DataLoss: (grpc.StatusCode.DATA_LOSS, "stored data is corrupt: "),
 }
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
@@ -119,7 +125,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         """End the call with the status ``STATUS`` gives the error's kind."""
         kind = next(k for k in type(error).__mro__ if k in STATUS)
         code, prefix = STATUS[kind]
-        if kind in (Unavailable, DataLoss):
+        if kind in (StoreUnavailableError, DataLoss):
             self.metrics.record_store_error(name)
         if kind is DataLoss:  # damaged stored data, not the caller's mistake
             log.error("stored data does not decode: %s", error.message)
