@@ -14,9 +14,11 @@ import csv
 import datetime
 import os
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -42,6 +44,7 @@ TRANSFORMS = {
 MISSING = "—"
 Stub = pb_grpc.EmbeddingServiceStub
 CallOptions = dict[str, Any]  # timeout and metadata of every call
+T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -193,6 +196,28 @@ def format_catalog(c: pb.DescribeCatalogResponse) -> str:
 # ---------------------------------------------------------------- subcommands
 
 
+# Attempts of an ingest or refit call that failed with UNAVAILABLE (a restarting server, a
+# lost connection). Each logical call carries one request_id, so a retry of a call that did
+# commit returns its first outcome instead of doing the work twice.
+ATTEMPTS = 3
+RETRY_BACKOFF_S = 1.0
+
+
+def _idempotent(send: Callable[[str], T]) -> T:
+    """``send(request_id)`` with one fresh request id, retried on UNAVAILABLE."""
+    request_id = str(uuid.uuid4())
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return send(request_id)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == ATTEMPTS:
+                raise
+            print(f"note: {error.code().name}; retrying ({attempt}/{ATTEMPTS - 1})",
+                  file=sys.stderr)
+            time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
 def cmd_ingest(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
     """Upsert every item of the file, --batch items per message, --per-call items per call."""
     if args.recbole_item:
@@ -207,8 +232,8 @@ def cmd_ingest(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
         for start in range(0, len(items), args.per_call):
             part = items[start : start + args.per_call]
             try:
-                messages = _upsert_messages(args.catalog, part, args.batch, bar)
-                reply = stub.UpsertItems(messages, **call)
+                reply = _idempotent(lambda request_id, part=part: stub.UpsertItems(
+                    _upsert_messages(args.catalog, part, args.batch, bar, request_id), **call))
             except grpc.RpcError:
                 if start:  # earlier calls committed; re-sent items count as unchanged
                     print(
@@ -223,12 +248,13 @@ def cmd_ingest(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
 
 
 def _upsert_messages(
-    catalog: str, items: list[tuple[str, str]], batch: int, bar: tqdm
+    catalog: str, items: list[tuple[str, str]], batch: int, bar: tqdm, request_id: str = ""
 ) -> Iterator[pb.UpsertItemsRequest]:
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         yield pb.UpsertItemsRequest(
-            catalog=catalog, items=[pb.Item(id=i, text=t) for i, t in chunk]
+            catalog=catalog, items=[pb.Item(id=i, text=t) for i, t in chunk],
+            request_id=request_id if start == 0 else "",
         )
         bar.update(len(chunk))
     bar.set_postfix_str("server encoding new and changed texts…")
@@ -245,12 +271,13 @@ def cmd_refit(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
         parameters.lam = args.lam
     else:
         parameters.retention_budget = args.retention
-    reply = stub.RefitProjection(
+    reply = _idempotent(lambda request_id: stub.RefitProjection(
         pb.RefitProjectionRequest(
-            catalog=args.catalog, parameters=parameters, activate=args.activate
+            catalog=args.catalog, parameters=parameters, activate=args.activate,
+            request_id=request_id,
         ),
         **call,
-    )
+    ))
     v = reply.version
     print(
         f"{args.catalog}: version {v.version} {_status(v.status)} "

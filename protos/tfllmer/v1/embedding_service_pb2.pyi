@@ -71,12 +71,14 @@ class Item(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class UpsertItemsRequest(_message.Message):
-    __slots__ = ("catalog", "items")
+    __slots__ = ("catalog", "items", "request_id")
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     catalog: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
-    def __init__(self, catalog: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, catalog: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UpsertItemsResponse(_message.Message):
     __slots__ = ("added", "changed", "unchanged", "item_count")
@@ -277,14 +279,16 @@ class PushCooccurrenceResponse(_message.Message):
     def __init__(self, batches_applied: _Optional[int] = ..., duplicates_ignored: _Optional[int] = ..., pairs_added: _Optional[int] = ..., weight_added: _Optional[float] = ..., totals: _Optional[_Union[CooccurrenceTotals, _Mapping]] = ...) -> None: ...
 
 class RefitProjectionRequest(_message.Message):
-    __slots__ = ("catalog", "parameters", "activate")
+    __slots__ = ("catalog", "parameters", "activate", "request_id")
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     catalog: str
     parameters: FitParameters
     activate: bool
-    def __init__(self, catalog: _Optional[str] = ..., parameters: _Optional[_Union[FitParameters, _Mapping]] = ..., activate: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, catalog: _Optional[str] = ..., parameters: _Optional[_Union[FitParameters, _Mapping]] = ..., activate: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RefitProjectionResponse(_message.Message):
     __slots__ = ("version", "previous_active_version")
