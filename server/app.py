@@ -25,7 +25,7 @@ from server.service.catalog_service import CatalogService, Limits
 from server.service.metrics import MetricsInterceptor, ServiceMetrics, start_metrics_server
 from server.service.servicer import EmbeddingServicer, add_to_server
 from server.service.tls import add_listening_port
-from server.stores import CatalogStore, StoreError, open_store
+from server.stores import CatalogStore, DataLostError, StoreError, open_store
 
 log = logging.getLogger(__name__)
 STORE_CHECK_SECONDS = 5.0
@@ -101,7 +101,10 @@ class EmbeddingServer:
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[("grpc.max_receive_message_length", config.max_receive_message_bytes),
-                     ("grpc.max_send_message_length", config.max_send_message_bytes)],
+                     ("grpc.max_send_message_length", config.max_send_message_bytes),
+                     # An occupied port is an error, never a port shared with another
+                     # server that would then take half of the traffic.
+                     ("grpc.so_reuseport", 0)],
         )
         service = CatalogService(store, encoder, build_limits(config))
         add_to_server(
@@ -132,23 +135,33 @@ class EmbeddingServer:
             await self.health.set(name, status)
 
     async def _watch_store(self, store: CatalogStore) -> None:
-        """Report NOT_SERVING while the store does not answer, SERVING once it does again."""
+        """Report NOT_SERVING while the store does not answer or refuses writes, SERVING once
+        it does again; for good once it lost data this server had seen (a restart after
+        restoring or re-ingesting brings the server back)."""
         serving = True
         while True:
             await asyncio.sleep(STORE_CHECK_SECONDS)
             try:
-                await asyncio.to_thread(store.ping)
+                await asyncio.to_thread(store.probe)
                 healthy = True
-            except StoreError:
+            except DataLostError as error:
+                log.error("%s; health is NOT_SERVING until the server restarts", error)
+                await self._set_health(False)
+                return
+            except StoreError as error:
                 healthy = False
+                reason = error
             if healthy != serving:
                 serving = healthy
-                log.warning("store %s", "answers again" if healthy else "does not answer")
+                if healthy:
+                    log.warning("store answers and accepts writes again")
+                else:
+                    log.warning("store does not answer or refuses writes: %s", reason)
                 await self._set_health(healthy)
 
     def _dependencies(self) -> tuple[CatalogStore, Encoder]:
         store = self._store or open_store(self.config.store_url)
-        store.ping()
+        store.probe()
         self._store = store
         self._encoder = self._encoder or build_encoder(self.config)
         return store, self._encoder

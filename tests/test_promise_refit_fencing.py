@@ -24,8 +24,7 @@ import pytest
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.stores import ConflictError, LocalStore, RedisStore
 from server.stores.redis_store import _PUBLISH
-from tests.process_harness import FreezingProxy, ServerProcess, refit, status_of, \
-    synthetic_catalog
+from tests.process_harness import FreezingProxy, ServerProcess, refit, synthetic_catalog
 from tests.redis_server import RedisServer
 from tests.test_store_contract import add_items, new_version
 

@@ -28,7 +28,6 @@ from server.stores import (
     StoreUnavailableError,
     open_store,
 )
-from server.stores.records import record_json
 
 ENCODER = EncoderIdentity("test-encoder", 6)
 CATALOG = "ml-1m"
@@ -91,6 +90,11 @@ def batch(worker: str, batch_id: str, pairs: list[tuple[int, int, float]]) -> Pa
         np.array(cols, np.uint32),
         np.array(weights, np.float32),
     )
+
+
+def counts_of(outcome) -> tuple[int, int]:
+    """``(applied, duplicates)`` of an ``apply_pair_batches`` outcome."""
+    return outcome.applied, outcome.duplicates
 
 
 def expected_counts(batches: list[PairBatch], n_items: int):
@@ -282,9 +286,9 @@ def test_a_commit_with_nothing_new_keeps_the_count(store):
 
 def test_versions_are_numbered_in_order_with_derived_statuses(store):
     add_items(store, [f"i{i}" for i in range(6)])
-    first = store.write_version(CATALOG, new_version(6, seed=1), activate=True)
-    second = store.write_version(CATALOG, new_version(6, seed=2), activate=False)
-    third = store.write_version(CATALOG, new_version(6, seed=3), activate=True)
+    first = store.write_version(CATALOG, new_version(6, seed=1), activate=True).record
+    second = store.write_version(CATALOG, new_version(6, seed=2), activate=False).record
+    third = store.write_version(CATALOG, new_version(6, seed=3), activate=True).record
     assert [first.version, second.version, third.version] == [1, 2, 3]
     assert (first.status, second.status, third.status) == ("active", "staged", "active")
     assert second.activated_at is None and third.activated_at is not None
@@ -387,16 +391,21 @@ def test_a_version_that_was_never_published_is_invisible_and_collected(store, mo
     assert store.collect_garbage(CATALOG, min_age_seconds=3600) == 0  # may still be running
     assert store.collect_garbage(CATALOG, min_age_seconds=0) == 1
     assert not payload_left(store, 1)
-    assert store.write_version(CATALOG, new_version(10), activate=True).version == 2
+    assert store.write_version(CATALOG, new_version(10), activate=True).record.version == 2
 
 
-def test_a_collected_payload_can_not_be_published(store):
+def test_a_collected_payload_can_not_be_published(store, monkeypatch):
     add_items(store, [f"i{i}" for i in range(5)])
-    new = new_version(5)
-    version = store._write_payload(CATALOG, new, time.time())
-    assert store.collect_garbage(CATALOG, min_age_seconds=0) == 1
+    write_payload = store._write_payload
+
+    def collected_meanwhile(*args):  # a refit that outlived collect_garbage's min age
+        version = write_payload(*args)
+        assert store.collect_garbage(CATALOG, min_age_seconds=0) == 1
+        return version
+
+    monkeypatch.setattr(store, "_write_payload", collected_meanwhile)
     with pytest.raises(ConflictError):
-        store._publish(CATALOG, version, record_json(new, time.time()), time.time())
+        store.write_version(CATALOG, new_version(5), activate=True)
     assert store.versions(CATALOG) == []
     assert store.get_catalog(CATALOG).active_version == 0
 
@@ -415,7 +424,7 @@ def test_collect_garbage_leaves_published_versions_alone(store):
 def test_a_batch_retried_three_times_counts_once(store):
     add_items(store, [f"i{i}" for i in range(5)])
     pushed = batch("w0", "b0", [(0, 1, 1.0), (1, 2, 0.5), (0, 1, 2.0)])
-    results = [store.apply_pair_batches(CATALOG, [pushed]) for _ in range(3)]
+    results = [counts_of(store.apply_pair_batches(CATALOG, [pushed])) for _ in range(3)]
     assert results == [(1, 0), (0, 1), (0, 1)]
     assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals(3, 3.5, 1)
     assert_same_matrix(store.read_counts(CATALOG, 5), expected_counts([pushed], 5))
@@ -424,7 +433,7 @@ def test_a_batch_retried_three_times_counts_once(store):
 def test_duplicates_inside_one_call_count_once(store):
     add_items(store, [f"i{i}" for i in range(5)])
     first, other = batch("w0", "b0", [(0, 1, 1.0)]), batch("w1", "b0", [(2, 3, 1.0)])
-    assert store.apply_pair_batches(CATALOG, [first, first, other]) == (2, 1)
+    assert counts_of(store.apply_pair_batches(CATALOG, [first, first, other])) == (2, 1)
     assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals(2, 2.0, 2)
 
 
@@ -435,7 +444,7 @@ def test_a_call_with_a_bad_batch_applies_none_of_its_batches(store):
         store.apply_pair_batches(CATALOG, [good, bad])
     assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals()
     assert store.read_counts(CATALOG, 5).nnz == 0
-    assert store.apply_pair_batches(CATALOG, [good]) == (1, 0)  # it was not marked as seen
+    assert counts_of(store.apply_pair_batches(CATALOG, [good])) == (1, 0)  # it was not marked as seen
 
 
 @pytest.mark.parametrize(
@@ -469,7 +478,7 @@ def test_concurrent_pushers_give_exact_totals(store):
         try:
             for b in range(per_worker):
                 for _ in range(2):  # every batch retried once
-                    results.append(store.apply_pair_batches(CATALOG, [batches[worker, b]]))
+                    results.append(counts_of(store.apply_pair_batches(CATALOG, [batches[worker, b]])))
         except BaseException as error:  # surfaced in the main thread
             errors.append(error)
 
@@ -499,7 +508,7 @@ def test_compaction_keeps_the_counts_and_the_seen_batches(store):
     assert store.compact_counts(CATALOG) == 0  # one entry left: nothing to merge
     assert_same_matrix(store.read_counts(CATALOG, 6), before)
     assert store.cooccurrence_totals(CATALOG) == totals
-    assert store.apply_pair_batches(CATALOG, pushed[:2]) == (0, 2)
+    assert counts_of(store.apply_pair_batches(CATALOG, pushed[:2])) == (0, 2)
     late = batch("w", "late", [(2, 3, 2.0)])
     store.apply_pair_batches(CATALOG, [late])
     assert_same_matrix(store.read_counts(CATALOG, 8), expected_counts([*pushed, late], 8))

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from server.encoders.base import Encoder
+from server.quoting import shown
 from server.recpca import FitSettings, Projection, fit_recpca
 from server.service.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from server.service.validation import (
@@ -100,6 +101,7 @@ class Selection:
     encoder: EncoderIdentity
     fitted: int = 0  # rows the version covers (later rows go through the projection)
     projection: Projection | None = None  # W and μ of the version, for those later rows
+    epoch: str = ""  # the catalog's epoch: cached bytes of another epoch are another catalog's
 
 
 class VersionView:
@@ -135,7 +137,7 @@ class CatalogService:
         self.encoder = encoder
         self.limits = limits
         self.identity = EncoderIdentity(encoder.name, encoder.dim)
-        self._views: OrderedDict[tuple[str, int], VersionView] = OrderedDict()
+        self._views: OrderedDict[tuple[str, str, int], VersionView] = OrderedDict()
         self._views_lock = threading.Lock()
 
     # -- catalogs ---------------------------------------------------------------------
@@ -147,10 +149,11 @@ class CatalogService:
         return state
 
     def describe(self, name: str) -> CatalogDescription:
-        state = self._catalog(name)
-        return CatalogDescription(
-            state, self.store.versions(name), self.store.cooccurrence_totals(name)
-        )
+        verify_catalog(name)
+        snapshot = self.store.describe(name)  # one snapshot: the active version is the listed one
+        if snapshot is None:
+            raise NotFound(f"catalog {name!r} does not exist")
+        return CatalogDescription(snapshot.state, snapshot.versions, snapshot.totals)
 
     # -- UpsertItems ------------------------------------------------------------------
     def upsert_items(self, name: str, ids: Sequence[str], texts: Sequence[str]) -> UpsertResult:
@@ -187,10 +190,11 @@ class CatalogService:
             changed_text_hashes=[hashes[i] for i in changed],
             changed_vectors=vectors[len(new) :],
         )
-        if state is None:
-            self.store.create_catalog(name, self.identity, self.limits.raw_dtype)
+        # A new catalog is created by the commit itself: an upsert that fails or dies before
+        # it leaves no empty catalog behind.
+        create = None if state is not None else (self.identity, self.limits.raw_dtype)
         try:
-            count = self.store.commit_items(name, changes)
+            count = self.store.commit_items(name, changes, create=create)
         except ConflictError as error:
             raise Aborted(f"a concurrent UpsertItems on {name!r} committed first; retry") from error
         unchanged = len(ids) - len(new) - len(changed)
@@ -210,18 +214,19 @@ class CatalogService:
             state = found
             if np.any(rows < 0):
                 missing = ids[int(np.argmax(rows < 0))]
-                raise NotFound(f"item {missing!r} is not in catalog {name!r}")
+                raise NotFound(f"item {shown(missing)} is not in catalog {name!r}")
         else:
             state = self._catalog(name)
         count = state.item_count if rows is None else len(rows)
         if kind == "raw":
             if version:
                 raise InvalidArgument("raw vectors are not versioned: ask for version 0")
-            return Selection(0, state.encoder.dim, "raw", rows, count, state.encoder)
+            return Selection(0, state.encoder.dim, "raw", rows, count, state.encoder,
+                             epoch=state.epoch)
         version = self._resolve(state, version)
-        view = self.cached_view(name, version)
+        view = self.cached_view(name, state.epoch, version)
         if view is None and rows is not None:
-            view = self.view(name, version)
+            view = self.view(name, state.epoch, version)
         if view is not None:
             record, projection = view.record, view.projection
         else:  # a whole-catalog pull streams the version's blocks: no need to load them all
@@ -229,7 +234,7 @@ class CatalogService:
             components, mean = self.store.read_projection(name, version)
             projection = Projection(components, mean, float(record.diagnostics.get("lam", 0)))
         return Selection(record.version, record.dim, "reduced", rows, count, record.encoder,
-                         record.item_count, projection)
+                         record.item_count, projection, state.epoch)
 
     def chunks(
         self, name: str, selection: Selection, rows_per_chunk: int
@@ -254,10 +259,10 @@ class CatalogService:
             if selection.rows is None:
                 return self.store.read_raw(name, int(rows[0]), int(rows[-1]) + 1)
             return self.store.read_raw_rows(name, rows)
-        view = self.cached_view(name, selection.version)
+        view = self.cached_view(name, selection.epoch, selection.version)
         if view is None and selection.rows is None and selection.projection is not None:
             return self._streamed(name, selection, int(rows[0]), int(rows[-1]) + 1)
-        view = view or self.view(name, selection.version)
+        view = view or self.view(name, selection.epoch, selection.version)
         fitted = rows < len(view.reduced)
         if fitted.all():
             return view.reduced[rows]
@@ -287,12 +292,14 @@ class CatalogService:
             parts.append(selection.projection.transform(self.store.read_raw(name, fitted, stop)))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def cached_view(self, name: str, version: int) -> VersionView | None:
-        """The view of a version if this process holds it already (never loads)."""
+    def cached_view(self, name: str, epoch: str, version: int) -> VersionView | None:
+        """The view of a version if this process holds it already (never loads). Keyed by
+        the catalog's epoch too: a catalog lost and created again numbers its versions
+        from 1 again, and must never be served another catalog's vectors."""
         with self._views_lock:
-            view = self._views.get((name, version))
+            view = self._views.get((name, epoch, version))
             if view is not None:
-                self._views.move_to_end((name, version))
+                self._views.move_to_end((name, epoch, version))
             return view
 
     def _record(self, name: str, version: int) -> VersionRecord:
@@ -301,10 +308,10 @@ class CatalogService:
             raise NotFound(f"catalog {name!r} has no version {version}")
         return record
 
-    def view(self, name: str, version: int) -> VersionView:
+    def view(self, name: str, epoch: str, version: int) -> VersionView:
         """The cached view of a published version (LRU of ``version_cache_size``)."""
-        key = (name, version)
-        cached = self.cached_view(name, version)
+        key = (name, epoch, version)
+        cached = self.cached_view(name, epoch, version)
         if cached is not None:
             return cached
         record = self._record(name, version)
@@ -323,12 +330,10 @@ class CatalogService:
         batches = verify_pair_batches(
             name, blocks, state.item_count, self.limits.max_pairs_per_push
         )
-        before = self.store.cooccurrence_totals(name)
-        applied, duplicates = self.store.apply_pair_batches(name, batches)
-        after = self.store.cooccurrence_totals(name)
-        return PushResult(
-            applied, duplicates, after.pairs - before.pairs, after.weight - before.weight, after
-        )
+        # This call's own pairs and the totals, from the atomic step that applied them.
+        outcome = self.store.apply_pair_batches(name, batches)
+        return PushResult(outcome.applied, outcome.duplicates, outcome.pairs, outcome.weight,
+                          outcome.totals)
 
     # -- RefitProjection --------------------------------------------------------------
     def refit(self, name: str, request: FitRequest, activate: bool) -> tuple[VersionRecord, int]:
@@ -352,13 +357,13 @@ class CatalogService:
             if collected:
                 log.warning("catalog %s: removed %d unpublished version payload(s) left by "
                             "an interrupted refit", name, collected)
-            return self._refit_locked(state, settings, activate)
+            return self._refit_locked(state, settings, activate, owner)
         finally:
             renewer.stop()
             self.store.release_refit_lock(name, owner)
 
     def _refit_locked(
-        self, state: CatalogState, settings: FitSettings, activate: bool
+        self, state: CatalogState, settings: FitSettings, activate: bool, owner: str
     ) -> tuple[VersionRecord, int]:
         name, count = state.name, state.item_count
         totals = self.store.cooccurrence_totals(name)
@@ -394,8 +399,11 @@ class CatalogService:
             mean=result.projection.mean,
             reduced=reduced,
         )
-        previous = self.store.get_catalog(name).active_version  # type: ignore[union-attr]
-        record = self.store.write_version(name, new, activate)
+        try:  # published only while this refit still holds the lock (a fencing token)
+            published = self.store.write_version(name, new, activate, lock_owner=owner)
+        except ConflictError as error:
+            raise Aborted(str(error)) from error
+        record, previous = published.record, published.previous_active
         log.info(
             "catalog %s: version %d written (%s) in %.2fs, λ=%.4g",
             name,
@@ -426,12 +434,12 @@ class CatalogService:
         if item_id is not None:
             verify_item_id(item_id)
         state = self._catalog(name)
-        view = self.view(name, self._resolve(state, version))
+        view = self.view(name, state.epoch, self._resolve(state, version))
         exclude = -1
         if item_id is not None:
             row = int(self.store.find_rows(name, [item_id])[0])
             if row < 0:
-                raise NotFound(f"item {item_id!r} is not in catalog {name!r}")
+                raise NotFound(f"item {shown(item_id)} is not in catalog {name!r}")
             exclude = row
             selection = Selection(
                 view.record.version,
@@ -440,6 +448,7 @@ class CatalogService:
                 None,
                 state.item_count,
                 view.record.encoder,
+                epoch=state.epoch,
             )
             query = self._vectors(name, selection, np.array([row]))
         else:

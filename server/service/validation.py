@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.quoting import shown
 from server.recpca import FitSettings, GraphOptions
 from server.service.errors import InvalidArgument, ResourceExhausted
 from server.stores.base import PairBatch
@@ -24,8 +25,8 @@ MAX_WORKER_OR_BATCH_BYTES = 128
 def verify_catalog(name: str) -> None:
     if not CATALOG_NAME.fullmatch(name or ""):
         raise InvalidArgument(
-            f"catalog {name!r} must be 1 to 64 characters from [A-Za-z0-9._-] starting with a "
-            "letter or a digit"
+            f"catalog {shown(name)} must be 1 to 64 characters from [A-Za-z0-9._-] starting "
+            "with a letter or a digit"
         )
 
 
@@ -36,7 +37,7 @@ def verify_version(version: int) -> None:
 
 def verify_item_id(item_id: str) -> None:
     if not item_id or len(item_id.encode()) > MAX_ID_BYTES:
-        raise InvalidArgument(f"item id {item_id[:40]!r} must be 1 to {MAX_ID_BYTES} bytes")
+        raise InvalidArgument(f"item id {shown(item_id)} must be 1 to {MAX_ID_BYTES} bytes")
 
 
 def verify_items(
@@ -53,13 +54,14 @@ def verify_items(
     for item_id, text in zip(ids, texts, strict=True):
         verify_item_id(item_id)
         if item_id in seen:
-            raise InvalidArgument(f"item id {item_id!r} appears twice in one call")
+            raise InvalidArgument(f"item id {shown(item_id)} appears twice in one call")
         seen.add(item_id)
         if not text.strip():
-            raise InvalidArgument(f"item {item_id!r} has an empty text")
+            raise InvalidArgument(f"item {shown(item_id)} has an empty text")
         if len(text) > max_chars:
             raise InvalidArgument(
-                f"item {item_id!r} has {len(text)} characters, more than the limit {max_chars}"
+                f"item {shown(item_id)} has {len(text)} characters, more than the limit "
+                f"{max_chars}"
             )
 
 
@@ -86,7 +88,7 @@ def verify_pair_batches(
         for label, value in (("worker_id", block.worker_id), ("batch_id", block.batch_id)):
             if not value or len(value.encode()) > MAX_WORKER_OR_BATCH_BYTES:
                 raise InvalidArgument(f"{label} must be 1 to {MAX_WORKER_OR_BATCH_BYTES} bytes")
-        name = f"batch {block.worker_id}/{block.batch_id}"
+        name = f"batch {shown(block.worker_id)}/{shown(block.batch_id)}"
         lengths = {len(block.rows), len(block.cols), len(block.weights)}
         if len(lengths) != 1 or next(iter(lengths)) % 4:
             raise InvalidArgument(
