@@ -130,7 +130,9 @@ def test_a_store_publishes_only_for_the_lock_owner(store) -> None:
     assert store.versions(CATALOG) == []
     assert store.get_catalog(CATALOG).active_version == 0
     published = store.write_version(CATALOG, new_version(10), activate=True, lock_owner="fast")
-    assert (published.record.version, published.previous_active) == (1, 0)
+    # Version numbers are never reused, not even the refused one's.
+    assert (published.record.version, published.previous_active) == (2, 0)
+    assert [r.version for r in store.versions(CATALOG)] == [2]
 
 
 def test_a_store_reports_the_active_version_its_publish_replaced(store, monkeypatch) -> None:

@@ -34,7 +34,7 @@ def test_a_lost_upsert_race_is_aborted(kind: str, tmp_path: Path, record_propert
             start = threading.Barrier(RACERS)
             codes: list[grpc.StatusCode] = []
 
-            def upsert(stub) -> None:
+            def upsert(stub, items=items, start=start, codes=codes) -> None:
                 start.wait()
                 try:
                     stub.UpsertItems(iter([pb.UpsertItemsRequest(catalog="race", items=items)]),

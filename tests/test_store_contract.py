@@ -444,7 +444,8 @@ def test_a_call_with_a_bad_batch_applies_none_of_its_batches(store):
         store.apply_pair_batches(CATALOG, [good, bad])
     assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals()
     assert store.read_counts(CATALOG, 5).nnz == 0
-    assert counts_of(store.apply_pair_batches(CATALOG, [good])) == (1, 0)  # it was not marked as seen
+    # It was not marked as seen.
+    assert counts_of(store.apply_pair_batches(CATALOG, [good])) == (1, 0)
 
 
 @pytest.mark.parametrize(
@@ -478,7 +479,8 @@ def test_concurrent_pushers_give_exact_totals(store):
         try:
             for b in range(per_worker):
                 for _ in range(2):  # every batch retried once
-                    results.append(counts_of(store.apply_pair_batches(CATALOG, [batches[worker, b]])))
+                    outcome = store.apply_pair_batches(CATALOG, [batches[worker, b]])
+                    results.append(counts_of(outcome))
         except BaseException as error:  # surfaced in the main thread
             errors.append(error)
 
