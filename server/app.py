@@ -18,7 +18,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
-from server.config import ServerConfig
+from server.config import ConfigError, ServerConfig, flag_name
 from server.encoders.base import Encoder
 from server.service.auth import auth_interceptor
 from server.service.catalog_service import CatalogService, Limits
@@ -116,7 +116,12 @@ class EmbeddingServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), server)
-        self.port = add_listening_port(server, config)
+        try:
+            self.port = add_listening_port(server, config)
+        except RuntimeError as error:  # gRPC's "Failed to bind": in use, or not ours
+            raise ConfigError([f"{flag_name('port')}: cannot listen on {config.listen_address}:"
+                               " the address is in use (another server?) or not available"]
+                              ) from error
         await server.start()
         self._server = server
         if config.metrics_port:
