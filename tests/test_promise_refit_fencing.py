@@ -8,25 +8,24 @@ after it; and ``previous_active_version`` was read before the payload was writte
 activation landing meanwhile made it name the wrong roll-back target.
 
 The crash points are exact: the server reaches Redis through a proxy that holds back its
-publish script while the test changes the store underneath, then lets it through."""
+publish script while the test changes the store underneath, then lets it through. The same
+two promises at the store level, on every store (SQLite, Redis, Redis Cluster), are in
+tests/test_store_contract.py (``test_a_publish_is_fenced_by_the_refit_lock``,
+``test_a_publish_reports_the_active_version_it_replaced``)."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from pathlib import Path
 
 import grpc
-import numpy as np
-import pytest
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
-from server.stores import ConflictError, LocalStore, RedisStore
+from server.stores import RedisStore
 from server.stores.redis_store import _PUBLISH
 from tests.process_harness import FreezingProxy, ServerProcess, refit, synthetic_catalog
 from tests.redis_server import RedisServer
-from tests.test_store_contract import add_items, new_version
 
 CATALOG = "fence"
 PUBLISH_CALL = rb"EVALSHA\r\n\$40\r\n" + hashlib.sha1(_PUBLISH.encode()).hexdigest().encode()
@@ -102,52 +101,3 @@ def test_previous_active_version_is_what_the_publish_replaced(tmp_path: Path) ->
     assert active_before == 1 and before == [1, 2]
     assert reply.previous_active_version == 2  # the roll-back target, not the stale 1
     assert active_after == reply.version.version == 3
-
-
-# -- the same two promises at the store level, on both stores ---------------------------
-
-
-@pytest.fixture(params=["local", "redis"])
-def store(request, tmp_path):
-    if request.param == "local":
-        opened = LocalStore(tmp_path / "store.sqlite3", block_rows=4)
-    else:
-        server = request.getfixturevalue("redis_server")
-        with server.client() as client:
-            client.flushall()
-        opened = RedisStore(server.url, block_rows=4)
-    yield opened
-    opened.close()
-
-
-def test_a_store_publishes_only_for_the_lock_owner(store) -> None:
-    add_items(store, [f"i{n}" for n in range(10)], name=CATALOG)
-    assert store.acquire_refit_lock(CATALOG, "slow", 0.2)
-    time.sleep(0.4)  # its lease runs out ...
-    assert store.acquire_refit_lock(CATALOG, "fast", 30)  # ... and another refit takes it
-    with pytest.raises(ConflictError, match="lock"):
-        store.write_version(CATALOG, new_version(10), activate=True, lock_owner="slow")
-    assert store.versions(CATALOG) == []
-    assert store.get_catalog(CATALOG).active_version == 0
-    published = store.write_version(CATALOG, new_version(10), activate=True, lock_owner="fast")
-    # Version numbers are never reused, not even the refused one's.
-    assert (published.record.version, published.previous_active) == (2, 0)
-    assert [r.version for r in store.versions(CATALOG)] == [2]
-
-
-def test_a_store_reports_the_active_version_its_publish_replaced(store, monkeypatch) -> None:
-    add_items(store, [f"i{n}" for n in range(10)], name=CATALOG)
-    store.write_version(CATALOG, new_version(10), activate=True)
-    store.write_version(CATALOG, new_version(10, seed=1), activate=False)
-    write_payload = store._write_payload
-
-    def activation_meanwhile(*args, **kwargs):
-        version = write_payload(*args, **kwargs)
-        store.activate(CATALOG, 2)
-        return version
-
-    monkeypatch.setattr(store, "_write_payload", activation_meanwhile)
-    published = store.write_version(CATALOG, new_version(10, seed=2), activate=True)
-    assert (published.record.version, published.previous_active) == (3, 2)
-    assert np.array_equal(store.read_reduced(CATALOG, 3, 0, 10),
-                          new_version(10, seed=2).reduced)

@@ -315,9 +315,15 @@ class LocalStore(CatalogStore):
     def commit_items(self, name: str, changes: ItemChanges, *,
                      create: tuple[EncoderIdentity, str] | None = None) -> int:
         with self._write() as conn:
-            if create is not None and self._catalog_row(conn, name) is None:
-                self._insert_catalog(conn, name, *create)  # with its first items, atomically
-            catalog = self._catalog(conn, name)
+            catalog = self._catalog_row(conn, name)
+            if catalog is None and create is not None:
+                # Created with its first items, atomically; its epoch is recorded as seen
+                # by the next read, once the transaction has committed.
+                self._insert_catalog(conn, name, *create)
+                catalog = conn.execute("SELECT * FROM catalogs WHERE name = ?",
+                                       (name,)).fetchone()
+            if catalog is None:
+                raise NotFoundError(f"catalog {name!r} does not exist")
             count = catalog["item_count"]
             if count != changes.base_count:
                 raise ConflictError(
