@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 
 from server.encoders.base import Encoder
 from server.quoting import shown
@@ -380,6 +381,14 @@ class CatalogService:
             result = fit_recpca(raw, counts, settings)
         except ValueError as error:  # e.g. vectors without variance
             raise FailedPrecondition(f"cannot fit catalog {name!r}: {error}") from error
+        rank = variance_rank(result.moments.scatter)
+        if settings.dim > rank:  # the other columns would be arbitrary null-space directions
+            raise FailedPrecondition(
+                f"catalog {name!r}: its normalized raw vectors vary in only {rank} directions, "
+                f"so a fit of dim {settings.dim} is not determined by the data (new items "
+                f"would get arbitrary coordinates in {settings.dim - rank} of them); ask for "
+                f"dim <= {rank}"
+            )
         reduced = result.projection.transform(raw)
         parameters = {
             "dim": settings.dim,
@@ -462,6 +471,16 @@ class CatalogService:
         return view.record.version, [
             (self.store.item_ids(name, row, row + 1)[0], row, score) for row, score in hits
         ]
+
+
+def variance_rank(scatter: np.ndarray) -> int:
+    """Directions with variance: eigenvalues of the scatter ``S`` above its rounding noise.
+    ``S`` is positive semi-definite, so its negative eigenvalues are pure noise (about 1e-7
+    of the largest when moments accumulate float32 blocks); ten times the largest of them,
+    and at least 1e-9 of the largest eigenvalue, separates null directions from variance."""
+    eigenvalues = scipy.linalg.eigvalsh(scatter)
+    noise = max(10 * float(-eigenvalues[0]), 1e-9 * float(eigenvalues[-1]), 0.0)
+    return int(np.sum(eigenvalues > noise))
 
 
 class _ProgressLog:
