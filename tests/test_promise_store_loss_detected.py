@@ -25,6 +25,9 @@ from server.stores import LocalStore
 from tests.process_harness import ServerProcess, refit, status_of, synthetic_catalog, wait_for
 from tests.promise_servers import served
 
+# Real servers, each scenario tens of seconds: with the reliability runs.
+pytestmark = pytest.mark.reliability
+
 CATALOG = "lost"
 LOST = (grpc.StatusCode.DATA_LOSS, grpc.StatusCode.NOT_FOUND)
 

@@ -18,6 +18,9 @@ from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from tests.promise_servers import STORES, served
 
+# Real servers, each scenario tens of seconds: with the reliability runs.
+pytestmark = pytest.mark.reliability
+
 ROUNDS = 30
 RACERS = 4
 

@@ -46,6 +46,7 @@ def test_a_token_list_of_empty_items_refuses_to_start(tokens: str, tmp_path: Pat
     assert "TFLLMER_ADMIN_TOKENS has an empty item" in done.stderr
 
 
+@pytest.mark.reliability  # waits for two health probes (5 s apart) each way
 def test_health_reports_a_full_redis_and_recovers(tmp_path: Path) -> None:
     with served("redis", tmp_path) as env:
         synthetic_catalog(env.store, "full", 50)  # type: ignore[arg-type]
@@ -62,6 +63,7 @@ def test_health_reports_a_full_redis_and_recovers(tmp_path: Path) -> None:
         assert "refuses writes" in env.server.log_text()
 
 
+@pytest.mark.reliability
 def test_health_reports_a_full_disk_and_recovers(tmp_path: Path) -> None:
     with served("local", tmp_path) as env:
         synthetic_catalog(env.store, "full", 50)  # type: ignore[arg-type]
