@@ -145,8 +145,7 @@ class EmbeddingServer:
         restoring or re-ingesting brings the server back)."""
         serving = True
         while True:
-            await asyncio.sleep(STORE_CHECK_SECONDS)
-            try:
+            try:  # probe at once too: a store epoch is recorded before anything can lose it
                 await asyncio.to_thread(store.probe)
                 healthy = True
             except DataLostError as error:
@@ -163,10 +162,11 @@ class EmbeddingServer:
                 else:
                     log.warning("store does not answer or refuses writes: %s", reason)
                 await self._set_health(healthy)
+            await asyncio.sleep(STORE_CHECK_SECONDS)
 
     def _dependencies(self) -> tuple[CatalogStore, Encoder]:
         store = self._store or open_store(self.config.store_url)
-        store.probe()
+        store.ping()
         self._store = store
         self._encoder = self._encoder or build_encoder(self.config)
         return store, self._encoder
