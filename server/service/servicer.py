@@ -36,6 +36,7 @@ from server.stores.base import (
     ConflictError,
     CooccurrenceTotals,
     CorruptDataError,
+    DataLostError,
     EncoderIdentity,
     NotFoundError,
     StoreUnavailableError,
@@ -97,6 +98,10 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         except StoreUnavailableError as error:
             self.metrics.record_store_error(getattr(function, "__name__", "call"))
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {error}")
+        except DataLostError as error:  # the store lost what this server served: say so
+            self.metrics.record_store_error(getattr(function, "__name__", "call"))
+            log.error("%s", error)
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(error))
         except CorruptDataError as error:  # damaged stored data, not the caller's mistake
             self.metrics.record_store_error(getattr(function, "__name__", "call"))
             log.error("stored data does not decode: %s", error)
@@ -403,7 +408,7 @@ class _Pull:
         selection = self.selection
         if selection.rows is not None or selection.kind != "reduced" or stop > selection.fitted:
             return None
-        return (self.request.catalog, selection.version, self.dtype, self.budget,
+        return (self.request.catalog, selection.epoch, selection.version, self.dtype, self.budget,
                 self.request.omit_item_ids, start, stop)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.quoting import shown
 from server.recpca import DEFAULT_WHITENING, FitSettings, GraphOptions
 from server.service.errors import InvalidArgument, ResourceExhausted
 from server.stores.base import PairBatch
@@ -25,8 +26,8 @@ MAX_REQUEST_ID_BYTES = 128
 def verify_catalog(name: str) -> None:
     if not CATALOG_NAME.fullmatch(name or ""):
         raise InvalidArgument(
-            f"catalog {name!r} must be 1 to 64 characters from [A-Za-z0-9._-] starting with a "
-            "letter or a digit"
+            f"catalog {shown(name)} must be 1 to 64 characters from [A-Za-z0-9._-] starting "
+            "with a letter or a digit"
         )
 
 
@@ -37,7 +38,7 @@ def verify_version(version: int) -> None:
 
 def verify_item_id(item_id: str) -> None:
     if not item_id or len(item_id.encode()) > MAX_ID_BYTES:
-        raise InvalidArgument(f"item id {item_id[:40]!r} must be 1 to {MAX_ID_BYTES} bytes")
+        raise InvalidArgument(f"item id {shown(item_id)} must be 1 to {MAX_ID_BYTES} bytes")
 
 
 def verify_items(
@@ -54,7 +55,7 @@ def verify_items(
     for item_id, text in zip(ids, texts, strict=True):
         verify_item(item_id, text, max_chars)
         if item_id in seen:
-            raise InvalidArgument(f"item id {item_id!r} appears twice in one call")
+            raise InvalidArgument(f"item id {shown(item_id)} appears twice in one call")
         seen.add(item_id)
 
 
@@ -63,10 +64,11 @@ def verify_item(item_id: str, text: str, max_chars: int) -> None:
     verify_item_id(item_id)
     if len(text) > max_chars:
         raise InvalidArgument(
-            f"item {item_id!r} has {len(text)} characters, more than the limit {max_chars}"
+            f"item {shown(item_id)} has {len(text)} characters, more than the limit "
+            f"{max_chars}"
         )
     if not text.strip():
-        raise InvalidArgument(f"item {item_id!r} has an empty text")
+        raise InvalidArgument(f"item {shown(item_id)} has an empty text")
 
 
 def verify_request_id(request_id: str) -> None:
@@ -96,7 +98,7 @@ def verify_pair_batches(
     batches, total = [], 0
     for block in blocks:
         total += verify_pair_block(block)
-        name = f"batch {block.worker_id}/{block.batch_id}"
+        name = f"batch {shown(block.worker_id)}/{shown(block.batch_id)}"
         rows = np.frombuffer(block.rows, dtype="<u4")
         cols = np.frombuffer(block.cols, dtype="<u4")
         weights = np.frombuffer(block.weights, dtype="<f4")
@@ -122,8 +124,8 @@ def verify_pair_block(block: PairBlock) -> int:
     lengths = {len(block.rows), len(block.cols), len(block.weights)}
     if len(lengths) != 1 or next(iter(lengths)) % 4:
         raise InvalidArgument(
-            f"batch {block.worker_id}/{block.batch_id}: rows, cols and weights must be "
-            "equally long multiples of 4 bytes"
+            f"batch {shown(block.worker_id)}/{shown(block.batch_id)}: rows, cols and weights "
+            "must be equally long multiples of 4 bytes"
         )
     return len(block.rows) // 4
 

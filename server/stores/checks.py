@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 
+from server.quoting import shown
 from server.stores.base import ItemChanges, NewVersion, PairBatch
 
 # Same rule as the wire contract: the name becomes part of store keys (and, in Redis, of
@@ -18,7 +19,7 @@ RAW_DTYPES = ("<f4", "<f2")
 def check_catalog_name(name: str) -> None:
     if not isinstance(name, str) or not CATALOG_NAME.fullmatch(name):
         raise ValueError(
-            f"catalog name {name!r} must be 1 to 64 characters from [A-Za-z0-9._-] "
+            f"catalog name {shown(name)} must be 1 to 64 characters from [A-Za-z0-9._-] "
             "starting with a letter or a digit"
         )
 
@@ -71,12 +72,13 @@ def check_pair_batch(batch: PairBatch, item_count: int) -> None:
     ``item_count`` items (a bad batch in the log would break every later ``read_counts``)."""
     rows, cols, weights = (np.asarray(a) for a in (batch.rows, batch.cols, batch.weights))
     if not (rows.ndim == 1 and rows.shape == cols.shape == weights.shape):
-        raise ValueError(f"batch {batch.batch_id!r}: rows, cols and weights differ in shape")
+        raise ValueError(f"batch {shown(batch.batch_id)}: rows, cols and weights differ in shape")
     if len(rows) == 0:
         return
     if rows.max() >= item_count or cols.max() >= item_count or min(rows.min(), cols.min()) < 0:
-        raise ValueError(f"batch {batch.batch_id!r}: a row is outside the catalog's {item_count}")
+        raise ValueError(
+            f"batch {shown(batch.batch_id)}: a row is outside the catalog's {item_count}")
     if np.any(rows == cols):
-        raise ValueError(f"batch {batch.batch_id!r}: a pair joins an item to itself")
+        raise ValueError(f"batch {shown(batch.batch_id)}: a pair joins an item to itself")
     if not np.all(np.isfinite(weights) & (weights > 0)):
-        raise ValueError(f"batch {batch.batch_id!r}: weights must be finite and positive")
+        raise ValueError(f"batch {shown(batch.batch_id)}: weights must be finite and positive")
