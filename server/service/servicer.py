@@ -39,6 +39,7 @@ from server.service.chunk_cache import ChunkCache, Messages
 from server.service.metrics import ServiceMetrics
 from server.stores.base import (
     CooccurrenceTotals,
+    DataLostError,
     EncoderIdentity,
     StoreUnavailableError,
     VersionRecord,
@@ -71,6 +72,7 @@ STATUS: dict[type[ServiceError], tuple[grpc.StatusCode, str]] = {
     StoreUnavailableError: (grpc.StatusCode.UNAVAILABLE, "store unavailable: "),
     Unavailable: (grpc.StatusCode.UNAVAILABLE, ""),
     DataLoss: (grpc.StatusCode.DATA_LOSS, "stored data is corrupt: "),
+    DataLostError: (grpc.StatusCode.DATA_LOSS, ""),
 }
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
 CHUNK_OVERHEAD = 1024
@@ -125,10 +127,12 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         """End the call with the status ``STATUS`` gives the error's kind."""
         kind = next(k for k in type(error).__mro__ if k in STATUS)
         code, prefix = STATUS[kind]
-        if kind in (StoreUnavailableError, DataLoss):
+        if kind in (StoreUnavailableError, DataLoss, DataLostError):
             self.metrics.record_store_error(name)
         if kind is DataLoss:  # damaged stored data, not the caller's mistake
             log.error("stored data does not decode: %s", error.message)
+        if kind is DataLostError:  # the store lost what this server served: say so
+            log.error("%s", error.message)
         await context.abort(code, prefix + error.message)
 
     async def _check(self, context: grpc.aio.ServicerContext, check: Callable[..., T],
@@ -402,7 +406,7 @@ class _Pull:
         selection = self.selection
         if selection.rows is not None or selection.kind != "reduced" or stop > selection.fitted:
             return None
-        return (self.request.catalog, selection.version, self.dtype, self.budget,
+        return (self.request.catalog, selection.epoch, selection.version, self.dtype, self.budget,
                 self.request.omit_item_ids, start, stop)
 
 
