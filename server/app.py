@@ -14,8 +14,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.config import ServerConfig
@@ -24,6 +22,7 @@ from server.service.auth import auth_interceptor
 from server.service.catalog_service import CatalogService, Limits
 from server.service.metrics import MetricsInterceptor, ServiceMetrics, start_metrics_server
 from server.service.servicer import EmbeddingServicer, add_to_server
+from server.service.standard_services import HealthWithList, add_reflection
 from server.service.tls import add_listening_port
 from server.stores import CatalogStore, StoreError, open_store
 
@@ -81,7 +80,7 @@ class EmbeddingServer:
         self._store = store
         self._encoder = encoder
         self.metrics = ServiceMetrics()
-        self.health = HealthServicer()
+        self.health = HealthWithList()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
@@ -110,9 +109,7 @@ class EmbeddingServer:
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), server)
+        add_reflection(server, (SERVICE_NAME,))
         self.port = add_listening_port(server, config)
         await server.start()
         self._server = server

@@ -25,6 +25,7 @@ from server.service.metrics import ServiceMetrics
 from server.service.validation import FitRequest, PairBlock
 from server.service.vector_codec import bytes_per_value, vector_buffer
 from server.stores.base import (
+    CatalogState,
     ConflictError,
     CooccurrenceTotals,
     CorruptDataError,
@@ -119,19 +120,28 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         if catalog is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream had no message")
         result = await self._run(context, self.service.upsert_items, catalog, ids, texts)
-        self.metrics.record_encoded(result.added + result.changed, result.encode_seconds)
+        encoded = result.added + result.changed
+        self.metrics.record_encoded(encoded, result.encode_seconds)
+        if encoded and result.encode_seconds > 0:
+            self.metrics.record_encode_rate(catalog, encoded / result.encode_seconds)
         return pb.UpsertItemsResponse(added=result.added, changed=result.changed,
                                       unchanged=result.unchanged, item_count=result.item_count)
 
     async def DescribeCatalog(self, request: pb.DescribeCatalogRequest,
                               context: grpc.aio.ServicerContext) -> pb.DescribeCatalogResponse:
         found = await self._run(context, self.service.describe, request.catalog)
+        self._record_catalog(found.state, found.versions)
         return pb.DescribeCatalogResponse(
             catalog=found.state.name, item_count=found.state.item_count,
             encoder=_encoder(found.state.encoder), active_version=found.state.active_version,
             versions=[_version(record) for record in found.versions],
             cooccurrence=_totals(found.totals),
         )
+
+    def _record_catalog(self, state: CatalogState, versions: list[VersionRecord]) -> None:
+        active = next((v for v in versions if v.version == state.active_version), None)
+        self.metrics.record_catalog(state.name, state.item_count, state.active_version,
+                                    active.activated_at if active is not None else None)
 
     async def GetItemEmbeddings(self, request: pb.GetItemEmbeddingsRequest,
                                 context: grpc.aio.ServicerContext
@@ -159,19 +169,26 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         messages = pull.first_group
         # The next groups are read and serialized in worker threads while one is sent.
         pending: deque[asyncio.Future[Messages]] = deque()
+        inflight, held = self.metrics.stream_inflight_bytes, 0
         try:
             for group in range(pull.groups):
                 for ahead in range(group + 1 + len(pending),
                                    min(group + 1 + PREFETCH_GROUPS, pull.groups)):
                     pending.append(self._prefetch(pull, ahead))
+                held = sum(len(data) for data, _, _ in messages)
+                inflight.inc(held)
                 for data, items, vector_bytes in messages:
+                    size = len(data)
                     if first is not None:
                         data, first = first + data, None
                     self.metrics.record_served(kind, dtype, items, vector_bytes)
                     yield data
+                    inflight.dec(size)
+                    held -= size
                 if pending:
                     messages = await self._outcome(context, pending.popleft(), self._group)
         finally:
+            inflight.dec(max(held, 0))
             for future in pending:
                 future.cancel()
 
