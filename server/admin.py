@@ -285,16 +285,25 @@ def cmd_describe(stub: Stub, args: argparse.Namespace, call: CallOptions) -> Non
 
 
 def cmd_similar(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
-    """The k nearest items of one item in a version's served space."""
+    """The k nearest items of one item in a version's served space, with their texts."""
     reply = stub.SimilarItems(
         pb.SimilarItemsRequest(
-            catalog=args.catalog, version=args.version, item_id=args.item, k=args.k
+            catalog=args.catalog, version=args.version, item_id=args.item, k=args.k,
+            dim=args.dim, include_texts=True,
         ),
         **call,
     )
-    print(f"{args.catalog} version {reply.version}: nearest to {args.item!r}")
-    rows = [[str(r), f"{n.score:.4f}", n.item_id] for r, n in enumerate(reply.items, start=1)]
-    print(_table(["rank", "score", "item"], rows))
+    space = f", first {args.dim} dims" if args.dim else ""
+    print(f"{args.catalog} version {reply.version}{space}: nearest to {args.item!r}")
+    rows = [[str(r), f"{n.score:.4f}", n.item_id, _clip(n.text)]
+            for r, n in enumerate(reply.items, start=1)]
+    print(_table(["rank", "score", "item", "text"], rows))
+
+
+def _clip(text: str, width: int = 80) -> str:
+    """One line of at most ``width`` characters (texts may be long or multi-line)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 # ---------------------------------------------------------------- parser
@@ -420,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("--item", required=True, metavar="ID", help="item id to query")
     similar.add_argument("--k", type=_positive, default=10, help="neighbours [10]")
     similar.add_argument("--version", type=_natural, default=0, help="version [0 = active]")
+    similar.add_argument("--dim", type=_natural, default=0,
+                         help="search the first DIM components only [0 = the version's dim]")
     return parser
 
 

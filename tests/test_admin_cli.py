@@ -188,9 +188,15 @@ def test_refit_stage_activate_rollback_and_similar(admin, server, item_file: Pat
     assert code == 0
     lines = out.strip().splitlines()
     assert lines[0] == "life version 1: nearest to '10'"
-    assert lines[1].split() == ["rank", "score", "item"] and len(lines) == 2 + 3
+    assert lines[1].split() == ["rank", "score", "item", "text"] and len(lines) == 2 + 3
     neighbours = [line.split()[2] for line in lines[2:]]
     assert "10" not in neighbours and len(set(neighbours)) == 3
+    titles = {movie[0]: movie[1] for movie in MOVIES}  # each neighbour printed with its text
+    assert all(titles[line.split()[2]] in line for line in lines[2:])
+
+    code, out, _ = admin("similar", "--catalog", "life", "--item", "10", "--k", "3",
+                         "--dim", "4")
+    assert code == 0 and out.startswith("life version 1, first 4 dims: nearest to '10'")
 
     code, out, _ = admin("similar", "--catalog", "life", "--item", "10", "--version", "2")
     assert code == 0 and out.startswith("life version 2:") and len(out.strip().splitlines()) == 12
@@ -264,7 +270,7 @@ def test_argument_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[s
                    "--activate", "--stage"]),
         ("activate", ["--catalog", "--version"]),
         ("describe", ["--catalog", "--json"]),
-        ("similar", ["--catalog", "--item", "--k", "--version"]),
+        ("similar", ["--catalog", "--item", "--k", "--version", "--dim"]),
     ],
 )
 def test_help_of_each_subcommand_documents_its_options(

@@ -21,6 +21,7 @@ import numpy as np
 
 from server.encoders.base import Encoder
 from server.recpca import FitSettings, Projection, fit_recpca
+from server.service.dim_prefix import prefix, served_dim
 from server.service.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from server.service.validation import (
     FitRequest,
@@ -89,6 +90,14 @@ class CatalogDescription:
 
 
 @dataclass(frozen=True)
+class SimilarHit:
+    item_id: str
+    row: int
+    score: float
+    text: str = ""  # set when the caller asked for texts
+
+
+@dataclass(frozen=True)
 class Selection:
     """What a GetItemEmbeddings call serves, fixed when it starts."""
 
@@ -112,17 +121,24 @@ class VersionView:
         self.record = record
         self.projection = Projection(components, mean, float(record.diagnostics.get("lam", 0)))
         self.reduced = reduced
-        self._index: Any = None
+        self._indexes: dict[int, Any] = {}
         self._lock = threading.Lock()
 
-    def index(self) -> Any:
+    def index(self, dim: int | None = None) -> Any:
+        """An exact inner-product index over the served vectors, or over their first
+        ``dim`` components renormalized (built on first use; the latest two kept)."""
+        dim = dim or self.record.dim
         with self._lock:
-            if self._index is None:
+            found = self._indexes.pop(dim, None)
+            if found is None:
                 import faiss
 
-                self._index = faiss.IndexFlatIP(self.reduced.shape[1])
-                self._index.add(np.ascontiguousarray(self.reduced))
-            return self._index
+                found = faiss.IndexFlatIP(dim)
+                found.add(np.ascontiguousarray(prefix(self.reduced, dim)))
+            self._indexes[dim] = found  # most recently used last
+            while len(self._indexes) > 2:
+                self._indexes.pop(next(iter(self._indexes)))
+            return found
 
 
 def text_hash(text: str) -> str:
@@ -187,6 +203,8 @@ class CatalogService:
             changed_text_hashes=[hashes[i] for i in changed],
             changed_vectors=vectors[len(new) :],
         )
+        if to_encode:  # before the commit: a committed item's text is always there
+            self.store.put_texts(name, [hashes[i] for i in new + changed], to_encode)
         if state is None:
             self.store.create_catalog(name, self.identity, self.limits.raw_dtype)
         try:
@@ -317,6 +335,13 @@ class CatalogService:
                 self._views.popitem(last=False)
         return view
 
+    def texts(self, name: str, rows: Sequence[int]) -> list[str]:
+        """Current texts of rows ("" for items ingested before texts were kept)."""
+        if not len(rows):
+            return []
+        found = self.store.texts_of(name, self.store.text_hashes(name, np.asarray(rows)))
+        return [text or "" for text in found]
+
     # -- PushCooccurrence -------------------------------------------------------------
     def push(self, name: str, blocks: Sequence[PairBlock]) -> PushResult:
         state = self._catalog(name)
@@ -419,14 +444,16 @@ class CatalogService:
 
     # -- SimilarItems -----------------------------------------------------------------
     def similar(
-        self, name: str, version: int, item_id: str | None, vector: bytes | None, k: int
-    ) -> tuple[int, list[tuple[str, int, float]]]:
+        self, name: str, version: int, item_id: str | None, vector: bytes | None, k: int,
+        dim: int = 0, include_texts: bool = False,
+    ) -> tuple[int, list[SimilarHit]]:
         verify_version(version)
         k = verify_similar(k, self.limits.max_similar_k)
         if item_id is not None:
             verify_item_id(item_id)
         state = self._catalog(name)
         view = self.view(name, self._resolve(state, version))
+        dim = served_dim(dim, view.record.dim)
         exclude = -1
         if item_id is not None:
             row = int(self.store.find_rows(name, [item_id])[0])
@@ -441,17 +468,20 @@ class CatalogService:
                 state.item_count,
                 view.record.encoder,
             )
-            query = self._vectors(name, selection, np.array([row]))
+            query = prefix(self._vectors(name, selection, np.array([row])), dim)
         else:
-            query = _query_vector(vector or b"", view.record.dim)
-        scores, found = view.index().search(query, min(k + 1, len(view.reduced)))
+            query = _query_vector(vector or b"", dim)
+        scores, found = view.index(dim).search(query, min(k + 1, len(view.reduced)))
         hits = [
             (int(r), float(s))
             for r, s in zip(found[0], scores[0], strict=True)
             if r >= 0 and r != exclude
         ][:k]
+        rows = [row for row, _ in hits]
+        texts = self.texts(name, rows) if include_texts else [""] * len(rows)
         return view.record.version, [
-            (self.store.item_ids(name, row, row + 1)[0], row, score) for row, score in hits
+            SimilarHit(self.store.item_ids(name, row, row + 1)[0], row, score, text)
+            for (row, score), text in zip(hits, texts, strict=True)
         ]
 
 

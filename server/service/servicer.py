@@ -20,6 +20,7 @@ from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.service.catalog_service import CatalogService, Selection
 from server.service.chunk_cache import ChunkCache, Messages
+from server.service.dim_prefix import prefix, served_dim
 from server.service.errors import ServiceError
 from server.service.metrics import ServiceMetrics
 from server.service.validation import FitRequest, PairBlock
@@ -156,7 +157,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         pull: _Pull = await self._run(context, self._open, request, kind, dtype)
         selection = pull.selection
         header = pb.EmbeddingHeader(
-            version=selection.version, dim=selection.dim, dtype=DTYPE_ENUM[dtype],
+            version=selection.version, dim=pull.dim, dtype=DTYPE_ENUM[dtype],
             kind=pb.EMBEDDING_KIND_RAW if kind == "raw" else pb.EMBEDDING_KIND_REDUCED,
             item_count=selection.item_count, encoder=_encoder(selection.encoder),
         )
@@ -197,11 +198,12 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         look-up of a few ids is served after this one thread hop."""
         selection = self.service.select(request.catalog, request.version,
                                         list(request.item_ids), kind)
+        dim = served_dim(request.dim, selection.dim, kind)
         budget = min(request.max_chunk_bytes or self.default_chunk_bytes, self.max_send_bytes)
-        row_bytes = selection.dim * bytes_per_value(dtype) + 8
+        row_bytes = dim * bytes_per_value(dtype) + 8
         rows_per_chunk = max(1, (budget - CHUNK_OVERHEAD) // (row_bytes + 40))
         pull = _Pull(request, selection, dtype, budget, rows_per_chunk,
-                     max(1, GROUP_BYTES // budget))
+                     max(1, GROUP_BYTES // budget), dim)
         if selection.item_count:
             pull.first_group = self._group(pull, 0)
         return pull
@@ -236,6 +238,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         spans = pull.spans(group)
         first, last = spans[0][0], spans[-1][1]
         rows, vectors = self.service.chunk(request.catalog, selection, first, last)
+        vectors = prefix(vectors, pull.dim)
         if request.omit_item_ids:
             ids = []
         elif selection.rows is None:  # the whole catalog: one range read of its ids
@@ -328,10 +331,12 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         version, hits = await self._run(
             context, self.service.similar, request.catalog, request.version,
             request.item_id if query == "item_id" else None,
-            request.vector if query == "vector" else None, request.k,
+            request.vector if query == "vector" else None, request.k, request.dim,
+            request.include_texts,
         )
         return pb.SimilarItemsResponse(version=version, items=[
-            pb.SimilarItem(item_id=item_id, row=row, score=score) for item_id, row, score in hits
+            pb.SimilarItem(item_id=hit.item_id, row=hit.row, score=hit.score, text=hit.text)
+            for hit in hits
         ])
 
 
@@ -340,8 +345,8 @@ class _Pull:
     from the store ``group`` chunks at a time."""
 
     def __init__(self, request: pb.GetItemEmbeddingsRequest, selection: Selection, dtype: str,
-                 budget: int, rows_per_chunk: int, group: int) -> None:
-        self.request, self.selection, self.dtype = request, selection, dtype
+                 budget: int, rows_per_chunk: int, group: int, dim: int) -> None:
+        self.request, self.selection, self.dtype, self.dim = request, selection, dtype, dim
         self.budget, self.rows_per_chunk, self.group = budget, rows_per_chunk, group
         chunks = -(-selection.item_count // rows_per_chunk)
         self.groups = -(-chunks // group)
@@ -358,7 +363,7 @@ class _Pull:
         selection = self.selection
         if selection.rows is not None or selection.kind != "reduced" or stop > selection.fitted:
             return None
-        return (self.request.catalog, selection.version, self.dtype, self.budget,
+        return (self.request.catalog, selection.version, self.dtype, self.dim, self.budget,
                 self.request.omit_item_ids, start, stop)
 
 

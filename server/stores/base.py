@@ -161,6 +161,17 @@ class CatalogStore(abc.ABC):
     def text_hashes(self, name: str, rows: np.ndarray) -> list[str]: ...
 
     @abc.abstractmethod
+    def put_texts(self, name: str, hashes: Sequence[str], texts: Sequence[str]) -> None:
+        """Keep item texts by their hash. Content-addressed, so an upsert writes them before
+        its items commit: a committed item's text is always there, and the texts of a call
+        that failed are referenced by no item (invisible)."""
+
+    @abc.abstractmethod
+    def texts_of(self, name: str, hashes: Sequence[str]) -> list[str | None]:
+        """The texts of these hashes; None for one never stored (ingested before texts
+        were kept)."""
+
+    @abc.abstractmethod
     def item_ids(self, name: str, start: int, stop: int) -> list[str]:
         """External ids of rows ``[start, stop)`` (clipped to the item count)."""
 
