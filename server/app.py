@@ -85,6 +85,7 @@ class EmbeddingServer:
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
         self._watch: asyncio.Task[None] | None = None
+        self.servicer: EmbeddingServicer | None = None
 
     async def start(self) -> int:
         """Load the encoder and reach the store, then open the port. Health is NOT_SERVING
@@ -103,11 +104,9 @@ class EmbeddingServer:
                      ("grpc.max_send_message_length", config.max_send_message_bytes)],
         )
         service = CatalogService(store, encoder, build_limits(config))
-        add_to_server(
-            EmbeddingServicer(service, self.metrics, config.default_chunk_bytes,
-                              config.max_send_message_bytes),
-            server,
-        )
+        self.servicer = EmbeddingServicer(service, self.metrics, config.default_chunk_bytes,
+                                          config.max_send_message_bytes)
+        add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         add_reflection(server, (SERVICE_NAME,))
         self.port = add_listening_port(server, config)
@@ -159,6 +158,8 @@ class EmbeddingServer:
         if self._watch is not None:
             self._watch.cancel()
         await self.health.enter_graceful_shutdown()
+        if self.servicer is not None:
+            self.servicer.close()
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
         if self._metrics_http is not None:

@@ -25,6 +25,15 @@ from server.service.errors import ServiceError
 from server.service.metrics import ServiceMetrics
 from server.service.validation import FitRequest, PairBlock
 from server.service.vector_codec import bytes_per_value, vector_buffer
+from server.service.watch import (
+    ACTIVATED,
+    CREATED,
+    SNAPSHOT,
+    CatalogEvent,
+    CatalogWatches,
+    WatchClosed,
+    active_record,
+)
 from server.stores.base import (
     CatalogState,
     ConflictError,
@@ -69,6 +78,13 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         self.max_send_bytes = max_send_bytes
         limits = service.limits
         self.chunk_cache = ChunkCache(limits.chunk_cache_bytes if limits.version_cache_size else 0)
+        self.watches = CatalogWatches(
+            service.describe, lambda found: self._record_catalog(found.state, found.versions))
+
+    def close(self) -> None:
+        """Shutdown: end the endless streams (watches) so the grace period is not spent on
+        them."""
+        self.watches.close()
 
     async def _run(self, context: grpc.aio.ServicerContext, function: Callable[..., T],
                    *args: Any) -> T:
@@ -340,6 +356,21 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         ])
 
 
+    async def WatchCatalog(self, request: pb.WatchCatalogRequest,
+                           context: grpc.aio.ServicerContext
+                           ) -> AsyncIterator[pb.WatchCatalogResponse]:
+        found = await self._run(context, self.service.describe, request.catalog)
+        self._record_catalog(found.state, found.versions)
+        yield _event(CatalogEvent(SNAPSHOT, found, active_record(found)))
+        try:
+            async for event in self.watches.follow(request.catalog, found):
+                yield _event(event)
+        except WatchClosed as closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{closed}; reconnect")
+        except Exception as error:  # a poll failed: end with the status it maps to
+            await self._outcome(context, _raised(error), self.service.describe)
+
+
 class _Pull:
     """One GetItemEmbeddings call's chunking: chunks of ``rows_per_chunk`` positions, read
     from the store ``group`` chunks at a time."""
@@ -420,6 +451,27 @@ async def _ensure_half_closed(context: grpc.aio.ServicerContext) -> None:
     one (sending the empty initial metadata now rather than with the response) stops the
     handler before it commits."""
     await context.send_initial_metadata(())
+
+
+async def _raised(error: BaseException) -> None:
+    raise error
+
+
+EVENT_KINDS = {SNAPSHOT: pb.CATALOG_EVENT_KIND_SNAPSHOT,
+               CREATED: pb.CATALOG_EVENT_KIND_VERSION_CREATED,
+               ACTIVATED: pb.CATALOG_EVENT_KIND_ACTIVATED}
+
+
+def _event(event: CatalogEvent) -> pb.WatchCatalogResponse:
+    state = event.description.state
+    message = pb.WatchCatalogResponse(
+        kind=EVENT_KINDS[event.kind], active_version=state.active_version,
+        item_count=state.item_count)
+    if event.version is not None:
+        message.version.CopyFrom(_version(event.version))
+    if event.kind == SNAPSHOT:
+        message.versions.extend(_version(record) for record in event.description.versions)
+    return message
 
 
 def _encoder(identity: EncoderIdentity) -> pb.EncoderInfo:
