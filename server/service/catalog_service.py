@@ -23,6 +23,7 @@ from server.encoders.base import Encoder
 from server.recpca import FitSettings, Projection, fit_recpca
 from server.service.dim_prefix import prefix, served_dim
 from server.service.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from server.service.refit_progress import RefitProgress
 from server.service.validation import (
     FitRequest,
     PairBlock,
@@ -87,6 +88,16 @@ class CatalogDescription:
     state: CatalogState
     versions: list[VersionRecord]
     totals: CooccurrenceTotals
+
+
+@dataclass(frozen=True)
+class RefitLease:
+    """A checked refit request holding its catalog's refit lock (see ``begin_refit``)."""
+
+    state: CatalogState
+    settings: FitSettings
+    owner: str
+    renewer: _LeaseRenewer
 
 
 @dataclass(frozen=True)
@@ -356,7 +367,15 @@ class CatalogService:
         )
 
     # -- RefitProjection --------------------------------------------------------------
-    def refit(self, name: str, request: FitRequest, activate: bool) -> tuple[VersionRecord, int]:
+    def refit(self, name: str, request: FitRequest, activate: bool,
+              progress: RefitProgress | None = None) -> tuple[VersionRecord, int]:
+        """The blocking form: check, take the catalog's refit lock, fit, write."""
+        return self.run_refit(self.begin_refit(name, request), activate, progress)
+
+    def begin_refit(self, name: str, request: FitRequest) -> RefitLease:
+        """Check a refit request completely and take the catalog's refit lock (renewed until
+        ``run_refit`` ends): every error a caller can cause is raised here, before any work
+        starts, so StartRefit reports it as RefitProjection does."""
         state = self._catalog(name)
         settings = verify_fit(request, state.encoder.dim)
         if state.item_count < settings.dim + 1:
@@ -364,42 +383,53 @@ class CatalogService:
                 f"catalog {name!r} has {state.item_count} items; a fit of dim {settings.dim} "
                 f"needs at least {settings.dim + 1}"
             )
+        if settings.lam and not self.store.cooccurrence_totals(name).pairs:
+            raise FailedPrecondition(
+                f"lam > 0 needs co-occurrence counts and catalog {name!r} has none yet"
+            )
         owner = uuid.uuid4().hex
         lease = self.limits.refit_lock_lease_seconds
         if not self.store.acquire_refit_lock(name, owner, lease):
             raise Aborted(f"a refit of {name!r} is already running; retry after it finishes")
-        renewer = _LeaseRenewer(self.store, name, owner, lease)
+        return RefitLease(state, settings, owner, _LeaseRenewer(self.store, name, owner, lease))
+
+    def run_refit(self, lease: RefitLease, activate: bool,
+                  progress: RefitProgress | None = None) -> tuple[VersionRecord, int]:
+        """Fit and write under a lease from ``begin_refit``; releases the lock at the end."""
+        name, progress = lease.state.name, progress or RefitProgress()
         try:
             # Payloads a refit wrote but never published (its process died before the
             # atomic publish) are invisible; collect those older than a lease, so crashed
             # refits do not leak their arrays. A live refit holding the lock is this one.
-            collected = self.store.collect_garbage(name, min_age_seconds=lease)
+            collected = self.store.collect_garbage(
+                name, min_age_seconds=self.limits.refit_lock_lease_seconds)
             if collected:
                 log.warning("catalog %s: removed %d unpublished version payload(s) left by "
                             "an interrupted refit", name, collected)
-            return self._refit_locked(state, settings, activate)
+            return self._refit_locked(lease.state, lease.settings, activate, progress)
         finally:
-            renewer.stop()
-            self.store.release_refit_lock(name, owner)
+            lease.renewer.stop()
+            self.store.release_refit_lock(name, lease.owner)
 
     def _refit_locked(
-        self, state: CatalogState, settings: FitSettings, activate: bool
+        self, state: CatalogState, settings: FitSettings, activate: bool,
+        progress: RefitProgress,
     ) -> tuple[VersionRecord, int]:
         name, count = state.name, state.item_count
+        progress.enter("reading")
         totals = self.store.cooccurrence_totals(name)
-        if settings.lam and not totals.pairs:
-            raise FailedPrecondition(
-                f"lam > 0 needs co-occurrence counts and catalog {name!r} has none yet"
-            )
         started = time.perf_counter()
         # Counts first: their merge's temporaries are freed before the vectors arrive. The
         # vectors stay in their stored dtype (float16 halves them); the fit converts blocks.
         counts = self.store.read_counts(name, count) if totals.pairs else None
         raw = self.store.read_raw_stored(name, 0, count)
+        progress.enter("moments")
         try:
-            result = fit_recpca(raw, counts, settings)
+            result = fit_recpca(raw, counts, settings, phase=progress.enter,
+                                progress=lambda rows: progress.within(rows, count))
         except ValueError as error:  # e.g. vectors without variance
             raise FailedPrecondition(f"cannot fit catalog {name!r}: {error}") from error
+        progress.enter("writing")
         reduced = result.projection.transform(raw)
         parameters = {
             "dim": settings.dim,
@@ -421,6 +451,7 @@ class CatalogService:
         )
         previous = self.store.get_catalog(name).active_version  # type: ignore[union-attr]
         record = self.store.write_version(name, new, activate)
+        progress.enter("done")
         log.info(
             "catalog %s: version %d written (%s) in %.2fs, λ=%.4g",
             name,

@@ -7,6 +7,7 @@ errors to status codes in one place (``_run``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +24,8 @@ from server.service.chunk_cache import ChunkCache, Messages
 from server.service.dim_prefix import prefix, served_dim
 from server.service.errors import ServiceError
 from server.service.metrics import ServiceMetrics
+from server.service.operations import OperationState, RefitOperations
+from server.service.refit_progress import PHASE_NAMES, RefitProgress
 from server.service.validation import FitRequest, PairBlock
 from server.service.vector_codec import bytes_per_value, vector_buffer
 from server.service.watch import (
@@ -65,6 +68,7 @@ CHUNK_OVERHEAD = 1024
 # A worker-thread call reads and serializes about this many bytes of chunks at once.
 GROUP_BYTES = 8 * 2**20
 PREFETCH_GROUPS = 1  # groups prepared ahead of the one being sent
+OPERATION_POLL_SECONDS = 0.1  # WatchRefitOperation looks at its operation this often
 
 
 class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
@@ -80,11 +84,14 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         self.chunk_cache = ChunkCache(limits.chunk_cache_bytes if limits.version_cache_size else 0)
         self.watches = CatalogWatches(
             service.describe, lambda found: self._record_catalog(found.state, found.versions))
+        self.operations = RefitOperations(service, self._record_refit_progress,
+                                          self._refit_done)
 
     def close(self) -> None:
         """Shutdown: end the endless streams (watches) so the grace period is not spent on
         them."""
         self.watches.close()
+        self.operations.stop()
 
     async def _run(self, context: grpc.aio.ServicerContext, function: Callable[..., T],
                    *args: Any) -> T:
@@ -314,24 +321,69 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             totals=_totals(result.totals),
         )
 
-    async def RefitProjection(self, request: pb.RefitProjectionRequest,
-                              context: grpc.aio.ServicerContext) -> pb.RefitProjectionResponse:
+    async def _fit_request(self, request: pb.RefitProjectionRequest,
+                           context: grpc.aio.ServicerContext) -> FitRequest:
         params = request.parameters
         strength = params.WhichOneof("strength")
         transform = TRANSFORMS.get(params.graph.transform)
         if transform is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown graph transform")
+        return FitRequest(
+            dim=params.dim,
+            lam=params.lam if strength == "lam" else None,
+            retention=params.retention_budget if strength == "retention_budget" else None,
+            transform=transform,
+            top_k=params.graph.top_k,
+        )
+
+    async def RefitProjection(self, request: pb.RefitProjectionRequest,
+                              context: grpc.aio.ServicerContext) -> pb.RefitProjectionResponse:
+        fit = await self._fit_request(request, context)
+        progress = RefitProgress(self._refit_listener(request.catalog))
         record, previous = await self._run(
-            context, self.service.refit, request.catalog, FitRequest(
-                dim=params.dim,
-                lam=params.lam if strength == "lam" else None,
-                retention=params.retention_budget if strength == "retention_budget" else None,
-                transform=transform,
-                top_k=params.graph.top_k,
-            ), request.activate)
-        self.metrics.record_refit(record.fit_seconds)
+            context, self.service.refit, request.catalog, fit, request.activate, progress)
+        self._refit_done(record)
         return pb.RefitProjectionResponse(version=_version(record),
                                           previous_active_version=previous)
+
+    def _record_refit_progress(self, catalog: str, phase: str, fraction: float) -> None:
+        self.metrics.record_refit_progress(catalog, phase, fraction, PHASE_NAMES)
+
+    def _refit_listener(self, catalog: str) -> Callable[[str, float], None]:
+        return functools.partial(self._record_refit_progress, catalog)
+
+    def _refit_done(self, record: VersionRecord) -> None:
+        self.metrics.record_refit(record.fit_seconds)
+
+    async def StartRefit(self, request: pb.StartRefitRequest,
+                         context: grpc.aio.ServicerContext) -> pb.StartRefitResponse:
+        refit = request.refit
+        fit = await self._fit_request(refit, context)
+        state = await self._run(context, self.operations.start, refit.catalog, fit,
+                                refit.activate, refit)
+        return pb.StartRefitResponse(operation=_operation(state))
+
+    async def GetRefitOperation(self, request: pb.GetRefitOperationRequest,
+                                context: grpc.aio.ServicerContext
+                                ) -> pb.GetRefitOperationResponse:
+        state = await self._outcome(context, _returned(self.operations.get, request.name),
+                                    self.operations.get)
+        return pb.GetRefitOperationResponse(operation=_operation(state))
+
+    async def WatchRefitOperation(self, request: pb.WatchRefitOperationRequest,
+                                  context: grpc.aio.ServicerContext
+                                  ) -> AsyncIterator[pb.WatchRefitOperationResponse]:
+        last: tuple[str, float] | None = None
+        while True:
+            state = await self._outcome(context, _returned(self.operations.get, request.name),
+                                        self.operations.get)
+            seen = (state.phase, round(state.fraction, 3))
+            if seen != last or state.done:
+                yield pb.WatchRefitOperationResponse(operation=_operation(state))
+                last = seen
+            if state.done:
+                return
+            await asyncio.sleep(OPERATION_POLL_SECONDS)
 
     async def ActivateVersion(self, request: pb.ActivateVersionRequest,
                               context: grpc.aio.ServicerContext) -> pb.ActivateVersionResponse:
@@ -455,6 +507,30 @@ async def _ensure_half_closed(context: grpc.aio.ServicerContext) -> None:
 
 async def _raised(error: BaseException) -> None:
     raise error
+
+
+async def _returned(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` as an awaitable (quick in-memory calls, no thread hop)."""
+    return function(*args)
+
+
+PHASE_ENUM = {name: getattr(pb, f"REFIT_PHASE_{name.upper()}") for name in PHASE_NAMES}
+
+
+def _operation(state: OperationState) -> pb.RefitOperation:
+    message = pb.RefitOperation(
+        name=state.name, catalog=state.catalog, phase=PHASE_ENUM[state.phase],
+        fraction=state.fraction, done=state.done, create_time=_timestamp(state.created_at),
+        update_time=_timestamp(state.updated_at), request=state.request)
+    if state.result is not None:
+        record, previous = state.result
+        message.response.CopyFrom(pb.RefitProjectionResponse(
+            version=_version(record), previous_active_version=previous))
+    elif state.error is not None:
+        code, text = state.error
+        message.error.CopyFrom(pb.OperationError(code=getattr(grpc.StatusCode, code).value[0],
+                                                 message=text))
+    return message
 
 
 EVENT_KINDS = {SNAPSHOT: pb.CATALOG_EVENT_KIND_SNAPSHOT,
