@@ -1,6 +1,7 @@
 """``python -m server.admin``: the operator CLI of the embedding service, over gRPC only.
 
-Subcommands: ``ingest`` (a RecBole ``.item`` file or a CSV), ``refit``, ``activate`` (also
+Subcommands: ``ingest`` (a RecBole ``.item`` file or a CSV), ``refit`` (a server-side
+operation with a progress bar), ``operation`` (re-attach to one), ``activate`` (also
 rollback), ``describe`` and ``similar``. Global options may come before or after the
 subcommand. The admin token is read from ``--token`` or ``TFLLMER_TOKEN`` and is never
 printed. Exit codes: 0 success, 1 the server refused the call (``error: CODE: details``),
@@ -28,6 +29,7 @@ from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.service.auth import bearer_metadata
 from server.service.tls import channel_credentials
+from trainer_client import refit_follow
 from trainer_client.recbole_data import read_catalog
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -45,6 +47,13 @@ CallOptions = dict[str, Any]  # timeout and metadata of every call
 
 class CliError(Exception):
     """A problem with the arguments or input files: printed, exit code 2."""
+
+
+class OperationFailed(Exception):
+    """A refit operation ended with an error: printed like a refused call, exit code 1."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
 
 
 # ---------------------------------------------------------------- connection
@@ -233,7 +242,9 @@ def _upsert_messages(
 
 
 def cmd_refit(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
-    """Fit a new version, staged unless --activate, and show its diagnostics."""
+    """Fit a new version, staged unless --activate, and show its diagnostics. By default the
+    refit runs as a server-side operation followed with a progress bar (--detach: print
+    its name and return; --blocking: one unary call)."""
     parameters = pb.FitParameters(
         dim=args.dim,
         graph=pb.GraphOptions(transform=TRANSFORMS[args.transform], top_k=args.top_k or 0),
@@ -242,15 +253,44 @@ def cmd_refit(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
         parameters.lam = args.lam
     else:
         parameters.retention_budget = args.retention
-    reply = stub.RefitProjection(
-        pb.RefitProjectionRequest(
-            catalog=args.catalog, parameters=parameters, activate=args.activate
-        ),
-        **call,
+    request = pb.RefitProjectionRequest(
+        catalog=args.catalog, parameters=parameters, activate=args.activate
     )
+    if args.blocking:
+        _print_refit(args.catalog, stub.RefitProjection(request, **call))
+        return
+    started = stub.StartRefit(pb.StartRefitRequest(refit=request), **call).operation
+    if args.detach:
+        print(started.name)
+        return
+    print(f"refit operation {started.name}", file=sys.stderr)
+    _finish_operation(stub, started.name, call)
+
+
+def cmd_operation(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
+    """Re-attach to a refit operation: its progress bar, then its outcome."""
+    _finish_operation(stub, args.name, call)
+
+
+def _finish_operation(stub: Stub, name: str, call: CallOptions) -> None:
+    try:
+        operation = refit_follow.follow(stub, name, call["metadata"])
+    except KeyboardInterrupt:
+        print(f"the refit goes on on the server; re-attach with: operation --name {name}",
+              file=sys.stderr)
+        raise
+    if operation.WhichOneof("result") == "error":
+        code = grpc.StatusCode
+        names = {status.value[0]: status.name for status in code}
+        raise OperationFailed(names.get(operation.error.code, str(operation.error.code)),
+                              operation.error.message)
+    _print_refit(operation.catalog, operation.response)
+
+
+def _print_refit(catalog: str, reply: pb.RefitProjectionResponse) -> None:
     v = reply.version
     print(
-        f"{args.catalog}: version {v.version} {_status(v.status)} "
+        f"{catalog}: version {v.version} {_status(v.status)} "
         f"(dim {v.parameters.dim}, {_strength(v.parameters)}, {v.item_count} items, "
         f"fit {v.fit_seconds:.2f} s; previous active {reply.previous_active_version or 'none'})"
     )
@@ -362,10 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Callable, help_text: str, timeout: float = 60.0):
+    def command(name: str, handler: Callable, help_text: str, timeout: float = 60.0,
+                catalog: bool = True):
         sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
         sub.set_defaults(handler=handler, default_timeout=timeout)
-        sub.add_argument("--catalog", required=True, help="catalog name, e.g. ml-1m")
+        if catalog:
+            sub.add_argument("--catalog", required=True, help="catalog name, e.g. ml-1m")
         return sub
 
     ingest = command(
@@ -409,6 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="neighbours kept per item with --transform topk [server default 50]",
     )
+    follow = refit.add_mutually_exclusive_group()
+    follow.add_argument("--detach", action="store_true",
+                        help="start the refit, print its operation name and return "
+                        "(follow it later with `operation --name NAME`)")
+    follow.add_argument("--blocking", action="store_true",
+                        help="one unary RefitProjection call, no progress (small catalogs)")
     mode = refit.add_mutually_exclusive_group()
     mode.add_argument("--activate", action="store_true", help="activate the new version")
     mode.add_argument(
@@ -418,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="only stage it (the default)",
     )
+
+    operation = command("operation", cmd_operation,
+                        "Re-attach to a refit operation: progress, then its outcome.",
+                        timeout=3600, catalog=False)
+    operation.add_argument("--name", required=True, metavar="NAME",
+                           help="operation name, as refit --detach printed it")
 
     activate = command("activate", cmd_activate, "Activate a version; an older one rolls back.")
     activate.add_argument("--version", type=_positive, required=True, help="version to activate")
@@ -448,6 +502,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except grpc.RpcError as error:
         print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except OperationFailed as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

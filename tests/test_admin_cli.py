@@ -202,6 +202,38 @@ def test_refit_stage_activate_rollback_and_similar(admin, server, item_file: Pat
     assert code == 0 and out.startswith("life version 2:") and len(out.strip().splitlines()) == 12
 
 
+def test_refit_detach_and_reattach_and_the_blocking_form(admin, server, item_file: Path
+                                                        ) -> None:
+    assert admin("ingest", "--catalog", "ops", "--recbole-item", str(item_file))[0] == 0
+    code, out, _ = admin("refit", "--catalog", "ops", "--dim", "4", "--lam", "0", "--detach")
+    name = out.strip()
+    assert code == 0 and name.startswith("refits/") and len(out.splitlines()) == 1
+    code, out, _ = admin("operation", "--name", name)  # re-attach: the outcome
+    assert code == 0 and "ops: version 1 staged" in out and "retained variance" in out
+    code, out, _ = admin("operation", "--name", name)  # again: the same, finished one
+    assert code == 0 and "ops: version 1 staged" in out
+    code, out, _ = admin("refit", "--catalog", "ops", "--dim", "4", "--lam", "0",
+                         "--blocking", "--activate")
+    assert code == 0 and "ops: version 2 active" in out
+
+    code, _, err = admin("refit", "--catalog", "ops", "--dim", "4", "--lam", "0.5")
+    assert code == 1 and "FAILED_PRECONDITION" in err and "co-occurrence" in err
+    code, _, err = admin("operation", "--name", "refits/000000000000/" + "0" * 32)
+    assert code == 1 and err.startswith("error: NOT_FOUND: no refit operation")
+    code, _, err = admin("operation", "--name", "nonsense")
+    assert code == 1 and "INVALID_ARGUMENT" in err
+
+
+def test_a_refit_that_fails_on_the_server_prints_its_error(admin, server) -> None:
+    with server.channel() as channel:  # every item the same text: no variance to fit
+        server.stub(channel).UpsertItems(iter([pb.UpsertItemsRequest(
+            catalog="same", items=[pb.Item(id=str(i), text="one text") for i in range(8)])]),
+            timeout=60)
+    code, out, err = admin("refit", "--catalog", "same", "--dim", "2", "--lam", "0")
+    assert code == 1 and out == ""
+    assert err.splitlines()[-1].startswith("error: FAILED_PRECONDITION: cannot fit catalog")
+
+
 def test_server_errors_print_code_and_details_and_exit_1(admin, item_file: Path) -> None:
     for argv in (("describe", "--catalog", "no-such-catalog"),
                  ("refit", "--catalog", "no-such-catalog", "--lam", "0"),
@@ -267,7 +299,8 @@ def test_argument_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[s
         ("ingest", ["--catalog", "--recbole-item", "--csv", "--id-column", "--text-column",
                     "--batch", "--per-call"]),
         ("refit", ["--catalog", "--dim", "--lam", "--retention", "--transform", "--top-k",
-                   "--activate", "--stage"]),
+                   "--activate", "--stage", "--detach", "--blocking"]),
+        ("operation", ["--name"]),
         ("activate", ["--catalog", "--version"]),
         ("describe", ["--catalog", "--json"]),
         ("similar", ["--catalog", "--item", "--k", "--version", "--dim"]),
@@ -293,7 +326,7 @@ def test_module_help_runs_as_a_subprocess() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m server.admin")
-    for command in ("ingest", "refit", "activate", "describe", "similar"):
+    for command in ("ingest", "refit", "operation", "activate", "describe", "similar"):
         assert command in result.stdout
 
 
