@@ -1,10 +1,10 @@
 """``python -m server.admin``: the operator CLI of the embedding service, over gRPC only.
 
-Subcommands: ``ingest`` (a RecBole ``.item`` file or a CSV), ``refit`` (a server-side
-operation with a progress bar), ``operation`` (re-attach to one), ``activate`` (also
-rollback), ``describe`` and ``similar``. Global options may come before or after the
-subcommand. The admin token is read from ``--token`` or ``TFLLMER_TOKEN`` and is never
-printed. Exit codes: 0 success, 1 the server refused the call (``error: CODE: details``),
+Subcommands: ``ingest`` (a RecBole ``.item`` file, CSV, Parquet or JSON Lines), ``refit``
+(a server-side operation with a progress bar), ``operation`` (re-attach to one),
+``activate`` (also rollback), ``describe`` and ``similar``. Global options may come
+before or after the subcommand. The admin token is read from ``--token`` or
+``TFLLMER_TOKEN`` and is never printed. Exit codes: 0 success, 1 the server refused the call (``error: CODE: details``),
 2 bad arguments or input files.
 """
 
@@ -29,7 +29,7 @@ from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.service.auth import bearer_metadata
 from server.service.tls import channel_credentials
-from trainer_client import refit_follow
+from trainer_client import item_files, refit_follow
 from trainer_client.recbole_data import read_catalog
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -202,12 +202,20 @@ def format_catalog(c: pb.DescribeCatalogResponse) -> str:
 
 def cmd_ingest(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
     """Upsert every item of the file, --batch items per message, --per-call items per call."""
-    if args.recbole_item:
-        items = read_recbole_items(args.recbole_item)
-    else:
-        items = read_csv_items(args.csv, args.id_column, args.text_column)
+    source = args.recbole_item or args.csv or args.parquet or args.jsonl
+    try:
+        if args.recbole_item:
+            items = read_recbole_items(args.recbole_item)
+        elif args.parquet:
+            items = item_files.read_parquet_items(args.parquet, args.id_column, args.text_column)
+        elif args.jsonl:
+            items = item_files.read_jsonl_items(args.jsonl, args.id_column, args.text_column)
+        else:
+            items = read_csv_items(args.csv, args.id_column, args.text_column)
+    except item_files.ItemFileError as error:
+        raise CliError(str(error)) from error
     if not items:
-        raise CliError(f"{args.recbole_item or args.csv}: no items")
+        raise CliError(f"{source}: no items")
     totals = dict.fromkeys(("added", "changed", "unchanged", "item_count"), 0)
     # disable=None: a bar on a terminal only, none in logs and pipes.
     with tqdm(total=len(items), unit="item", desc="upload", file=sys.stderr, disable=None) as bar:
@@ -416,8 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     source = ingest.add_mutually_exclusive_group(required=True)
     source.add_argument("--recbole-item", type=Path, metavar="PATH", help="RecBole .item file")
     source.add_argument("--csv", type=Path, metavar="PATH", help="CSV file with a header row")
-    ingest.add_argument("--id-column", default="id", help="CSV column of item ids [id]")
-    ingest.add_argument("--text-column", default="text", help="CSV column of item texts [text]")
+    source.add_argument("--parquet", type=Path, metavar="PATH",
+                        help="Parquet file (needs pyarrow: the parquet extra)")
+    source.add_argument("--jsonl", type=Path, metavar="PATH",
+                        help="JSON Lines file: one object per line")
+    ingest.add_argument("--id-column", default="id",
+                        help="CSV/Parquet column or JSON field of item ids [id]")
+    ingest.add_argument("--text-column", default="text",
+                        help="CSV/Parquet column or JSON field of item texts [text]")
     ingest.add_argument("--batch", type=_positive, default=1000, help="items per message [1000]")
     ingest.add_argument(
         "--per-call",

@@ -103,7 +103,8 @@ class EmbeddingServer:
             options=[("grpc.max_receive_message_length", config.max_receive_message_bytes),
                      ("grpc.max_send_message_length", config.max_send_message_bytes)],
         )
-        service = CatalogService(store, encoder, build_limits(config))
+        service = CatalogService(store, encoder, build_limits(config),
+                                 encode_listener=self.metrics.record_encode_progress)
         self.servicer = EmbeddingServicer(service, self.metrics, config.default_chunk_bytes,
                                           config.max_send_message_bytes)
         add_to_server(self.servicer, server)

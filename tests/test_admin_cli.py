@@ -296,8 +296,8 @@ def test_argument_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ("ingest", ["--catalog", "--recbole-item", "--csv", "--id-column", "--text-column",
-                    "--batch", "--per-call"]),
+        ("ingest", ["--catalog", "--recbole-item", "--csv", "--parquet", "--jsonl",
+                    "--id-column", "--text-column", "--batch", "--per-call"]),
         ("refit", ["--catalog", "--dim", "--lam", "--retention", "--transform", "--top-k",
                    "--activate", "--stage", "--detach", "--blocking"]),
         ("operation", ["--name"]),
@@ -380,3 +380,61 @@ def test_a_bad_catalog_name_is_invalid_argument(admin) -> None:
     code, _, err = admin("similar", "--catalog", "Bad Name!", "--item", "1")
     assert code == 1 and err.startswith("error: INVALID_ARGUMENT: ")
     assert "Traceback" not in err
+
+
+def test_ingest_reads_parquet_and_json_lines(admin, server, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    movies = {int(m[0]): f"{m[1]} ({m[2]}). Genres: {m[3]}" for m in MOVIES}
+    table = pa.table({"movie_id": list(movies), "title": list(movies.values()),
+                      "extra": [1.5] * len(movies)})
+    pq.write_table(table, tmp_path / "movies.parquet", row_group_size=5)
+    code, out, _ = admin("ingest", "--catalog", "from-parquet", "--parquet",
+                         str(tmp_path / "movies.parquet"), "--id-column", "movie_id",
+                         "--text-column", "title")
+    assert code == 0 and out.splitlines()[1].split() == ["16", "0", "0", "16"]
+
+    lines = [json.dumps({"id": str(i), "text": t, "more": [1]}) for i, t in movies.items()]
+    (tmp_path / "movies.jsonl").write_text("\n".join(lines[:8]) + "\n\n"
+                                           + "\n".join(lines[8:]) + "\n", encoding="utf-8")
+    code, out, _ = admin("ingest", "--catalog", "from-parquet", "--jsonl",
+                         str(tmp_path / "movies.jsonl"))
+    assert code == 0 and out.splitlines()[1].split() == ["0", "0", "16", "16"]  # same texts
+    with server.channel() as channel:
+        described = server.stub(channel).DescribeCatalog(
+            pb.DescribeCatalogRequest(catalog="from-parquet"), timeout=30)
+    assert described.item_count == 16
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"id": "1", "text": "a"}\n{"id": "1", "text": "b"}\n', "(line 2): duplicate id '1'"),
+    ('{"id": "1", "text": "a"}\n[1, 2]\n', ":2: each line must be a JSON object"),
+    ('{"id": "1", "text": "a"}\nnot json\n', ":2: not JSON"),
+    ('{"id": "1", "name": "a"}\n', "no field 'text' (fields: id, name)"),
+    ('{"id": "1", "text": ""}\n', "(line 1): empty or non-text id or text"),
+    ('{"id": 1.5, "text": "a"}\n', "(line 1): empty or non-text id or text"),
+])
+def test_bad_json_lines_are_refused_with_the_line(admin, tmp_path: Path, content: str,
+                                                  message: str) -> None:
+    path = tmp_path / "items.jsonl"
+    path.write_text(content, encoding="utf-8")
+    code, _, err = admin("ingest", "--catalog", "bad-jsonl", "--jsonl", str(path))
+    assert code == 2 and message in err, err
+
+
+def test_bad_parquet_files_are_refused(admin, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "not.parquet").write_bytes(b"PAR1 not really")
+    code, _, err = admin("ingest", "--catalog", "bad-pq", "--parquet",
+                         str(tmp_path / "not.parquet"))
+    assert code == 2 and "not a Parquet file" in err
+    pq.write_table(pa.table({"id": ["a", None], "text": ["x", "y"]}), tmp_path / "null.parquet")
+    code, _, err = admin("ingest", "--catalog", "bad-pq", "--parquet",
+                         str(tmp_path / "null.parquet"))
+    assert code == 2 and "(row 2): empty or non-text id or text" in err
+    code, _, err = admin("ingest", "--catalog", "bad-pq", "--parquet",
+                         str(tmp_path / "null.parquet"), "--text-column", "title")
+    assert code == 2 and "no column 'title' (columns: id, text)" in err

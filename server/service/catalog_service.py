@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -157,8 +157,10 @@ def text_hash(text: str) -> str:
 
 
 class CatalogService:
-    def __init__(self, store: CatalogStore, encoder: Encoder, limits: Limits = Limits()) -> None:
+    def __init__(self, store: CatalogStore, encoder: Encoder, limits: Limits = Limits(),
+                 encode_listener: EncodeListener | None = None) -> None:
         self.store = store
+        self.encode_listener = encode_listener
         self.encoder = encoder
         self.limits = limits
         self.identity = EncoderIdentity(encoder.name, encoder.dim)
@@ -200,7 +202,8 @@ class CatalogService:
         to_encode = [texts[i] for i in new + changed]
         started = time.perf_counter()
         vectors = (
-            self.encoder.encode(to_encode, progress=_ProgressLog(name, len(to_encode)))
+            self.encoder.encode(to_encode, progress=_ProgressLog(name, len(to_encode),
+                                                                 self.encode_listener))
             if to_encode
             else np.empty((0, self.identity.dim), dtype=np.float32)
         )
@@ -516,15 +519,24 @@ class CatalogService:
         ]
 
 
-class _ProgressLog:
-    """Logs an ingest's encoding progress about every 10 % (long ingests take minutes)."""
+EncodeListener = Callable[[str, int, int, float], None]
 
-    def __init__(self, catalog: str, total: int) -> None:
+
+class _ProgressLog:
+    """Logs an ingest's encoding progress about every 10 % (long ingests take minutes) and
+    tells ``listener`` (catalog, encoded, total, texts per second) after every batch."""
+
+    def __init__(self, catalog: str, total: int, listener: EncodeListener | None = None
+                 ) -> None:
         self.catalog, self.total, self.done, self.next_report = catalog, total, 0, 0.1
         self.started = time.perf_counter()
+        self.listener = listener
 
     def __call__(self, encoded: int) -> None:
         self.done += encoded
+        if self.listener is not None:
+            seconds = max(time.perf_counter() - self.started, 1e-9)
+            self.listener(self.catalog, self.done, self.total, self.done / seconds)
         if self.done >= self.next_report * self.total:
             rate = self.done / max(time.perf_counter() - self.started, 1e-9)
             log.info(

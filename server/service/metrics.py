@@ -88,7 +88,20 @@ class ServiceMetrics:
         )
         self.encode_rate = Gauge(
             "tfllmer_encode_items_per_second",
-            "Item texts encoded per second by the latest UpsertItems call of the catalog.",
+            "Item texts encoded per second by the running or latest UpsertItems call of the "
+            "catalog.",
+            ("catalog",),
+            registry=self.registry,
+        )
+        self.ingest_encoded = Gauge(
+            "tfllmer_ingest_encoded_items",
+            "Texts encoded so far by the running or latest UpsertItems call of the catalog.",
+            ("catalog",),
+            registry=self.registry,
+        )
+        self.ingest_total = Gauge(
+            "tfllmer_ingest_items_to_encode",
+            "Texts the running or latest UpsertItems call of the catalog has to encode.",
             ("catalog",),
             registry=self.registry,
         )
@@ -149,7 +162,11 @@ class ServiceMetrics:
             self.refit_phase.labels(catalog, name).set(1 if name == phase else 0)
         self.refit_fraction.labels(catalog).set(fraction)
 
-    def record_encode_rate(self, catalog: str, items_per_second: float) -> None:
+    def record_encode_progress(self, catalog: str, encoded: int, total: int,
+                               items_per_second: float) -> None:
+        """Called after each encoder batch of an UpsertItems call (from its thread)."""
+        self.ingest_encoded.labels(catalog).set(encoded)
+        self.ingest_total.labels(catalog).set(total)
         self.encode_rate.labels(catalog).set(items_per_second)
 
     def record_served(self, kind: str, dtype: str, vectors: int, nbytes: int) -> None:

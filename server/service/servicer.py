@@ -144,10 +144,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         if catalog is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream had no message")
         result = await self._run(context, self.service.upsert_items, catalog, ids, texts)
-        encoded = result.added + result.changed
-        self.metrics.record_encoded(encoded, result.encode_seconds)
-        if encoded and result.encode_seconds > 0:
-            self.metrics.record_encode_rate(catalog, encoded / result.encode_seconds)
+        self.metrics.record_encoded(result.added + result.changed, result.encode_seconds)
         return pb.UpsertItemsResponse(added=result.added, changed=result.changed,
                                       unchanged=result.unchanged, item_count=result.item_count)
 
