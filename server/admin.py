@@ -4,8 +4,8 @@ Subcommands: ``ingest`` (a RecBole ``.item`` file, CSV, Parquet or JSON Lines), 
 (a server-side operation with a progress bar), ``operation`` (re-attach to one),
 ``activate`` (also rollback), ``describe`` and ``similar``. Global options may come
 before or after the subcommand. The admin token is read from ``--token`` or
-``TFLLMER_TOKEN`` and is never printed. Exit codes: 0 success, 1 the server refused the call (``error: CODE: details``),
-2 bad arguments or input files.
+``TFLLMER_TOKEN`` and is never printed. Exit codes: 0 success, 1 the server refused the
+call (``error: CODE: details``), 2 bad arguments or input files.
 """
 
 from __future__ import annotations
