@@ -14,9 +14,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import make_wsgi_app
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.config import ServerConfig
+from server.console.api import Console, console_authenticator
 from server.encoders.base import Encoder
 from server.service.auth import auth_interceptor
 from server.service.catalog_service import CatalogService, Limits
@@ -113,9 +115,11 @@ class EmbeddingServer:
         self.port = add_listening_port(server, config)
         await server.start()
         self._server = server
-        if config.metrics_port:
+        if config.metrics_port:  # /metrics and the web console
+            console = Console(service, console_authenticator(config),
+                              make_wsgi_app(self.metrics.registry))
             self._metrics_http = start_metrics_server(
-                config.metrics_port, config.host, self.metrics.registry)
+                config.metrics_port, config.host, self.metrics.registry, console)
         await self._set_health(True)
         self._watch = asyncio.create_task(self._watch_store(store))
         log.info("listening on %s:%d with encoder %s and store %s", config.host, self.port,

@@ -141,6 +141,13 @@ def test_rows_are_appended_in_order_and_never_move(store):
     assert store.text_hashes(CATALOG, np.array([3, 0])) == ["h-d", "h-a"]
 
 
+def test_catalog_names_lists_every_catalog_sorted(store):
+    assert store.catalog_names() == []
+    for name in ("zeta", CATALOG, "a.b-c_9"):
+        store.create_catalog(name, ENCODER)
+    assert store.catalog_names() == sorted(["zeta", CATALOG, "a.b-c_9"])
+
+
 def test_texts_are_kept_by_hash_and_unknown_hashes_are_none(store):
     add_items(store, ["a", "b"])
     store.put_texts(CATALOG, ["h-a", "h-b"], ["Toy Story (1995)", "Ünïcode\ntext"])

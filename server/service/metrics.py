@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from server.service.handlers import Behavior, behavior_of, with_behavior
 from server.service.logging_setup import log_rpc
@@ -312,10 +314,23 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return observed
 
 
-def start_metrics_server(port: int, host: str, registry: CollectorRegistry) -> WSGIServer:
-    """Serve ``registry`` at ``http://host:port/metrics`` from a daemon thread.
+def start_metrics_server(port: int, host: str, registry: CollectorRegistry,
+                         app: Callable[..., Any] | None = None) -> WSGIServer:
+    """Serve ``registry`` at ``http://host:port/metrics`` from a daemon thread, or ``app``
+    (a WSGI app that serves /metrics and more, such as the web console).
 
     Port 0 picks a free port (read it from ``server_port``); stop with ``shutdown()``.
     """
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    if app is None:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+        return server
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access line per request on stderr (Prometheus scrapes every few seconds)."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
+        pass

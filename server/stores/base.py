@@ -154,6 +154,10 @@ class CatalogStore(abc.ABC):
     def get_catalog(self, name: str) -> CatalogState | None: ...
 
     @abc.abstractmethod
+    def catalog_names(self) -> list[str]:
+        """Every catalog's name, sorted (the web console's list)."""
+
+    @abc.abstractmethod
     def find_rows(self, name: str, ids: Sequence[str]) -> np.ndarray:
         """Row of each id (int64), -1 for ids the catalog does not have."""
 

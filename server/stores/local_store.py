@@ -244,6 +244,10 @@ class LocalStore(CatalogStore):
             raise ValueError(f"row {missing[0]} is not in catalog {name!r}")
         return [found[row] for row in wanted]
 
+    def catalog_names(self) -> list[str]:
+        with self._read() as conn:
+            return [row[0] for row in conn.execute("SELECT name FROM catalogs ORDER BY name")]
+
     def put_texts(self, name: str, hashes: Sequence[str], texts: Sequence[str]) -> None:
         with self._write() as conn:
             conn.executemany(

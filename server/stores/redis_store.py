@@ -378,6 +378,14 @@ class RedisStore(CatalogStore):
         return state, rows
 
     @_unavailable_as_store_error
+    @_unavailable_as_store_error
+    def catalog_names(self) -> list[str]:
+        pattern = f"{self._prefix}:{{*}}:meta"
+        start, stop = len(self._prefix) + 2, -len("}:meta")
+        return sorted({key.decode()[start:stop] for key in self._client.scan_iter(
+            match=pattern, count=1000)})
+
+    @_unavailable_as_store_error
     def put_texts(self, name: str, hashes: Sequence[str], texts: Sequence[str]) -> None:
         key = self._key(name, "texts")
         with self._client.pipeline(transaction=False) as pipe:
@@ -386,6 +394,7 @@ class RedisStore(CatalogStore):
                                                 strict=True)))
             pipe.execute()
 
+    @_unavailable_as_store_error
     def texts_of(self, name: str, hashes: Sequence[str]) -> list[str | None]:
         key = self._key(name, "texts")
         with self._client.pipeline(transaction=False) as pipe:
