@@ -34,7 +34,7 @@ class EmbeddingServiceStub:
     Authentication: when the server has tokens configured, every call carries the metadata
     `authorization: Bearer <token>`. A missing, malformed or unknown token is
     UNAUTHENTICATED. Trainer tokens may call DescribeCatalog, GetItemEmbeddings,
-    PushCooccurrence and SimilarItems; admin tokens may call every RPC. A trainer token on an
+    PushCooccurrence, SimilarItems and WatchCatalog; admin tokens may call every RPC. A trainer token on an
     admin-only RPC is PERMISSION_DENIED.
 
     Errors common to every RPC: UNAVAILABLE when the store does not answer or the server is
@@ -116,7 +116,7 @@ class EmbeddingServiceServicer:
     Authentication: when the server has tokens configured, every call carries the metadata
     `authorization: Bearer <token>`. A missing, malformed or unknown token is
     UNAUTHENTICATED. Trainer tokens may call DescribeCatalog, GetItemEmbeddings,
-    PushCooccurrence and SimilarItems; admin tokens may call every RPC. A trainer token on an
+    PushCooccurrence, SimilarItems and WatchCatalog; admin tokens may call every RPC. A trainer token on an
     admin-only RPC is PERMISSION_DENIED.
 
     Errors common to every RPC: UNAVAILABLE when the store does not answer or the server is
@@ -274,13 +274,16 @@ class EmbeddingServiceServicer:
 
     def StartRefit(self, request, context):
         """Starts RefitProjection as a long-running operation and returns it at once (admin), in
-        phase REFIT_PHASE_QUEUED or later. The request is checked like RefitProjection's before
-        anything starts (same INVALID_ARGUMENT, NOT_FOUND and FAILED_PRECONDITION errors, and
-        ABORTED when another refit of the catalog is running). The work belongs to the server:
+        phase REFIT_PHASE_QUEUED or later. The work belongs to the server:
         it holds the catalog's refit lock and goes on when the caller disconnects; follow it with
         GetRefitOperation or WatchRefitOperation. An operation is kept for an hour after it ends
         and lives in the memory of the replica that runs it: address that replica (its name
-        says which, see RefitOperation.name).
+        says which, see RefitOperation.name). A fit that fails after the start (e.g. vectors
+        without variance) ends the operation with OperationError; nothing is written.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND and FAILED_PRECONDITION as for RefitProjection,
+        checked before anything starts; ABORTED when another refit of the catalog is running
+        (on any replica, in either form).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -301,7 +304,8 @@ class EmbeddingServiceServicer:
         phase or fraction changes (at most about 10 per second), ending after the message with
         done set. Re-attaching after a dropped connection is calling it again.
 
-        Errors: as GetRefitOperation.
+        Errors: INVALID_ARGUMENT for a malformed name; NOT_FOUND for an operation this server
+        does not hold (unknown, expired, or run by another replica).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -382,7 +386,7 @@ class EmbeddingService:
     Authentication: when the server has tokens configured, every call carries the metadata
     `authorization: Bearer <token>`. A missing, malformed or unknown token is
     UNAUTHENTICATED. Trainer tokens may call DescribeCatalog, GetItemEmbeddings,
-    PushCooccurrence and SimilarItems; admin tokens may call every RPC. A trainer token on an
+    PushCooccurrence, SimilarItems and WatchCatalog; admin tokens may call every RPC. A trainer token on an
     admin-only RPC is PERMISSION_DENIED.
 
     Errors common to every RPC: UNAVAILABLE when the store does not answer or the server is
