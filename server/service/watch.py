@@ -104,14 +104,15 @@ class CatalogWatches:
     async def _poll(self, name: str, feed: _Feed) -> None:
         while True:
             await asyncio.sleep(self.poll_seconds)
+            found: CatalogDescription | BaseException
             try:
-                found: CatalogDescription | BaseException = await asyncio.to_thread(
-                    self._describe, name)
+                described = await asyncio.to_thread(self._describe, name)
             except Exception as error:  # handed to the watchers, who end with its status
                 found = error
             else:
+                found = described
                 if self._observed is not None:
-                    self._observed(found)
+                    self._observed(described)
             for queue in list(feed.queues):
                 _put_latest(queue, found)
 
