@@ -373,7 +373,10 @@ class CatalogService:
     def refit(self, name: str, request: FitRequest, activate: bool,
               progress: RefitProgress | None = None) -> tuple[VersionRecord, int]:
         """The blocking form: check, take the catalog's refit lock, fit, write."""
-        return self.run_refit(self.begin_refit(name, request), activate, progress)
+        progress = progress or RefitProgress()
+        outcome = self.run_refit(self.begin_refit(name, request), activate, progress)
+        progress.enter("done")
+        return outcome
 
     def begin_refit(self, name: str, request: FitRequest) -> RefitLease:
         """Check a refit request completely and take the catalog's refit lock (renewed until
@@ -454,7 +457,6 @@ class CatalogService:
         )
         previous = self.store.get_catalog(name).active_version  # type: ignore[union-attr]
         record = self.store.write_version(name, new, activate)
-        progress.enter("done")
         log.info(
             "catalog %s: version %d written (%s) in %.2fs, λ=%.4g",
             name,

@@ -114,7 +114,7 @@ class RefitOperations:
         return operation.state()
 
     def _run(self, operation: _Operation, lease: Any, activate: bool) -> None:
-        try:
+        try:  # the result is set before the phase says done: no "done" without an outcome
             operation.result = self._service.run_refit(lease, activate, operation.progress)
             if self._on_done is not None:
                 self._on_done(operation.result[0])
