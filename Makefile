@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test data lint clean-venv test-reliability reliability
+.PHONY: demo test data lint clean-venv test-reliability reliability test-compose
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: data
 # 60 s load (minutes; excluded from `make test`).
 test-reliability: data
 	$(PY) -m pytest -m reliability
+
+# docker-compose.yml built and run in containers (podman + docker-compose; minutes, image
+# builds included; excluded from `make test`, skipped where podman is not installed).
+test-compose: data
+	$(PY) -m pytest -m compose tests/test_compose_stack.py
 
 # The same scenarios plus the 2,000-case fuzz and the 32-client load, recorded in
 # bench/results/reliability.{json,md}.

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 import sys
 
 from server.app import EmbeddingServer
 from server.config import ConfigError, load_config
 from server.service.logging_setup import configure_logging
+
+log = logging.getLogger("server")
 
 
 async def run() -> None:
@@ -22,6 +26,14 @@ async def run() -> None:
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     await server.stop()
+    if server.guard.live.wait_for_threads(0):
+        log.warning("exiting with worker threads of cancelled calls still running")
+    # Every call has ended and none can commit any more (their lifetimes ended), and the
+    # stores are durable at each commit: skip the interpreter's teardown (joining executor
+    # threads still inside an encoder batch or a solve, unloading the model), which took
+    # seconds on a loaded machine, and exit now.
+    logging.shutdown()
+    os._exit(0)
 
 
 def main() -> None:

@@ -15,9 +15,11 @@ import csv
 import datetime
 import os
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -39,10 +41,12 @@ TRANSFORMS = {
     "identity": pb.GRAPH_TRANSFORM_IDENTITY,
     "log1p": pb.GRAPH_TRANSFORM_LOG1P,
     "topk": pb.GRAPH_TRANSFORM_TOP_K,
+    "ppmi": pb.GRAPH_TRANSFORM_PPMI,
 }
 MISSING = "—"
 Stub = pb_grpc.EmbeddingServiceStub
 CallOptions = dict[str, Any]  # timeout and metadata of every call
+T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -164,6 +168,7 @@ def format_diagnostics(d: pb.FitDiagnostics) -> str:
         ["retained variance", _num(d, "retained_variance"), _num(d, "pca_retained_variance")],
         ["graph TV (lower = smoother)", _num(d, "graph_tv"), _num(d, "pca_graph_tv")],
         [f"alignment@{d.alignment_k}", _num(d, "alignment"), _num(d, "pca_alignment")],
+        ["whitening p", _num(d, "whitening"), _num(d, "whitening")],
     ]
     return _table(["", "Rec-PCA", "PCA"], rows)
 
@@ -200,6 +205,28 @@ def format_catalog(c: pb.DescribeCatalogResponse) -> str:
 # ---------------------------------------------------------------- subcommands
 
 
+# Attempts of an ingest or refit call that failed with UNAVAILABLE (a restarting server, a
+# lost connection). Each logical call carries one request_id, so a retry of a call that did
+# commit returns its first outcome instead of doing the work twice.
+ATTEMPTS = 3
+RETRY_BACKOFF_S = 1.0
+
+
+def _idempotent(send: Callable[[str], T]) -> T:
+    """``send(request_id)`` with one fresh request id, retried on UNAVAILABLE."""
+    request_id = str(uuid.uuid4())
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return send(request_id)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == ATTEMPTS:
+                raise
+            print(f"note: {error.code().name}; retrying ({attempt}/{ATTEMPTS - 1})",
+                  file=sys.stderr)
+            time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
 def cmd_ingest(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
     """Upsert every item of the file, --batch items per message, --per-call items per call."""
     source = args.recbole_item or args.csv or args.parquet or args.jsonl
@@ -222,8 +249,8 @@ def cmd_ingest(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
         for start in range(0, len(items), args.per_call):
             part = items[start : start + args.per_call]
             try:
-                messages = _upsert_messages(args.catalog, part, args.batch, bar)
-                reply = stub.UpsertItems(messages, **call)
+                reply = _idempotent(lambda request_id, part=part: stub.UpsertItems(
+                    _upsert_messages(args.catalog, part, args.batch, bar, request_id), **call))
             except grpc.RpcError:
                 if start:  # earlier calls committed; re-sent items count as unchanged
                     print(
@@ -238,12 +265,13 @@ def cmd_ingest(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
 
 
 def _upsert_messages(
-    catalog: str, items: list[tuple[str, str]], batch: int, bar: tqdm
+    catalog: str, items: list[tuple[str, str]], batch: int, bar: tqdm, request_id: str = ""
 ) -> Iterator[pb.UpsertItemsRequest]:
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         yield pb.UpsertItemsRequest(
-            catalog=catalog, items=[pb.Item(id=i, text=t) for i, t in chunk]
+            catalog=catalog, items=[pb.Item(id=i, text=t) for i, t in chunk],
+            request_id=request_id if start == 0 else "",
         )
         bar.update(len(chunk))
     bar.set_postfix_str("server encoding new and changed texts…")
@@ -256,18 +284,23 @@ def cmd_refit(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
     parameters = pb.FitParameters(
         dim=args.dim,
         graph=pb.GraphOptions(transform=TRANSFORMS[args.transform], top_k=args.top_k or 0),
+        whitening=args.whitening,
     )
     if args.lam is not None:
         parameters.lam = args.lam
     else:
         parameters.retention_budget = args.retention
-    request = pb.RefitProjectionRequest(
-        catalog=args.catalog, parameters=parameters, activate=args.activate
-    )
+
+    def request(request_id: str) -> pb.RefitProjectionRequest:
+        return pb.RefitProjectionRequest(catalog=args.catalog, parameters=parameters,
+                                         activate=args.activate, request_id=request_id)
+
     if args.blocking:
-        _print_refit(args.catalog, stub.RefitProjection(request, **call))
+        _print_refit(args.catalog, _idempotent(
+            lambda request_id: stub.RefitProjection(request(request_id), **call)))
         return
-    started = stub.StartRefit(pb.StartRefitRequest(refit=request), **call).operation
+    started = _idempotent(lambda request_id: stub.StartRefit(
+        pb.StartRefitRequest(refit=request(request_id)), **call)).operation
     if args.detach:
         print(started.name)
         return
@@ -471,6 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(follow it later with `operation --name NAME`)")
     follow.add_argument("--blocking", action="store_true",
                         help="one unary RefitProjection call, no progress (small catalogs)")
+    refit.add_argument(
+        "--whitening",
+        type=float,
+        metavar="P",
+        help="whitening exponent p in [0, 1] of the served subspace (0 = none, 1 = full) "
+        "[server default]",
+    )
     mode = refit.add_mutually_exclusive_group()
     mode.add_argument("--activate", action="store_true", help="activate the new version")
     mode.add_argument(

@@ -2,14 +2,17 @@
 
 ``EmbeddingServer`` wires the store, the encoder and the servicer with health checking,
 reflection, auth, metrics and TLS, and shuts down gracefully: health turns NOT_SERVING first
-(so load balancers stop routing), then in-flight calls get ``shutdown_grace_seconds`` to
-finish. ``python -m server`` runs it until SIGTERM/SIGINT.
+(so load balancers stop routing) and no new call is accepted, then in-flight calls get
+``shutdown_grace_seconds`` to finish; the rest are cancelled with nothing committed (their
+worker threads see their ended lifetimes and stop between steps), and ``stop`` returns once
+those threads are gone. ``python -m server`` runs it until SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import fields
 from typing import Any
 
 import grpc
@@ -17,11 +20,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import make_wsgi_app
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
+from server.call_lifetime import SHUTTING_DOWN
 from server.config import ServerConfig
 from server.console.api import Console, console_authenticator
 from server.encoders.base import Encoder
 from server.service.auth import auth_interceptor
+from server.service.call_limits import CallGuard, CallLimits, LiveCalls
 from server.service.catalog_service import CatalogService, Limits
+from server.service.encoder_executor import EncoderExecutor
 from server.service.metrics import MetricsInterceptor, ServiceMetrics, start_metrics_server
 from server.service.servicer import EmbeddingServicer, add_to_server
 from server.service.standard_services import HealthWithList, add_reflection
@@ -31,6 +37,11 @@ from server.stores import CatalogStore, StoreError, open_store
 log = logging.getLogger(__name__)
 STORE_CHECK_SECONDS = 5.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+# grpc.health.v1 name of the encoder's health (ingest needs it; serving does not).
+ENCODER_HEALTH_NAME = f"{SERVICE_NAME}/encoder"
+# After the grace period, how long cancelled calls' worker threads get to reach their next
+# liveness check (an encoder batch, a fit phase) before the process stops waiting.
+THREAD_DRAIN_SECONDS = 10.0
 
 
 def build_encoder(config: ServerConfig) -> Encoder:
@@ -69,7 +80,13 @@ def build_limits(config: ServerConfig) -> Limits:
         refit_lock_lease_seconds=config.refit_lock_lease_seconds,
         version_cache_size=config.version_cache_size,
         raw_dtype="<f2" if config.raw_vector_dtype == "float16" else "<f4",
+        request_id_ttl_seconds=config.request_id_ttl_seconds,
     )
+
+
+def build_call_limits(config: ServerConfig) -> CallLimits:
+    """Each ``CallLimits`` field is the server setting of the same name."""
+    return CallLimits(**{f.name: getattr(config, f.name) for f in fields(CallLimits)})
 
 
 class EmbeddingServer:
@@ -87,6 +104,9 @@ class EmbeddingServer:
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
         self._watch: asyncio.Task[None] | None = None
+        self._watch_encoder_task: asyncio.Task[None] | None = None
+        self._encoders: EncoderExecutor | None = None
+        self.guard = CallGuard(build_call_limits(config), LiveCalls())
         self.servicer: EmbeddingServicer | None = None
 
     async def start(self) -> int:
@@ -103,12 +123,19 @@ class EmbeddingServer:
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[("grpc.max_receive_message_length", config.max_receive_message_bytes),
-                     ("grpc.max_send_message_length", config.max_send_message_bytes)],
+                     ("grpc.max_send_message_length", config.max_send_message_bytes),
+                     # Receive windows stay at HTTP/2's 64 KiB instead of growing with
+                     # the bandwidth-delay product: what the transport buffers per request
+                     # stream stays small (it is outside --max-inflight-bytes). Responses
+                     # are unaffected (the client's windows govern them).
+                     ("grpc.http2.bdp_probe", 0)],
         )
-        service = CatalogService(store, encoder, build_limits(config),
+        self._encoders = EncoderExecutor(encoder, config.encoder_queue_limit)
+        service = CatalogService(store, self._encoders, build_limits(config),
                                  encode_listener=self.metrics.record_encode_progress)
         self.servicer = EmbeddingServicer(service, self.metrics, config.default_chunk_bytes,
-                                          config.max_send_message_bytes)
+                                          config.max_send_message_bytes, self.guard,
+                                          config.pull_buffer_bytes)
         add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         add_reflection(server, (SERVICE_NAME,))
@@ -121,7 +148,9 @@ class EmbeddingServer:
             self._metrics_http = start_metrics_server(
                 config.metrics_port, config.host, self.metrics.registry, console)
         await self._set_health(True)
+        await self.health.set(ENCODER_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._watch = asyncio.create_task(self._watch_store(store))
+        self._watch_encoder_task = asyncio.create_task(self._watch_encoder(self._encoders))
         log.info("listening on %s:%d with encoder %s and store %s", config.host, self.port,
                  encoder.name, type(store).__name__)
         return self.port
@@ -147,6 +176,17 @@ class EmbeddingServer:
                 log.warning("store %s", "answers again" if healthy else "does not answer")
                 await self._set_health(healthy)
 
+    async def _watch_encoder(self, encoders: EncoderExecutor) -> None:
+        """The encoder's health name follows its last call: NOT_SERVING after a failure."""
+        serving = True
+        while True:
+            await asyncio.sleep(STORE_CHECK_SECONDS / 5)
+            if encoders.healthy != serving:
+                serving = encoders.healthy
+                await self.health.set(ENCODER_HEALTH_NAME, (
+                    health_pb2.HealthCheckResponse.SERVING if serving
+                    else health_pb2.HealthCheckResponse.NOT_SERVING))
+
     def _dependencies(self) -> tuple[CatalogStore, Encoder]:
         store = self._store or open_store(self.config.store_url)
         store.ping()
@@ -159,13 +199,27 @@ class EmbeddingServer:
         await self._server.wait_for_termination()
 
     async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING first, then let in-flight calls finish within the grace period."""
-        if self._watch is not None:
-            self._watch.cancel()
+        """NOT_SERVING and no new calls first, then let in-flight calls finish within the
+        grace period; cancel the rest (nothing of them is committed) and wait, a bounded
+        time, for their worker threads to stop."""
+        for task in (self._watch, self._watch_encoder_task):
+            if task is not None:
+                task.cancel()
         await self.health.enter_graceful_shutdown()
         if self.servicer is not None:
             self.servicer.close()
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
         if self._server is not None:
-            await self._server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+            await self._server.stop(grace)
+        # grpc cancelled the calls still running; end every lifetime anyway (a call between
+        # its handler and its worker thread) and refuse new work in threads.
+        self.guard.stopping = True
+        ended = self.guard.live.end_all(SHUTTING_DOWN, "the server is shutting down")
+        left = await asyncio.to_thread(self.guard.live.wait_for_threads, THREAD_DRAIN_SECONDS)
+        if ended or left:
+            log.info("shutdown: %d call(s) cancelled after the grace period; %d worker "
+                     "thread(s) still running", ended, left)
+        if self._encoders is not None:
+            self._encoders.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

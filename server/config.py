@@ -298,6 +298,62 @@ class ServerConfig:
         at_least=1,
     )
     max_similar_k: int = setting(1000, "Largest k a SimilarItems call may ask for.", at_least=1)
+    max_call_bytes: int = setting(
+        64 * MiB,
+        "Request bytes one streaming call (UpsertItems, PushCooccurrence) may send in all, "
+        "counted per message as it arrives; beyond it the call fails with RESOURCE_EXHAUSTED.",
+        at_least=64 * KiB,
+    )
+    max_inflight_bytes: int = setting(
+        128 * MiB,
+        "Memory that all running streaming calls may hold with their request messages, "
+        "counted as 2 × their bytes (decoded blocks plus receive buffers); a message beyond "
+        "it fails its call with RESOURCE_EXHAUSTED (retry with backoff). Returned when calls "
+        "end.",
+        at_least=64 * KiB,
+    )
+    max_call_seconds: float = setting(
+        3600.0,
+        "Longest any call may run (refits included), whatever its deadline; then it fails "
+        "with DEADLINE_EXCEEDED and commits nothing.",
+        at_least=1.0,
+    )
+    idle_stream_seconds: float = setting(
+        30.0,
+        "A call whose request stream sends nothing (also a unary request that never "
+        "completes) or whose reader takes no response message for this long is ended.",
+        at_least=0.1,
+    )
+    max_open_pulls: int = setting(
+        32,
+        "GetItemEmbeddings streams open at once; more fail with RESOURCE_EXHAUSTED. Each holds "
+        "at most about 2 × --pull-buffer-bytes plus one message.",
+        at_least=1,
+    )
+    pull_buffer_bytes: int = setting(
+        8 * MiB,
+        "Bytes of response messages a GetItemEmbeddings stream prepares per worker-thread "
+        "step (one such group is prefetched while one is sent).",
+        at_least=64 * KiB,
+    )
+    encoder_queue_limit: int = setting(
+        8,
+        "UpsertItems calls that may wait for the encoder (which encodes one call at a time); "
+        "more fail with RESOURCE_EXHAUSTED.",
+        at_least=1,
+    )
+    commit_margin_seconds: float = setting(
+        0.25,
+        "A mutating call commits only with at least this much of its deadline left, so that "
+        "its response can still arrive in time.",
+        at_least=0.0,
+    )
+    request_id_ttl_seconds: float = setting(
+        86400.0,
+        "How long a committed UpsertItems or RefitProjection request_id is remembered: a "
+        "retry with it within this time returns the first call's outcome.",
+        at_least=1.0,
+    )
     # Versions and refits
     refit_lock_lease_seconds: float = setting(
         300.0,

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
-from server.stores import EncoderIdentity, ItemChanges, RedisStore
+from server.stores import CatalogStore, EncoderIdentity, ItemChanges, LocalStore, RedisStore
 
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+) ")
 # The identity of the server's default encoder (all-MiniLM-L6-v2, pooled vectors).
@@ -152,7 +152,7 @@ class ServerProcess:
         self.kill()
 
 
-def synthetic_catalog(store: RedisStore, name: str, n_items: int, *, seed: int = 0,
+def synthetic_catalog(store: CatalogStore, name: str, n_items: int, *, seed: int = 0,
                       encoder: EncoderIdentity = DEFAULT_ENCODER, chunk: int = 20_000) -> None:
     """Append ``n_items`` items ``{name}-<row>`` with random raw vectors (a low-rank signal
     plus noise, so fits are well conditioned) under ``encoder``'s identity."""
@@ -273,3 +273,28 @@ class FreezingProxy:
         for sock in self._sockets:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+@contextlib.contextmanager
+def store_of_kind(kind: str, directory: Path) -> Iterator[tuple[str, CatalogStore]]:
+    """A fresh store of ``kind`` ("local": a SQLite file; "redis": its own redis-server):
+    the URL a server process is given and a store object on the same data for checks."""
+    if kind == "local":
+        path = str(directory / "store.db")
+        yield path, LocalStore(path)
+        return
+    from tests.redis_server import RedisServer
+
+    with RedisServer() as redis_server:
+        yield redis_server.url, RedisStore(redis_server.url)
+
+
+def item_stream(catalog: str, count: int, *, prefix: str = "item", per_message: int = 500,
+                request_id: str = "") -> Iterator[pb.UpsertItemsRequest]:
+    """UpsertItems messages of ``count`` items with distinct, encoder-sized texts."""
+    for start in range(0, count, per_message):
+        items = [pb.Item(id=f"{prefix}-{i}", text=f"{prefix} {i}: a film about {i % 97} "
+                         f"things, {i * 7919 % 1009} places and {i % 13} people")
+                 for i in range(start, min(start + per_message, count))]
+        yield pb.UpsertItemsRequest(catalog=catalog, items=items,
+                                    request_id=request_id if start == 0 else "")

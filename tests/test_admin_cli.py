@@ -12,10 +12,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+import server.admin as admin_module
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.admin import main
@@ -438,3 +440,25 @@ def test_bad_parquet_files_are_refused(admin, tmp_path: Path) -> None:
     code, _, err = admin("ingest", "--catalog", "bad-pq", "--parquet",
                          str(tmp_path / "null.parquet"), "--text-column", "title")
     assert code == 2 and "no column 'title' (columns: id, text)" in err
+
+
+class _Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
+def test_ingest_and_refit_retries_reuse_one_request_id(monkeypatch) -> None:
+    """A retry after UNAVAILABLE sends the same request_id (so a call that committed before
+    its answer was lost is not done twice); each logical call gets a fresh one."""
+    monkeypatch.setattr(admin_module, "RETRY_BACKOFF_S", 0.0)
+    sent: list[str] = []
+
+    def flaky(request_id: str) -> str:
+        sent.append(request_id)
+        if len(sent) % 2:
+            raise _Unavailable()
+        return "ok"
+
+    assert admin_module._idempotent(flaky) == "ok"
+    assert admin_module._idempotent(flaky) == "ok"
+    assert sent[0] == sent[1] != sent[2] == sent[3] and len(sent[0]) == 36

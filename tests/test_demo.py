@@ -12,12 +12,12 @@ from bench.demo import main
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_the_whole_loop_and_writes_its_table_and_curves(tmp_path: Path) -> None:
-    summary = main(["--epochs", "1", "--patience", "1", "--dim", "16", "--out", str(tmp_path)])
-    versions = [row["version"] for row in summary["rows"]]
-    assert versions == [1, 2]
-    assert summary["rows"][0]["λ"] == 0 and summary["rows"][1]["λ"] > 0
-    assert summary["rows"][1]["alignment@10"] > summary["v1_alignment_with_later_counts"]
+def test_demo_compares_raw_vectors_pca_and_the_served_version(tmp_path: Path) -> None:
+    summary = main(["--epochs", "1", "--dim", "16", "--out", str(tmp_path)])
+    labels = [row["item table"] for row in summary["rows"]]
+    assert labels == ["LLM-raw-PCA", "PCA + norm", "TF-LLMER (served v2)"]
+    assert [row["normalized"] for row in summary["rows"]] == [False, True, True]
+    assert summary["v2"]["lam"] > 0 and summary["v2"]["alignment"] > summary["v2"]["pca_alignment"]
     assert (tmp_path / "loss_curves.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "summary.json").read_text())["store"] == "embedded"
-    assert "| version |" in (tmp_path / "summary.md").read_text()
+    assert "| item table |" in (tmp_path / "summary.md").read_text()

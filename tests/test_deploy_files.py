@@ -386,3 +386,51 @@ def test_redis_server_starts_with_the_conf(tmp_path: Path) -> None:
             process.kill()
         process.wait(10)
     assert (tmp_path / "appendonlydir").is_dir()
+
+
+# ---------------------------------------------------------------- local builds (podman)
+
+
+def test_redis_runs_as_its_own_user(compose: dict[str, Any]) -> None:
+    """The command is `sh -c …`, so the image's entrypoint would not drop root itself."""
+    redis = compose["services"]["redis"]
+    assert redis["command"][0] == "sh" and redis.get("user") == "redis"
+
+
+def test_local_base_images_use_the_names_the_files_use(compose: dict[str, Any]) -> None:
+    """deploy/local-images.sh reads the Python image from Dockerfile.server-cpu and the Redis
+    image from docker-compose.yml: every Python Dockerfile must name the same image."""
+    pythons = {
+        name: dict(a.split("=", 1) for k, a in instructions(path) if k == "ARG" and "=" in a)
+        .get("PYTHON_IMAGE")
+        for name, path in DOCKERFILES.items() if name != "server-gpu"
+    }
+    assert len(set(pythons.values())) == 1 and None not in pythons.values(), pythons
+    script = DEPLOY / "local-images.sh"
+    assert os.access(script, os.X_OK) and os.access(DEPLOY / "podman-healthchecks.sh", os.X_OK)
+    done = subprocess.run(["bash", "-c", f"source <(sed -n '/^python_image()/,/^}}/p;"
+                           f"/^redis_image()/,/^}}/p' {script}); python_image; redis_image"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == [next(iter(pythons.values())), compose["services"]["redis"]
+                                   ["image"]], done.stderr
+
+
+def test_offline_override_only_changes_fetch_data() -> None:
+    override = yaml.safe_load((DEPLOY / "compose.offline.yml").read_text())
+    assert set(override) == {"services"} and set(override["services"]) == {"fetch-data"}
+    fetch = override["services"]["fetch-data"]
+    assert fetch["environment"] == {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheels"}
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_config_accepts_the_offline_override(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in dotenv(ROOT / ".env.example")}
+    done = subprocess.run(
+        ["docker-compose", "--env-file", ".env.example", "-f", "docker-compose.yml", "-f",
+         "deploy/compose.offline.yml", "--profile", "ops", "config"],
+        cwd=ROOT, env={**env, "OFFLINE_WHEELS": str(tmp_path)}, capture_output=True,
+        text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    fetch = yaml.safe_load(done.stdout)["services"]["fetch-data"]
+    assert {"data:/data:rw", f"{tmp_path}:/wheels:ro"} <= set(fetch["volumes"])

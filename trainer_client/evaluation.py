@@ -48,10 +48,14 @@ class EvalSet:
 
 @dataclass(frozen=True)
 class RankingMetrics:
-    """Mean metrics over ``n_users``, keyed ``"HR@10"``, ``"NDCG@10"``, ..."""
+    """Mean metrics over ``n_users``, keyed ``"HR@10"``, ``"NDCG@10"``, ...; with
+    ``per_user``, also each evaluated user's values (this rank's users under DDP), for
+    bootstrap intervals and per-bucket means."""
 
     values: dict[str, float]
     n_users: int
+    users: np.ndarray | None = None
+    per_user: dict[str, np.ndarray] | None = None
 
     def __getitem__(self, name: str) -> float:
         return self.values[name]
@@ -115,6 +119,7 @@ def evaluate(
     mask_seen: bool = False,
     batch_size: int = 1024,
     process_group: dist.ProcessGroup | None = None,
+    per_user: bool = False,
 ) -> RankingMetrics:
     """Rank each user's target among all items by ``scorer`` (right-aligned ``(B, max_len)``
     inputs padded with ``pad`` -> ``(B, n_items)`` scores). Under ``torch.distributed`` each
@@ -123,6 +128,7 @@ def evaluate(
     rank, world = _rank_and_world(process_group)
     users = data.users()[rank::world]
     sums: dict[str, torch.Tensor] = {}
+    pieces: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         inputs = torch.from_numpy(right_aligned(data.histories, batch, max_len, pad))
@@ -132,6 +138,8 @@ def evaluate(
             scores = _mask_history(scores, data.histories, batch, targets)
         for name, values in per_user_metrics(*target_ranks(scores, targets), ks).items():
             sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64)) + values.sum().cpu()
+            if per_user:
+                pieces.setdefault(name, []).append(values.cpu().numpy())
     names = [f"{metric}@{k}" for k in ks for metric in ("HR", "NDCG")]
     totals = torch.stack([sums.get(name, torch.zeros((), dtype=torch.float64)) for name in names])
     totals = torch.cat([totals, torch.tensor([float(len(users))], dtype=torch.float64)])
@@ -139,7 +147,11 @@ def evaluate(
         dist.all_reduce(totals, group=process_group)
     n_users = int(totals[-1])
     values = {name: float(totals[i]) / max(n_users, 1) for i, name in enumerate(names)}
-    return RankingMetrics(values, n_users)
+    if not per_user:
+        return RankingMetrics(values, n_users)
+    arrays = {name: np.concatenate(pieces[name]) if pieces.get(name) else np.zeros(0)
+              for name in names}
+    return RankingMetrics(values, n_users, users, arrays)
 
 
 def evaluate_model(
@@ -150,6 +162,7 @@ def evaluate_model(
     mask_seen: bool = False,
     batch_size: int = 1024,
     process_group: dist.ProcessGroup | None = None,
+    per_user: bool = False,
 ) -> RankingMetrics:
     """``evaluate`` with the model's next-item scores (eval mode, no gradients)."""
     was_training = model.training
@@ -158,6 +171,7 @@ def evaluate_model(
         return evaluate(
             model.score_next, data, max_len=model.max_len, pad=model.padding_idx, ks=ks,
             mask_seen=mask_seen, batch_size=batch_size, process_group=process_group,
+            per_user=per_user,
         )
     finally:
         model.train(was_training)
@@ -185,6 +199,67 @@ def evaluate_popularity(
         ks=ks,
         mask_seen=mask_seen,
     )
+
+
+ZERO_SHOT_HISTORY = 5
+
+
+def evaluate_zero_shot(
+    vectors: np.ndarray,
+    split: LeaveOneOutSplit,
+    stage: Stage,
+    *,
+    last: int = ZERO_SHOT_HISTORY,
+    ks: Sequence[int] = DEFAULT_KS,
+    per_user: bool = False,
+) -> RankingMetrics:
+    """Next-item ranking with no training at all: candidates by cosine to the mean of the
+    unit vectors of the user's ``last`` most recent history items (the history of the
+    stage, as for a trained model). ``last = 1`` is what ``SimilarItems`` of the item a user
+    just consumed returns. The user's history is masked (a retrieval probe would otherwise
+    return the items it was given)."""
+    unit = torch.nn.functional.normalize(torch.from_numpy(np.asarray(vectors, np.float32)), dim=1)
+    padded = torch.cat([unit, unit.new_zeros(1, unit.shape[1])])  # pad row: zero vector
+
+    def scorer(inputs: torch.Tensor) -> torch.Tensor:
+        query = torch.nn.functional.normalize(padded[inputs].sum(1), dim=1)
+        return query @ unit.T
+
+    return evaluate(scorer, eval_set(split, stage), max_len=last, pad=len(unit), ks=ks,
+                    mask_seen=True, per_user=per_user)
+
+
+def tail_items(train: UserSequences, n_items: int, share: float = 0.5) -> np.ndarray:
+    """Mask of the least popular ``share`` of items by training count (ties: lower row
+    first counts as less popular), the "tail"; the rest is the "head"."""
+    counts = np.bincount(train.items, minlength=n_items)[:n_items]
+    order = np.lexsort((np.arange(n_items), counts))
+    tail = np.zeros(n_items, dtype=bool)
+    tail[order[: int(round(share * n_items))]] = True
+    return tail
+
+
+def subset_mean(metrics: RankingMetrics, targets: np.ndarray, items: np.ndarray,
+                name: str = "NDCG@10") -> tuple[float, int]:
+    """Mean of a per-user metric over users whose target lies in the ``items`` mask, and
+    how many such users there are (NaN, 0 when none)."""
+    if metrics.users is None or metrics.per_user is None:
+        raise ValueError("subset means need metrics evaluated with per_user=True")
+    chosen = items[targets[metrics.users]]
+    if not chosen.any():
+        return float("nan"), 0
+    return float(metrics.per_user[name][chosen].mean()), int(chosen.sum())
+
+
+def epochs_to_quality(valid_curve: Sequence[dict[str, float]], seconds: Sequence[float],
+                      threshold: float, metric: str = "NDCG@10"
+                      ) -> tuple[int | None, float | None]:
+    """The first validated epoch whose ``metric`` reaches ``threshold`` and the wall seconds
+    until then (``seconds`` runs parallel to ``valid_curve``); (None, None) if none does."""
+    for point, elapsed in zip(valid_curve, seconds, strict=True):
+        if point[metric] >= threshold:
+            return int(point["epoch"]), float(elapsed)
+    return None, None
 
 
 def _mask_history(

@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from trainer_client.cold_start import seen_items
 from trainer_client.evaluation import DEFAULT_KS, eval_set, evaluate_model
 from trainer_client.models.base import SequentialRecommender, right_aligned
 from trainer_client.sequences import LeaveOneOutSplit
@@ -50,6 +52,11 @@ class TrainConfig:
     mask_seen: bool = False
     eval_batch_size: int = 1024
     progress: bool = True
+    # Items that never occur in training (new in the catalog, or only in valid/test):
+    # "auto" turns the cold-start path on when there are any (excluded from the training
+    # softmax, scored through a map from served vectors; see models.item_table), "off"
+    # trains them as plain negatives.
+    cold_start: Literal["auto", "off"] = "auto"
 
     def verify(self) -> None:
         for name in ("epochs", "batch_size", "eval_every", "patience", "eval_batch_size"):
@@ -57,6 +64,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0 and weight_decay >= 0")
+        if self.cold_start not in ("auto", "off"):
+            raise ValueError(f"cold_start must be 'auto' or 'off', got {self.cold_start!r}")
         if 10 not in self.ks:
             raise ValueError(f"ks must contain 10 (model selection uses {SELECTION_METRIC})")
 
@@ -73,6 +82,14 @@ class TrainResult:
     test: dict[str, float] = field(default_factory=dict)
     wall_time_s: float = 0.0
     train_time_per_epoch_s: float = 0.0
+    # Wall seconds from the start of ``train`` to each point of ``valid_curve``.
+    valid_seconds: list[float] = field(default_factory=list)
+    # Items the cold-start path scored from served vectors (0: path off or not needed).
+    cold_items: int = 0
+    # Per test user (row index): HR@10 and NDCG@10, for intervals and bucket means (not
+    # under DDP, where each rank evaluates a share of the users).
+    test_users: list[int] = field(default_factory=list)
+    test_per_user: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(dataclasses.asdict(self), indent=indent)
@@ -111,6 +128,10 @@ def train(
     eval_options = dict(ks=config.ks, mask_seen=config.mask_seen,
                         batch_size=config.eval_batch_size, process_group=process_group)
     result = TrainResult()
+    seen = seen_items(split.train.items, model.n_items)
+    if config.cold_start == "auto" and not seen.all():
+        model.item_table.restrict_to_seen(seen)
+        result.cold_items = int((~seen).sum())
     best_score, best_state, stale, train_seconds = -1.0, _snapshot(model), 0, 0.0
     epochs = tqdm(range(1, config.epochs + 1), desc=type(model).__name__, unit="epoch",
                   disable=not config.progress or rank != 0)
@@ -125,6 +146,7 @@ def train(
             continue
         metrics = evaluate_model(model, valid, **eval_options).values
         result.valid_curve.append({"epoch": epoch, **metrics})
+        result.valid_seconds.append(time.perf_counter() - started)
         epochs.set_postfix(loss=f"{result.losses[-1]:.4f}",
                            ndcg10=f"{metrics[SELECTION_METRIC]:.4f}")
         if metrics[SELECTION_METRIC] > best_score:
@@ -135,7 +157,13 @@ def train(
             if stale >= config.patience:
                 break
     model.load_state_dict(best_state)
-    result.test = evaluate_model(model, eval_set(split, "test"), **eval_options).values
+    test = evaluate_model(model, eval_set(split, "test"), **eval_options,
+                          per_user=world == 1)  # under DDP each rank holds only its users
+    result.test = test.values
+    if test.users is not None and test.per_user is not None:
+        result.test_users = test.users.tolist()
+        result.test_per_user = {name: test.per_user[name].tolist()
+                                for name in ("HR@10", "NDCG@10")}
     result.train_time_per_epoch_s = train_seconds / len(result.losses)
     result.wall_time_s = time.perf_counter() - started
     return result

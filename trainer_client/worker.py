@@ -94,6 +94,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     training.add_argument("--seed", type=int, default=0, help="random seed (0)")
     training.add_argument("--mask-seen", action="store_true",
                           help="exclude items of the input history from the ranking")
+    training.add_argument("--cold-start", choices=("auto", "off"), default="auto",
+                          help="items absent from training: auto (default) keeps them out of "
+                               "the training softmax and scores them through a map from "
+                               "served vectors; off trains them as plain negatives")
     training.add_argument("--out", type=Path, default=Path("runs/worker"),
                           help="where rank 0 writes metrics.json and loss.png")
     training.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -195,6 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     config = TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
                          lr=args.lr, seed=args.seed, mask_seen=args.mask_seen,
+                         cold_start=args.cold_start,
                          progress=not args.no_progress)
     result = train(model, split, config)
     popularity = {stage: evaluate_popularity(split, n_items, stage,

@@ -122,14 +122,19 @@ class RunPool:
         return {spec.key: self.done[spec.key] for spec in specs}
 
 
-def _read_log(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL run log (none if it does not exist yet)."""
     if not path.is_file():
         return
     for line in path.read_text().splitlines():
         try:
-            record = json.loads(line)
+            yield json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a kill: that run trains again
             continue
+
+
+def _read_log(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for record in read_records(path):
         yield RunSpec(**record["spec"]).key, record
 
 

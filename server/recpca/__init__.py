@@ -2,6 +2,7 @@
 
 from server.recpca.fit import (
     DEFAULT_RETENTION,
+    DEFAULT_WHITENING,
     FitDiagnostics,
     FitResult,
     FitSettings,
@@ -15,6 +16,7 @@ from server.recpca.projection import Projection
 
 __all__ = [
     "DEFAULT_RETENTION",
+    "DEFAULT_WHITENING",
     "FitDiagnostics",
     "FitResult",
     "FitSettings",

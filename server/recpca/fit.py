@@ -5,7 +5,8 @@ The project's formulation of TF-LLMER's Rec-PCA (see the README's "Rec-PCA" sect
 1. ``x̂_i = x_i/||x_i||``; 2. ``μ = mean x̂_i``, ``X̄ = X̂ − 1μᵀ``;
 3. ``A = f(C)``, ``A_n = D^{-1/2} A D^{-1/2}``, ``L = Π_V − A_n``;
 4. ``S = X̄ᵀX̄``, ``G = X̄ᵀLX̄``; 5. ``M = S/tr(S) − λ·G/tr(G)``, ``W`` = top-d eigenvectors;
-6. served ``e_i = normalize(Wᵀ(x̂_i − μ))``.
+6. served ``e_i = normalize(Tᵀ Wᵀ(x̂_i − μ))``, ``T = (WᵀSW/n)^(-p/2)`` (whitening
+   exponent ``p``, default 0: ``T = I``, the reference formulation).
 
 λ is given directly or chosen by a retention budget ρ (the default): the largest λ whose
 retained variance is at least ρ × plain PCA's. A fixed λ does not transfer between catalogs
@@ -32,9 +33,10 @@ from server.recpca.moments import (
     compute_moments,
 )
 from server.recpca.projection import Projection
-from server.recpca.solve import lambda_for_retention, scores, solve
+from server.recpca.solve import lambda_for_retention, scores, solve, whitener
 
 DEFAULT_RETENTION = 0.8
+DEFAULT_WHITENING = 0.0  # chosen on validation by bench.value (README, "What TF-LLMER buys")
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,13 @@ class FitSettings:
     lam: float | None = None  # set λ directly, or
     retention: float | None = None  # choose λ by this budget (DEFAULT_RETENTION if neither)
     graph: GraphOptions = GraphOptions()
+    whitening: float = DEFAULT_WHITENING  # exponent p in [0, 1]; 0 = none (the reference)
 
     def __post_init__(self) -> None:
         if self.lam is not None and self.retention is not None:
             raise ValueError("give either lambda or a retention budget, not both")
+        if not 0 <= self.whitening <= 1:
+            raise ValueError(f"whitening exponent must be in [0, 1], got {self.whitening}")
 
     @property
     def effective_retention(self) -> float | None:
@@ -72,6 +77,7 @@ class FitDiagnostics:
     n_items: int
     n_edges: int
     graph_to_scatter_trace: float | None  # tr(G)/tr(S): where λ starts to bite (≈ 1)
+    whitening: float = 0.0  # the exponent p the served map was whitened with
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,7 +108,9 @@ def fit_projection(moments: Moments, settings: FitSettings) -> Projection:
             lam = float(settings.lam)
         else:
             lam = lambda_for_retention(moments, settings.dim, retention)
-        return Projection(solve(moments, settings.dim, lam), moments.mean, lam)
+        components = solve(moments, settings.dim, lam)
+        return Projection(components, moments.mean, lam,
+                          whitener(moments, components, settings.whitening))
 
 
 def diagnose(
@@ -115,7 +123,10 @@ def diagnose(
     alignment_sample: int | None = 2000,
     n_edges: int = 0,
 ) -> FitDiagnostics:
-    pca_projection = Projection(solve(moments, settings.dim, 0.0), moments.mean, 0.0)
+    # Plain PCA for comparison: λ = 0 and the same whitening, so only λ differs.
+    pca_components = solve(moments, settings.dim, 0.0)
+    pca_projection = Projection(pca_components, moments.mean, 0.0,
+                                whitener(moments, pca_components, settings.whitening))
     fitted = scores(moments, projection.components)
     pca = scores(moments, pca_projection.components)
     if counts is not None and counts.nnz:
@@ -140,6 +151,7 @@ def diagnose(
         graph_to_scatter_trace=(
             moments.trace_graph / moments.trace_scatter if moments.has_graph else None
         ),
+        whitening=settings.whitening,
     )
 
 

@@ -1,7 +1,8 @@
 """The item–item graph of Rec-PCA: validated counts, a transform, the normalized adjacency.
 
-``A = f(C)`` with ``f`` the identity, ``log1p``, or "top-k neighbours per row, then
-symmetrize". Degrees ``d_i = Σ_j A_ij``; ``A_n = D^{-1/2} A D^{-1/2}`` on connected items.
+``A = f(C)`` with ``f`` the identity, ``log1p``, "top-k neighbours per row, then
+symmetrize", or PPMI (positive pointwise mutual information). Degrees
+``d_i = Σ_j A_ij``; ``A_n = D^{-1/2} A D^{-1/2}`` on connected items.
 Isolated items (``d_i = 0``) get zero rows and are left out of the Laplacian's identity part
 ``Π_V``, so they contribute nothing to the graph total variation.
 """
@@ -14,8 +15,8 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-Transform = Literal["identity", "log1p", "topk"]
-TRANSFORMS: tuple[str, ...] = ("identity", "log1p", "topk")
+Transform = Literal["identity", "log1p", "topk", "ppmi"]
+TRANSFORMS: tuple[str, ...] = ("identity", "log1p", "topk", "ppmi")
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,30 @@ def transform_counts(counts: sp.csr_matrix, options: GraphOptions) -> sp.csr_mat
         weights = counts.copy()
         weights.data = np.log1p(weights.data)
         return weights
+    if options.transform == "ppmi":
+        return positive_pmi(counts)
     return _symmetric_top_k(counts, options.top_k)
+
+
+def positive_pmi(counts: sp.csr_matrix) -> sp.csr_matrix:
+    """``A_ij = max(0, log(C_ij · T / (r_i · r_j)))`` with ``r_i = Σ_j C_ij``, ``T = Σ r_i``.
+
+    Raw and log1p counts grow with both items' popularity, so a blockbuster is "close" to
+    everything; PMI divides out what independent consumption would give (Church & Hanks
+    1990; as a graph for embeddings: Levy & Goldberg 2014), and clipping at 0 drops the
+    pairs seen less often than chance. Invariant to scaling all counts; pairs that end at
+    exactly 0 are removed, so an item may lose all its edges.
+    """
+    row_sums = np.asarray(counts.sum(axis=1)).ravel()
+    total = row_sums.sum()
+    weights = counts.copy()
+    if total <= 0:
+        return weights
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    expected = row_sums[rows] * row_sums[counts.indices] / total
+    weights.data = np.maximum(np.log(counts.data / expected), 0.0)
+    weights.eliminate_zeros()
+    return weights
 
 
 def _symmetric_top_k(counts: sp.csr_matrix, k: int) -> sp.csr_matrix:

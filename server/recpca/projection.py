@@ -1,7 +1,10 @@
-"""A fitted projection and the served embedding ``e_i = normalize(Wᵀ(x̂_i − μ))``.
+"""A fitted projection and the served embedding ``e_i = normalize(Tᵀ Wᵀ(x̂_i − μ))``.
 
-The formula needs only ``W`` and ``μ``, so items added after a fit are served without
-refitting (cold start).
+``T`` is the whitening of the retained subspace (identity unless a whitening exponent
+``p > 0`` was asked for; see ``server.recpca.solve.whitener``). The formula needs only the
+served map ``W T`` and ``μ``, so items added after a fit are served by the same formula
+without refitting (cold start), whitened alike. Stores keep the served map, so a projection
+read back from a store has ``components = W T`` and no separate whitener.
 """
 
 from __future__ import annotations
@@ -16,9 +19,15 @@ from server.recpca.moments import DEFAULT_BLOCK_ROWS, compute_dtype, row_norms
 
 @dataclass(frozen=True)
 class Projection:
-    components: np.ndarray  # W, (D, d), orthonormal columns
+    components: np.ndarray  # W, (D, d), orthonormal columns (or W T when read from a store)
     mean: np.ndarray  # μ, (D,)
     lam: float
+    whitener: np.ndarray | None = None  # T, (d, d), symmetric; None = identity (p = 0)
+
+    @property
+    def served_map(self) -> np.ndarray:
+        """``W T``, (D, d): the linear map applied before the final normalization."""
+        return self.components if self.whitener is None else self.components @ self.whitener
 
     @property
     def input_dim(self) -> int:
@@ -36,7 +45,7 @@ class Projection:
                 f"got shape {getattr(raw, 'shape', None)}"
             )
         dtype = compute_dtype(raw)
-        components = self.components.astype(dtype)
+        components = self.served_map.astype(dtype)
         mean = self.mean.astype(dtype)
         out = np.empty((raw.shape[0], self.output_dim), dtype=np.float32)
         for start in range(0, raw.shape[0], block_rows):

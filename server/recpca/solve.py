@@ -15,6 +15,9 @@ import scipy.linalg
 from server.recpca.moments import Moments
 
 MAX_LAMBDA = 2.0**20
+# Whitening never scales a direction up by more than 1/sqrt(this) relative to the largest:
+# a retained direction with (near) zero variance holds rounding noise, not signal.
+MIN_VARIANCE_RATIO = 1e-6
 
 
 @dataclass(frozen=True)
@@ -119,3 +122,24 @@ def lambda_for_retention(
                 low_surplus /= 2
             kept_side = -1
     return low
+
+
+def whitener(moments: Moments, components: np.ndarray, power: float) -> np.ndarray | None:
+    """``T = (C/c_max)^(-p/2)`` with ``C = WᵀSW/n``, the covariance of the retained
+    coordinates (``c_max`` its largest eigenvalue; None for ``p = 0``).
+
+    ``p = 1`` is full (ZCA) whitening of the subspace, as in WhitenRec (Zhang et al., 2024):
+    every retained direction gets the same variance, so the few directions where LLM
+    vectors of all items agree no longer dominate cosine similarities. ``0 < p < 1``
+    interpolates (faiss's ``eigen_power = -p/2``). The symmetric power, rather than one
+    scale per column, keeps the result independent of the basis of the subspace: Rec-PCA's
+    ``W`` does not diagonalize ``S``.
+    """
+    if not 0 <= power <= 1 or not np.isfinite(power):
+        raise ValueError(f"whitening exponent must be in [0, 1], got {power}")
+    if power == 0:
+        return None
+    covariance = components.T @ moments.scatter @ components / moments.n_items
+    values, vectors = np.linalg.eigh((covariance + covariance.T) / 2)
+    values = np.maximum(values / values.max(), MIN_VARIANCE_RATIO)
+    return (vectors * values ** (-power / 2)) @ vectors.T

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from server.call_lifetime import check_alive
 from server.encoders.base import Encoder
 from server.recpca import FitSettings, Projection, fit_recpca
 from server.service.dim_prefix import prefix, served_dim
@@ -44,6 +45,7 @@ from server.stores.base import (
     ItemChanges,
     NewVersion,
     NotFoundError,
+    RequestRecord,
     StoreError,
     VersionRecord,
 )
@@ -63,6 +65,8 @@ class Limits:
     # 0 disables them. Off whenever version_cache_size is 0.
     chunk_cache_bytes: int = 1 << 30
     raw_dtype: str = "<f4"
+    # How long a committed call's request_id is remembered (its retries return its outcome).
+    request_id_ttl_seconds: float = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -92,12 +96,16 @@ class CatalogDescription:
 
 @dataclass(frozen=True)
 class RefitLease:
-    """A checked refit request holding its catalog's refit lock (see ``begin_refit``)."""
+    """A checked refit request holding its catalog's refit lock (see ``begin_refit``), or,
+    for a request_id that already published, that refit's outcome (``done``, no lock)."""
 
     state: CatalogState
     settings: FitSettings
     owner: str
-    renewer: _LeaseRenewer
+    renewer: _LeaseRenewer | None
+    request_id: str = ""
+    fingerprint: str = ""
+    done: tuple[VersionRecord, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -182,9 +190,28 @@ class CatalogService:
         )
 
     # -- UpsertItems ------------------------------------------------------------------
-    def upsert_items(self, name: str, ids: Sequence[str], texts: Sequence[str]) -> UpsertResult:
+    def _request(self, name: str, request_id: str, fingerprint: str) -> RequestRecord | None:
+        """The record of an earlier committed call with this request_id, if any."""
+        found = self.store.find_request(name, request_id) if request_id else None
+        if found is not None and found.fingerprint != fingerprint:
+            raise InvalidArgument(
+                f"request_id {request_id[:40]!r} was already used for a different request")
+        return found
+
+    def _new_request(self, request_id: str, fingerprint: str, outcome: dict[str, Any]
+                     ) -> RequestRecord | None:
+        if not request_id:
+            return None
+        return RequestRecord(request_id, fingerprint, outcome,
+                             time.time() + self.limits.request_id_ttl_seconds)
+
+    def upsert_items(self, name: str, ids: Sequence[str], texts: Sequence[str],
+                     request_id: str = "") -> UpsertResult:
         limits = self.limits
         verify_items(name, ids, texts, limits.max_items_per_upsert, limits.max_text_chars)
+        fingerprint = _fingerprint("UpsertItems", ids, texts) if request_id else ""
+        if (done := self._request(name, request_id, fingerprint)) is not None:
+            return UpsertResult(**done.outcome, encode_seconds=0.0)
         state = self.store.get_catalog(name)
         if state is not None and state.encoder != self.identity:
             raise FailedPrecondition(
@@ -217,15 +244,21 @@ class CatalogService:
             changed_text_hashes=[hashes[i] for i in changed],
             changed_vectors=vectors[len(new) :],
         )
+        check_alive()  # a call that died while encoding does not even create its catalog
         if to_encode:  # before the commit: a committed item's text is always there
             self.store.put_texts(name, [hashes[i] for i in new + changed], to_encode)
         if state is None:
             self.store.create_catalog(name, self.identity, self.limits.raw_dtype)
-        try:
-            count = self.store.commit_items(name, changes)
-        except ConflictError as error:
-            raise Aborted(f"a concurrent UpsertItems on {name!r} committed first; retry") from error
         unchanged = len(ids) - len(new) - len(changed)
+        outcome = {"added": len(new), "changed": len(changed), "unchanged": unchanged,
+                   "item_count": base_count + len(new)}
+        try:
+            count = self.store.commit_items(
+                name, changes, self._new_request(request_id, fingerprint, outcome))
+        except ConflictError as error:
+            if (done := self._request(name, request_id, fingerprint)) is not None:
+                return UpsertResult(**done.outcome, encode_seconds=0.0)  # a retry won
+            raise Aborted(f"a concurrent UpsertItems on {name!r} committed first; retry") from error
         return UpsertResult(len(new), len(changed), unchanged, count, encode_seconds)
 
     # -- GetItemEmbeddings ------------------------------------------------------------
@@ -370,20 +403,26 @@ class CatalogService:
         )
 
     # -- RefitProjection --------------------------------------------------------------
-    def refit(self, name: str, request: FitRequest, activate: bool,
+    def refit(self, name: str, request: FitRequest, activate: bool, request_id: str = "",
               progress: RefitProgress | None = None) -> tuple[VersionRecord, int]:
         """The blocking form: check, take the catalog's refit lock, fit, write."""
         progress = progress or RefitProgress()
-        outcome = self.run_refit(self.begin_refit(name, request), activate, progress)
+        lease = self.begin_refit(name, request, activate, request_id)
+        outcome = lease.done or self.run_refit(lease, activate, progress)
         progress.enter("done")
         return outcome
 
-    def begin_refit(self, name: str, request: FitRequest) -> RefitLease:
+    def begin_refit(self, name: str, request: FitRequest, activate: bool,
+                    request_id: str = "") -> RefitLease:
         """Check a refit request completely and take the catalog's refit lock (renewed until
         ``run_refit`` ends): every error a caller can cause is raised here, before any work
-        starts, so StartRefit reports it as RefitProjection does."""
+        starts, so StartRefit reports it as RefitProjection does. A request_id whose refit
+        already published gives a lease holding that outcome (``done``) and no lock."""
         state = self._catalog(name)
         settings = verify_fit(request, state.encoder.dim)
+        fingerprint = _fingerprint("RefitProjection", repr(asdict(request)), str(activate))
+        if (done := self._refit_done(name, request_id, fingerprint)) is not None:
+            return RefitLease(state, settings, "", None, request_id, fingerprint, done)
         if state.item_count < settings.dim + 1:
             raise FailedPrecondition(
                 f"catalog {name!r} has {state.item_count} items; a fit of dim {settings.dim} "
@@ -397,13 +436,20 @@ class CatalogService:
         lease = self.limits.refit_lock_lease_seconds
         if not self.store.acquire_refit_lock(name, owner, lease):
             raise Aborted(f"a refit of {name!r} is already running; retry after it finishes")
-        return RefitLease(state, settings, owner, _LeaseRenewer(self.store, name, owner, lease))
+        return RefitLease(state, settings, owner, _LeaseRenewer(self.store, name, owner, lease),
+                          request_id, fingerprint)
 
     def run_refit(self, lease: RefitLease, activate: bool,
                   progress: RefitProgress | None = None) -> tuple[VersionRecord, int]:
         """Fit and write under a lease from ``begin_refit``; releases the lock at the end."""
+        if lease.done is not None:
+            return lease.done
         name, progress = lease.state.name, progress or RefitProgress()
         try:
+            # The first call of this request_id may have published while this one waited.
+            done = self._refit_done(name, lease.request_id, lease.fingerprint)
+            if done is not None:
+                return done
             # Payloads a refit wrote but never published (its process died before the
             # atomic publish) are invisible; collect those older than a lease, so crashed
             # refits do not leak their arrays. A live refit holding the lock is this one.
@@ -412,14 +458,27 @@ class CatalogService:
             if collected:
                 log.warning("catalog %s: removed %d unpublished version payload(s) left by "
                             "an interrupted refit", name, collected)
-            return self._refit_locked(lease.state, lease.settings, activate, progress)
+            request_record = self._new_request(lease.request_id, lease.fingerprint, {})
+            return self._refit_locked(lease.state, lease.settings, activate, progress,
+                                      request_record)
         finally:
-            lease.renewer.stop()
+            if lease.renewer is not None:
+                lease.renewer.stop()
             self.store.release_refit_lock(name, lease.owner)
+
+    def _refit_done(self, name: str, request_id: str, fingerprint: str
+                    ) -> tuple[VersionRecord, int] | None:
+        """The outcome of an earlier refit with this request_id: its version as it is now
+        and the active version before it was published."""
+        done = self._request(name, request_id, fingerprint)
+        if done is None:
+            return None
+        return (self._record(name, int(done.outcome["version"])),
+                int(done.outcome["previous_active_version"]))
 
     def _refit_locked(
         self, state: CatalogState, settings: FitSettings, activate: bool,
-        progress: RefitProgress,
+        progress: RefitProgress, request: RequestRecord | None = None,
     ) -> tuple[VersionRecord, int]:
         name, count = state.name, state.item_count
         progress.enter("reading")
@@ -429,12 +488,14 @@ class CatalogService:
         # vectors stay in their stored dtype (float16 halves them); the fit converts blocks.
         counts = self.store.read_counts(name, count) if totals.pairs else None
         raw = self.store.read_raw_stored(name, 0, count)
+        check_alive()  # each phase below takes a while: a dead call stops between them
         progress.enter("moments")
         try:
             result = fit_recpca(raw, counts, settings, phase=progress.enter,
                                 progress=lambda rows: progress.within(rows, count))
         except ValueError as error:  # e.g. vectors without variance
             raise FailedPrecondition(f"cannot fit catalog {name!r}: {error}") from error
+        check_alive()
         progress.enter("writing")
         reduced = result.projection.transform(raw)
         parameters = {
@@ -442,6 +503,7 @@ class CatalogService:
             "lam": settings.lam,
             "retention_budget": settings.retention,
             "graph": asdict(settings.graph),
+            "whitening": settings.whitening,
         }
         new = NewVersion(
             item_count=count,
@@ -451,12 +513,13 @@ class CatalogService:
             diagnostics=result.diagnostics.to_dict(),
             counts=totals,
             fit_seconds=time.perf_counter() - started,
-            components=result.projection.components,
+            components=result.projection.served_map,  # W T: what new items go through
             mean=result.projection.mean,
             reduced=reduced,
         )
+        check_alive()
         previous = self.store.get_catalog(name).active_version  # type: ignore[union-attr]
-        record = self.store.write_version(name, new, activate)
+        record = self.store.write_version(name, new, activate, request)
         log.info(
             "catalog %s: version %d written (%s) in %.2fs, λ=%.4g",
             name,
@@ -519,6 +582,18 @@ class CatalogService:
             SimilarHit(self.store.item_ids(name, row, row + 1)[0], row, score, text)
             for (row, score), text in zip(hits, texts, strict=True)
         ]
+
+
+def _fingerprint(method: str, *parts: str | Sequence[str]) -> str:
+    """A digest of a request's contents, to tell a retry from a different request with the
+    same request_id; every string is length-prefixed so no two requests share one."""
+    digest = hashlib.sha256(method.encode())
+    for part in parts:
+        for text in [part] if isinstance(part, str) else part:
+            data = text.encode()
+            digest.update(len(data).to_bytes(8, "little") + data)
+        digest.update(b"\xff" * 8)  # ends a part: ("a", "b") + () differs from ("a",) + ("b",)
+    return digest.hexdigest()
 
 
 EncodeListener = Callable[[str, int, int, float], None]

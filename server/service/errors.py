@@ -31,3 +31,7 @@ class ResourceExhausted(ServiceError):
 
 class Aborted(ServiceError):
     code = "ABORTED"
+
+
+class Unavailable(ServiceError):
+    code = "UNAVAILABLE"

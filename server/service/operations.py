@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from server.call_lifetime import SHUTTING_DOWN, CallEnded, CallLifetime, running
 from server.service.catalog_service import CatalogService
 from server.service.errors import InvalidArgument, NotFound, ServiceError
 from server.service.refit_progress import RefitProgress, Stopped
@@ -64,6 +65,9 @@ class _Operation:
         self.result: tuple[VersionRecord, int] | None = None
         self.error: tuple[str, str] | None = None
         self.finished_at: float | None = None
+        # The operation's own lifetime (no deadline): the work is tied to no call, only to
+        # the server, which ends it at shutdown.
+        self.lifetime = CallLifetime(None)
 
     def state(self) -> OperationState:
         phase, fraction = self.progress.state
@@ -93,7 +97,8 @@ class RefitOperations:
               echo: Any) -> OperationState:
         """Check the request and take the lock here (errors raise), then fit on a thread
         of the server's own; the operation's first state."""
-        lease = self._service.begin_refit(catalog, request)
+        lease = self._service.begin_refit(catalog, request, activate,
+                                          getattr(echo, "request_id", ""))
         name = f"refits/{REPLICA}/{uuid.uuid4().hex}"
         listener = None
         if self._on_progress is not None:
@@ -115,11 +120,14 @@ class RefitOperations:
 
     def _run(self, operation: _Operation, lease: Any, activate: bool) -> None:
         try:  # the result is set before the phase says done: no "done" without an outcome
-            operation.result = self._service.run_refit(lease, activate, operation.progress)
+            with running(operation.lifetime):  # ended at shutdown: nothing half-committed
+                operation.result = self._service.run_refit(lease, activate, operation.progress)
             if self._on_done is not None:
                 self._on_done(operation.result[0])
         except Stopped as stopped:
             operation.error = ("UNAVAILABLE", f"{stopped}; nothing was written, start again")
+        except CallEnded as ended:
+            operation.error = (ended.code, f"{ended.message}; nothing was written, start again")
         except ServiceError as error:
             operation.error = (error.code, error.message)
         except StoreUnavailableError as error:
@@ -158,9 +166,10 @@ class RefitOperations:
         """Ask running refits to stop at their next phase boundary and wait for them (a
         fit phase can outlast the wait: then the process exits and the lease expires)."""
         with self._lock:
-            running = [op for op in self._operations.values() if op.finished_at is None]
-        for operation in running:
+            active = [op for op in self._operations.values() if op.finished_at is None]
+        for operation in active:
             operation.progress.stop(reason)
+            operation.lifetime.end(SHUTTING_DOWN, reason)
         deadline = time.monotonic() + wait_seconds
         for thread in list(self._threads):
             thread.join(max(deadline - time.monotonic(), 0))

@@ -19,6 +19,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
+from server.call_lifetime import CallEnded
+from server.service.call_limits import CallGuard
 from server.service.catalog_service import CatalogService, Selection
 from server.service.chunk_cache import ChunkCache, Messages
 from server.service.dim_prefix import prefix, served_dim
@@ -26,7 +28,13 @@ from server.service.errors import ServiceError
 from server.service.metrics import ServiceMetrics
 from server.service.operations import OperationState, RefitOperations
 from server.service.refit_progress import PHASE_NAMES, RefitProgress
-from server.service.validation import FitRequest, PairBlock
+from server.service.validation import (
+    FitRequest,
+    PairBlock,
+    verify_item,
+    verify_pair_block,
+    verify_request_id,
+)
 from server.service.vector_codec import bytes_per_value, vector_buffer
 from server.service.watch import (
     ACTIVATED,
@@ -58,15 +66,14 @@ DTYPE_ENUM = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16,
 KINDS = {pb.EMBEDDING_KIND_UNSPECIFIED: "reduced", pb.EMBEDDING_KIND_REDUCED: "reduced",
          pb.EMBEDDING_KIND_RAW: "raw"}
 TRANSFORMS = {pb.GRAPH_TRANSFORM_UNSPECIFIED: "identity", pb.GRAPH_TRANSFORM_IDENTITY: "identity",
-              pb.GRAPH_TRANSFORM_LOG1P: "log1p", pb.GRAPH_TRANSFORM_TOP_K: "topk"}
+              pb.GRAPH_TRANSFORM_LOG1P: "log1p", pb.GRAPH_TRANSFORM_TOP_K: "topk",
+              pb.GRAPH_TRANSFORM_PPMI: "ppmi"}
 TRANSFORM_ENUM = {"identity": pb.GRAPH_TRANSFORM_IDENTITY, "log1p": pb.GRAPH_TRANSFORM_LOG1P,
-                  "topk": pb.GRAPH_TRANSFORM_TOP_K}
+                  "topk": pb.GRAPH_TRANSFORM_TOP_K, "ppmi": pb.GRAPH_TRANSFORM_PPMI}
 STATUS_ENUM = {"staged": pb.VERSION_STATUS_STAGED, "active": pb.VERSION_STATUS_ACTIVE,
                "retired": pb.VERSION_STATUS_RETIRED}
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
 CHUNK_OVERHEAD = 1024
-# A worker-thread call reads and serializes about this many bytes of chunks at once.
-GROUP_BYTES = 8 * 2**20
 PREFETCH_GROUPS = 1  # groups prepared ahead of the one being sent
 OPERATION_POLL_SECONDS = 0.1  # WatchRefitOperation looks at its operation this often
 
@@ -74,12 +81,16 @@ OPERATION_POLL_SECONDS = 0.1  # WatchRefitOperation looks at its operation this 
 class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     def __init__(
         self, service: CatalogService, metrics: ServiceMetrics, default_chunk_bytes: int,
-        max_send_bytes: int,
+        max_send_bytes: int, guard: CallGuard, pull_buffer_bytes: int = 8 * 2**20,
     ) -> None:
         self.service = service
         self.metrics = metrics
         self.default_chunk_bytes = default_chunk_bytes
         self.max_send_bytes = max_send_bytes
+        self.guard = guard
+        # A worker-thread call reads and serializes about this many bytes of chunks at once;
+        # a pull holds at most two such groups (one sent, one prefetched).
+        self.pull_buffer_bytes = pull_buffer_bytes
         limits = service.limits
         self.chunk_cache = ChunkCache(limits.chunk_cache_bytes if limits.version_cache_size else 0)
         self.watches = CatalogWatches(
@@ -95,15 +106,18 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     async def _run(self, context: grpc.aio.ServicerContext, function: Callable[..., T],
                    *args: Any) -> T:
-        """Run a service call off the event loop; map every expected failure to a status."""
-        return await self._outcome(context, asyncio.to_thread(function, *args), function)
+        """Run a service call off the event loop; map every expected failure to a status.
+        The worker thread inherits the call's lifetime (a context variable) and is counted
+        until it returns, so shutdown can wait for it."""
+        call = asyncio.to_thread(self.guard.live.tracked(function), *args)
+        return await self._outcome(context, call, function)
 
     async def _outcome(self, context: grpc.aio.ServicerContext, call: Awaitable[T],
                        function: Callable[..., Any]) -> T:
         """Await ``call`` (started from ``function``); map every expected failure to a status."""
         try:
             return await call
-        except ServiceError as error:
+        except (ServiceError, CallEnded) as error:
             await context.abort(getattr(grpc.StatusCode, error.code), error.message)
         except StoreUnavailableError as error:
             self.metrics.record_store_error(getattr(function, "__name__", "call"))
@@ -127,23 +141,58 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                                 "every message of a stream must name the same catalog")
         return catalog
 
+    async def _same_request_id(self, context: grpc.aio.ServicerContext, first: bool,
+                               request_id: str, message: pb.UpsertItemsRequest) -> str:
+        """The call's request_id: set in the first message; later ones repeat it or leave it
+        empty."""
+        if first:
+            try:
+                verify_request_id(message.request_id)
+            except ServiceError as error:
+                await context.abort(getattr(grpc.StatusCode, error.code), error.message)
+            return message.request_id
+        if message.request_id and message.request_id != request_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "every message of a stream must carry the same request_id")
+        return request_id
+
     async def UpsertItems(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
                           context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
-        catalog: str | None = None
         ids: list[str] = []
         texts: list[str] = []
-        limit = self.service.limits.max_items_per_upsert
+        try:
+            return await self._upsert(request_iterator, context, ids, texts)
+        finally:  # a failed call's frame outlives it in its traceback: free what it read now
+            ids.clear()
+            texts.clear()
+
+    async def _upsert(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
+                      context: grpc.aio.ServicerContext, ids: list[str], texts: list[str]
+                      ) -> pb.UpsertItemsResponse:
+        catalog: str | None = None
+        request_id = ""
+        limits = self.service.limits
         async for message in request_iterator:
+            first = catalog is None
             catalog = await self._same_catalog(context, catalog, message.catalog)
+            request_id = await self._same_request_id(context, first, request_id, message)
+            try:  # each message is checked as it arrives: a bad one ends the call at once
+                for item in message.items:
+                    verify_item(item.id, item.text, limits.max_text_chars)
+            except ServiceError as error:
+                await context.abort(getattr(grpc.StatusCode, error.code), error.message)
             ids.extend(item.id for item in message.items)
             texts.extend(item.text for item in message.items)
-            if len(ids) > limit:  # stop reading early: memory stays bounded
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"more than {limit} items in one call; split the ingest")
+            if len(ids) > limits.max_items_per_upsert:  # stop reading early
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"more than {limits.max_items_per_upsert} items in one call; split the "
+                    "ingest")
         await _ensure_half_closed(context)
         if catalog is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream had no message")
-        result = await self._run(context, self.service.upsert_items, catalog, ids, texts)
+        result = await self._run(context, self.service.upsert_items, catalog, ids, texts,
+                                 request_id)
         self.metrics.record_encoded(result.added + result.changed, result.encode_seconds)
         return pb.UpsertItemsResponse(added=result.added, changed=result.changed,
                                       unchanged=result.unchanged, item_count=result.item_count)
@@ -223,7 +272,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         row_bytes = dim * bytes_per_value(dtype) + 8
         rows_per_chunk = max(1, (budget - CHUNK_OVERHEAD) // (row_bytes + 40))
         pull = _Pull(request, selection, dtype, budget, rows_per_chunk,
-                     max(1, GROUP_BYTES // budget), dim)
+                     max(1, self.pull_buffer_bytes // budget), dim)
         if selection.item_count:
             pull.first_group = self._group(pull, 0)
         return pull
@@ -297,14 +346,26 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     async def PushCooccurrence(self, request_iterator: AsyncIterator[pb.PushCooccurrenceRequest],
                                context: grpc.aio.ServicerContext) -> pb.PushCooccurrenceResponse:
-        catalog: str | None = None
         blocks: list[PairBlock] = []
+        try:
+            return await self._push(request_iterator, context, blocks)
+        finally:  # a failed call's frame outlives it in its traceback: free what it read now
+            blocks.clear()
+
+    async def _push(self, request_iterator: AsyncIterator[pb.PushCooccurrenceRequest],
+                    context: grpc.aio.ServicerContext, blocks: list[PairBlock]
+                    ) -> pb.PushCooccurrenceResponse:
+        catalog: str | None = None
         pairs, limit = 0, self.service.limits.max_pairs_per_push
         async for message in request_iterator:
             catalog = await self._same_catalog(context, catalog, message.catalog)
-            blocks.append(PairBlock(message.worker_id, message.batch_id, message.rows,
-                                    message.cols, message.weights))
-            pairs += len(message.rows) // 4
+            block = PairBlock(message.worker_id, message.batch_id, message.rows,
+                              message.cols, message.weights)
+            try:  # ids and the three blocks' lengths, as each message arrives
+                pairs += verify_pair_block(block)
+            except ServiceError as error:
+                await context.abort(getattr(grpc.StatusCode, error.code), error.message)
+            blocks.append(block)
             if pairs > limit:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     f"more than {limit} pairs in one call; push in several calls")
@@ -331,6 +392,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             retention=params.retention_budget if strength == "retention_budget" else None,
             transform=transform,
             top_k=params.graph.top_k,
+            whitening=params.whitening if params.HasField("whitening") else None,
         )
 
     async def RefitProjection(self, request: pb.RefitProjectionRequest,
@@ -338,7 +400,8 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         fit = await self._fit_request(request, context)
         progress = RefitProgress(self._refit_listener(request.catalog))
         record, previous = await self._run(
-            context, self.service.refit, request.catalog, fit, request.activate, progress)
+            context, self.service.refit, request.catalog, fit, request.activate,
+            request.request_id, progress)
         self._refit_done(record)
         return pb.RefitProjectionResponse(version=_version(record),
                                           previous_active_version=previous)
@@ -467,7 +530,8 @@ def _serialize_response(message: pb.GetItemEmbeddingsResponse | bytes) -> bytes:
 
 def add_to_server(servicer: EmbeddingServicer, server: grpc.aio.Server) -> None:
     """Register ``servicer`` like the generated ``add_EmbeddingServiceServicer_to_server``,
-    except that GetItemEmbeddings responses may already be serialized."""
+    except that GetItemEmbeddings responses may already be serialized and that every
+    method is bounded by the servicer's ``CallGuard`` (see ``call_limits``)."""
 
     class _Capture:
         handlers: dict[str, grpc.RpcMethodHandler] = {}
@@ -485,7 +549,11 @@ def add_to_server(servicer: EmbeddingServicer, server: grpc.aio.Server) -> None:
     handlers["GetItemEmbeddings"] = grpc.unary_stream_rpc_method_handler(
         original.unary_stream, request_deserializer=original.request_deserializer,
         response_serializer=_serialize_response)
-    service = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+    descriptor = pb.DESCRIPTOR.services_by_name["EmbeddingService"]
+    request_types = {method.name: getattr(pb, method.input_type.name)
+                     for method in descriptor.methods}
+    handlers = servicer.guard.handlers(handlers, request_types)
+    service = descriptor.full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)
 
@@ -573,6 +641,7 @@ def _version(record: VersionRecord) -> pb.CatalogVersion:
             transform=TRANSFORM_ENUM[graph.get("transform", "identity")],
             top_k=graph.get("top_k", 0) if graph.get("transform") == "topk" else 0,
         ),
+        whitening=params.get("whitening", 0.0),
     )
     if params.get("lam") is not None:
         fit.lam = params["lam"]

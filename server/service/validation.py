@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.recpca import FitSettings, GraphOptions
+from server.recpca import DEFAULT_WHITENING, FitSettings, GraphOptions
 from server.service.errors import InvalidArgument, ResourceExhausted
 from server.stores.base import PairBatch
 from server.stores.checks import CATALOG_NAME
 
 MAX_ID_BYTES = 512
 MAX_WORKER_OR_BATCH_BYTES = 128
+MAX_REQUEST_ID_BYTES = 128
 
 
 def verify_catalog(name: str) -> None:
@@ -51,16 +52,27 @@ def verify_items(
         )
     seen: set[str] = set()
     for item_id, text in zip(ids, texts, strict=True):
-        verify_item_id(item_id)
+        verify_item(item_id, text, max_chars)
         if item_id in seen:
             raise InvalidArgument(f"item id {item_id!r} appears twice in one call")
         seen.add(item_id)
-        if not text.strip():
-            raise InvalidArgument(f"item {item_id!r} has an empty text")
-        if len(text) > max_chars:
-            raise InvalidArgument(
-                f"item {item_id!r} has {len(text)} characters, more than the limit {max_chars}"
-            )
+
+
+def verify_item(item_id: str, text: str, max_chars: int) -> None:
+    """One item on its own (the servicer checks each as its message arrives)."""
+    verify_item_id(item_id)
+    if len(text) > max_chars:
+        raise InvalidArgument(
+            f"item {item_id!r} has {len(text)} characters, more than the limit {max_chars}"
+        )
+    if not text.strip():
+        raise InvalidArgument(f"item {item_id!r} has an empty text")
+
+
+def verify_request_id(request_id: str) -> None:
+    """An optional idempotency key (AIP-155): empty, or 1 to 128 bytes."""
+    if len(request_id.encode()) > MAX_REQUEST_ID_BYTES:
+        raise InvalidArgument(f"request_id must be at most {MAX_REQUEST_ID_BYTES} bytes")
 
 
 @dataclass(frozen=True)
@@ -83,19 +95,11 @@ def verify_pair_batches(
         raise InvalidArgument("PushCooccurrence needs at least one batch")
     batches, total = [], 0
     for block in blocks:
-        for label, value in (("worker_id", block.worker_id), ("batch_id", block.batch_id)):
-            if not value or len(value.encode()) > MAX_WORKER_OR_BATCH_BYTES:
-                raise InvalidArgument(f"{label} must be 1 to {MAX_WORKER_OR_BATCH_BYTES} bytes")
+        total += verify_pair_block(block)
         name = f"batch {block.worker_id}/{block.batch_id}"
-        lengths = {len(block.rows), len(block.cols), len(block.weights)}
-        if len(lengths) != 1 or next(iter(lengths)) % 4:
-            raise InvalidArgument(
-                f"{name}: rows, cols and weights must be equally long multiples of 4 bytes"
-            )
         rows = np.frombuffer(block.rows, dtype="<u4")
         cols = np.frombuffer(block.cols, dtype="<u4")
         weights = np.frombuffer(block.weights, dtype="<f4")
-        total += len(rows)
         if total > max_pairs:
             raise ResourceExhausted(
                 f"more than {max_pairs} pairs in one call; push in several calls"
@@ -108,6 +112,20 @@ def verify_pair_batches(
             raise InvalidArgument(f"{name}: weights must be finite and positive")
         batches.append(PairBatch(block.worker_id, block.batch_id, rows, cols, weights))
     return batches
+
+
+def verify_pair_block(block: PairBlock) -> int:
+    """The ids and block lengths of one batch (checked as its message arrives); its pairs."""
+    for label, value in (("worker_id", block.worker_id), ("batch_id", block.batch_id)):
+        if not value or len(value.encode()) > MAX_WORKER_OR_BATCH_BYTES:
+            raise InvalidArgument(f"{label} must be 1 to {MAX_WORKER_OR_BATCH_BYTES} bytes")
+    lengths = {len(block.rows), len(block.cols), len(block.weights)}
+    if len(lengths) != 1 or next(iter(lengths)) % 4:
+        raise InvalidArgument(
+            f"batch {block.worker_id}/{block.batch_id}: rows, cols and weights must be "
+            "equally long multiples of 4 bytes"
+        )
+    return len(block.rows) // 4
 
 
 DEFAULT_DIM = 64
@@ -123,6 +141,7 @@ class FitRequest:
     retention: float | None = None
     transform: str = "identity"
     top_k: int = 0
+    whitening: float | None = None
 
 
 def verify_fit(request: FitRequest, encoder_dim: int) -> FitSettings:
@@ -142,8 +161,11 @@ def verify_fit(request: FitRequest, encoder_dim: int) -> FitSettings:
         raise InvalidArgument(f"top_k must be >= 0, got {top_k}")
     if top_k and request.transform != "topk":
         raise InvalidArgument("top_k is only meaningful with GRAPH_TRANSFORM_TOP_K")
+    whitening = DEFAULT_WHITENING if request.whitening is None else request.whitening
+    if not (math.isfinite(whitening) and 0 <= whitening <= 1):
+        raise InvalidArgument(f"whitening must be in [0, 1], got {whitening}")
     graph = GraphOptions(request.transform, top_k or GraphOptions().top_k)  # type: ignore[arg-type]
-    return FitSettings(dim=dim, lam=lam, retention=retention, graph=graph)
+    return FitSettings(dim=dim, lam=lam, retention=retention, graph=graph, whitening=whitening)
 
 
 def verify_similar(k: int, max_k: int) -> int:

@@ -15,6 +15,12 @@ Invariants every implementation keeps:
   ``activate`` the active pointer switches in the same atomic step.
 * ``apply_pair_batches`` is exactly-once per ``(worker_id, batch_id)`` and all-or-nothing
   per call.
+* The steps that make a call's effects visible (``commit_items``, publishing a version,
+  ``activate``, ``apply_pair_batches``) call ``server.call_lifetime.check_commit()`` inside
+  their atomic step: a call that was cancelled or passed its deadline commits nothing.
+* A ``RequestRecord`` given to ``commit_items`` or ``write_version`` is stored in the same
+  atomic step as the commit, so a retry with the same request id finds it exactly when the
+  first call committed.
 * Nothing read from a store is unpickled or evaluated: vectors are raw little-endian
   bytes, metadata is JSON.
 """
@@ -116,6 +122,18 @@ class VersionRecord:
 
 
 @dataclass(frozen=True)
+class RequestRecord:
+    """What a retry of a committed call returns (AIP-155 request ids): the request's
+    fingerprint (a retry must be the same request) and the call's outcome as JSON-ready
+    values. ``write_version`` adds ``version`` and ``previous_active_version`` to it."""
+
+    request_id: str
+    fingerprint: str
+    outcome: dict[str, Any]
+    expires_at: float  # unix seconds; the record is forgotten afterwards
+
+
+@dataclass(frozen=True)
 class NewVersion:
     """A fitted version to write; the store assigns its number and status."""
 
@@ -180,8 +198,15 @@ class CatalogStore(abc.ABC):
         """External ids of rows ``[start, stop)`` (clipped to the item count)."""
 
     @abc.abstractmethod
-    def commit_items(self, name: str, changes: ItemChanges) -> int:
-        """Apply one upsert atomically; returns the new item count."""
+    def commit_items(
+        self, name: str, changes: ItemChanges, request: RequestRecord | None = None
+    ) -> int:
+        """Apply one upsert atomically (with ``request``'s record, which fails the commit
+        with ``ConflictError`` if its id is already recorded); returns the new item count."""
+
+    @abc.abstractmethod
+    def find_request(self, name: str, request_id: str) -> RequestRecord | None:
+        """The unexpired record of a committed call with this request id, if any."""
 
     @abc.abstractmethod
     def read_raw(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -208,9 +233,12 @@ class CatalogStore(abc.ABC):
 
     # -- versions -----------------------------------------------------------------------
     @abc.abstractmethod
-    def write_version(self, name: str, new: NewVersion, activate: bool) -> VersionRecord:
+    def write_version(
+        self, name: str, new: NewVersion, activate: bool, request: RequestRecord | None = None
+    ) -> VersionRecord:
         """Write a complete version, then publish it (and, with ``activate``, make it the
-        active one) in one atomic step. A crash before that step leaves nothing visible."""
+        active one) in one atomic step, together with ``request``'s record. A crash before
+        that step leaves nothing visible."""
 
     @abc.abstractmethod
     def versions(self, name: str) -> list[VersionRecord]:

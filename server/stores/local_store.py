@@ -16,6 +16,7 @@ Schema::
     pair_batches(catalog, worker_id, batch_id)      PK: exactly-once batches
     pair_log(seq, catalog, pairs)                   packed pair blobs of applied batches
     refit_locks(catalog PK, owner, expires_at)      expiry in unix seconds (this machine's clock)
+    requests(catalog, request_id, fingerprint, outcome, expires_at)   PK (catalog, request_id)
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from server.call_lifetime import check_commit
 from server.cooccurrence_merge import counts_from_pairs
 from server.stores.base import (
     CatalogState,
@@ -43,6 +46,7 @@ from server.stores.base import (
     NewVersion,
     NotFoundError,
     PairBatch,
+    RequestRecord,
     StoreUnavailableError,
     VersionRecord,
 )
@@ -88,6 +92,9 @@ CREATE TABLE IF NOT EXISTS item_texts (
     PRIMARY KEY (catalog, text_hash));
 CREATE TABLE IF NOT EXISTS refit_locks (
     catalog TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+    catalog TEXT NOT NULL, request_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    outcome TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (catalog, request_id));
 """
 
 _IN_CHUNK = 900  # bound parameters per IN (...) query
@@ -165,14 +172,18 @@ class LocalStore(CatalogStore):
             raise StoreUnavailableError(f"{self._path}: {error}") from error
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: everything in it is applied, or nothing."""
+    def _write(self, *, commits_call: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction: everything in it is applied, or nothing. With
+        ``commits_call`` (the transaction publishes a call's effects) the call's liveness
+        is checked last, inside the transaction: a dead call rolls back."""
         with self._write_lock:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
+                    if commits_call:
+                        check_commit()
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
@@ -274,8 +285,10 @@ class LocalStore(CatalogStore):
             )
             return [id_ for (id_,) in cursor.fetchall()]
 
-    def commit_items(self, name: str, changes: ItemChanges) -> int:
-        with self._write() as conn:
+    def commit_items(
+        self, name: str, changes: ItemChanges, request: RequestRecord | None = None
+    ) -> int:
+        with self._write(commits_call=True) as conn:
             catalog = self._catalog(conn, name)
             count = catalog["item_count"]
             if count != changes.base_count:
@@ -309,7 +322,37 @@ class LocalStore(CatalogStore):
                 vectors = np.asarray(changes.changed_vectors)[order]
                 self._put_rows(conn, name, catalog, rows[order], vectors)
             conn.execute("UPDATE catalogs SET item_count = ? WHERE name = ?", (new_rows.stop, name))
+            if request is not None:
+                self._record_request(conn, name, request)
         return new_rows.stop
+
+    @staticmethod
+    def _record_request(conn: sqlite3.Connection, name: str, request: RequestRecord) -> None:
+        """Store a committed call's outcome in the commit's transaction (expired ones go)."""
+        conn.execute("DELETE FROM requests WHERE catalog = ? AND expires_at < ?",
+                     (name, time.time()))
+        try:
+            conn.execute(
+                "INSERT INTO requests (catalog, request_id, fingerprint, outcome, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, request.request_id, request.fingerprint, json.dumps(request.outcome),
+                 request.expires_at),
+            )
+        except sqlite3.IntegrityError as error:
+            raise ConflictError(f"request {request.request_id[:40]!r} was committed by a "
+                                "concurrent call") from error
+
+    def find_request(self, name: str, request_id: str) -> RequestRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT fingerprint, outcome, expires_at FROM requests "
+                "WHERE catalog = ? AND request_id = ? AND expires_at >= ?",
+                (name, request_id, time.time()),
+            ).fetchone()
+        if row is None:
+            return None
+        return RequestRecord(request_id, row["fingerprint"], json.loads(row["outcome"]),
+                             row["expires_at"])
 
     def _put_rows(
         self,
@@ -385,7 +428,9 @@ class LocalStore(CatalogStore):
             return self._raw(conn, name, unique)[inverse]
 
     # -- versions -----------------------------------------------------------------------
-    def write_version(self, name: str, new: NewVersion, activate: bool) -> VersionRecord:
+    def write_version(
+        self, name: str, new: NewVersion, activate: bool, request: RequestRecord | None = None
+    ) -> VersionRecord:
         with self._read() as conn:
             catalog = self._catalog(conn, name)
             check_new_version(new, catalog["encoder_dim"], catalog["item_count"])
@@ -393,7 +438,7 @@ class LocalStore(CatalogStore):
         record = record_json(new, created_at)
         version = self._write_payload(name, new, created_at)
         activated_at = time.time() if activate else None
-        self._publish(name, version, record, activated_at)
+        self._publish(name, version, record, activated_at, request)
         return parse_record(version, record, version if activate else 0, activated_at)
 
     def _write_payload(self, name: str, new: NewVersion, started: float) -> int:
@@ -424,10 +469,13 @@ class LocalStore(CatalogStore):
             )
         return version
 
-    def _publish(self, name: str, version: int, record: str, activated_at: float | None) -> int:
+    def _publish(
+        self, name: str, version: int, record: str, activated_at: float | None,
+        request: RequestRecord | None = None,
+    ) -> int:
         """Make the version visible (and active, with ``activated_at``) in one transaction;
         returns the previously active version."""
-        with self._write() as conn:
+        with self._write(commits_call=True) as conn:
             previous = self._catalog(conn, name)["active_version"]
             published = conn.execute(
                 "UPDATE versions SET published = 1, record = ?, activated_at = ? "
@@ -443,6 +491,10 @@ class LocalStore(CatalogStore):
                 conn.execute(
                     "UPDATE catalogs SET active_version = ? WHERE name = ?", (version, name)
                 )
+            if request is not None:
+                outcome = {**request.outcome, "version": version,
+                           "previous_active_version": previous}
+                self._record_request(conn, name, replace(request, outcome=outcome))
         return previous
 
     def versions(self, name: str) -> list[VersionRecord]:
@@ -456,7 +508,7 @@ class LocalStore(CatalogStore):
         return [parse_record(v, record, active, at) for v, record, at in rows]
 
     def activate(self, name: str, version: int) -> int:
-        with self._write() as conn:
+        with self._write(commits_call=True) as conn:
             previous = self._catalog(conn, name)["active_version"]
             self._record(conn, name, version)
             if previous != version:
@@ -526,7 +578,7 @@ class LocalStore(CatalogStore):
     def apply_pair_batches(self, name: str, batches: Sequence[PairBatch]) -> tuple[int, int]:
         applied = pairs = 0
         weight = 0.0
-        with self._write() as conn:
+        with self._write(commits_call=True) as conn:
             count = self._catalog(conn, name)["item_count"]
             for batch in batches:
                 check_pair_batch(batch, count)

@@ -35,6 +35,7 @@ that owns the catalog.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from server.call_lifetime import CallEnded, check_commit, commit_deadline_ms, deadline_passed
 from server.cooccurrence_merge import counts_from_pairs
 from server.stores.base import (
     CatalogState,
@@ -60,6 +62,7 @@ from server.stores.base import (
     NewVersion,
     NotFoundError,
     PairBatch,
+    RequestRecord,
     StoreUnavailableError,
     VersionRecord,
 )
@@ -100,12 +103,25 @@ _UNAVAILABLE = (
     redis.exceptions.OutOfMemoryError,
 )
 
+# Scripts that commit a call's effects first check its commit deadline (unix ms, 0: none)
+# on Redis's clock, so a call whose script waited past its deadline (a paused or busy
+# Redis) commits nothing: they return -3.
+_PAST_DEADLINE = """
+local function past_deadline(deadline)
+  deadline = tonumber(deadline)
+  if deadline == 0 then return false end
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > deadline
+end
+"""
+
 # Applies the batches not seen before and updates the totals: one script for the whole
-# call, so a call is all-or-nothing and a retried batch is counted once.
-_APPLY_BATCHES = """
+# call, so a call is all-or-nothing and a retried batch is counted once. ARGV[1]: deadline.
+_APPLY_BATCHES = _PAST_DEADLINE + """
 if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
+if past_deadline(ARGV[1]) then return -3 end
 local applied, pairs = 0, 0
-for i = 1, #ARGV, 4 do
+for i = 2, #ARGV, 4 do
   if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
     redis.call('RPUSH', KEYS[2], ARGV[i + 1])
     redis.call('HINCRBYFLOAT', KEYS[3], 'weight', ARGV[i + 3])
@@ -130,8 +146,12 @@ redis.call('INCR', KEYS[2])
 return 1
 """
 
-# Publishes a written payload (and optionally activates it); -1 if it was collected.
-_PUBLISH = """
+# Publishes a written payload (and optionally activates it); -1 if it was collected, -2 if
+# the request id (KEYS[5], when ARGV[5] holds its fingerprint) is already recorded. The
+# request's record is written in the same step, with the previous active version.
+_PUBLISH = _PAST_DEADLINE + """
+if past_deadline(ARGV[8]) then return -3 end
+if ARGV[5] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then return -2 end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 local previous = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -139,10 +159,16 @@ if ARGV[3] == '1' then
   redis.call('SET', KEYS[3], ARGV[1])
   redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
 end
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[5], 'fingerprint', ARGV[5], 'outcome', ARGV[6], 'version', ARGV[1],
+             'previous', previous)
+  redis.call('PEXPIREAT', KEYS[5], ARGV[7])
+end
 return previous
 """
 
-_ACTIVATE = """
+_ACTIVATE = _PAST_DEADLINE + """
+if past_deadline(ARGV[3]) then return -3 end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
 local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
 if previous ~= tonumber(ARGV[1]) then
@@ -425,13 +451,38 @@ class RedisStore(CatalogStore):
         values = self._client.lrange(self._key(name, "rowids"), start, stop - 1)
         return [value.decode() for value in values]
 
+    def _request_key(self, name: str, request_id: str) -> str:
+        return self._key(name, "req", hashlib.sha256(request_id.encode()).hexdigest())
+
     @_unavailable_as_store_error
-    def commit_items(self, name: str, changes: ItemChanges) -> int:
+    def find_request(self, name: str, request_id: str) -> RequestRecord | None:
+        check_catalog_name(name)
+        key = self._request_key(name, request_id)
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(key)
+            pipe.pexpiretime(key)
+            fields, expires_ms = pipe.execute()
+        if not fields:
+            return None
+        outcome = _parse_json(fields[b"outcome"])
+        if b"version" in fields:  # written by a publish
+            outcome["version"] = int(fields[b"version"])
+            outcome["previous_active_version"] = int(fields[b"previous"])
+        return RequestRecord(request_id, fields[b"fingerprint"].decode(), outcome,
+                             int(expires_ms) / 1000)
+
+    @_unavailable_as_store_error
+    def commit_items(
+        self, name: str, changes: ItemChanges, request: RequestRecord | None = None
+    ) -> int:
         meta = self._meta(name)
         count_key, ids_key = self._key(name, "count"), self._key(name, "ids")
+        request_key = self._request_key(name, request.request_id) if request else None
         try:
             with self._client.pipeline(transaction=True) as pipe:
-                pipe.watch(count_key)
+                pipe.watch(count_key, *([request_key] if request_key else []))
+                if request_key and pipe.exists(request_key):
+                    raise ConflictError("the request was committed by a concurrent call")
                 count = int(pipe.get(count_key) or 0)
                 if count != changes.base_count:
                     raise ConflictError(
@@ -448,6 +499,11 @@ class RedisStore(CatalogStore):
                         raise ValueError(f"item id {taken[0]!r} already has a row")
                 pipe.multi()
                 self._queue_items(pipe, name, meta, changes)
+                if request is not None and request_key is not None:
+                    pipe.hset(request_key, mapping={"fingerprint": request.fingerprint,
+                                                    "outcome": json.dumps(request.outcome)})
+                    pipe.pexpireat(request_key, int(request.expires_at * 1000))
+                check_commit()  # the call is alive now, right before the atomic EXEC
                 pipe.execute()
         except redis.WatchError as error:
             raise ConflictError(f"a concurrent upsert of {name!r} committed first") from error
@@ -526,7 +582,9 @@ class RedisStore(CatalogStore):
 
     # -- versions -----------------------------------------------------------------------
     @_unavailable_as_store_error
-    def write_version(self, name: str, new: NewVersion, activate: bool) -> VersionRecord:
+    def write_version(
+        self, name: str, new: NewVersion, activate: bool, request: RequestRecord | None = None
+    ) -> VersionRecord:
         meta = self._meta(name)
         check_new_version(new, meta.encoder.dim, self._count(name))
         created_at = time.time()
@@ -534,10 +592,17 @@ class RedisStore(CatalogStore):
         version = self._write_payload(name, new, created_at)
         activated_at = time.time() if activate else None
         try:
-            self._publish(name, version, record, activated_at)
+            self._publish(name, version, record, activated_at, request)
         except ConflictError:  # collected meanwhile: drop blocks written after the collection
             blocks = -(-new.item_count // meta.block_rows)
             self._client.unlink(*self._payload_keys(name, version, blocks))
+            raise
+        except CallEnded:  # refused before publishing (the call died): nothing is visible
+            blocks = -(-new.item_count // meta.block_rows)
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._key(name, "pending"), str(version))
+                pipe.unlink(*self._payload_keys(name, version, blocks))
+                pipe.execute()
             raise
         return parse_record(version, record, version if activate else 0, activated_at)
 
@@ -566,13 +631,28 @@ class RedisStore(CatalogStore):
             pipe.execute()
         return version
 
-    def _publish(self, name: str, version: int, record: str, activated_at: float | None) -> int:
-        """Make the version visible (and active, with ``activated_at``) in one atomic step;
-        returns the previously active version."""
+    def _publish(
+        self, name: str, version: int, record: str, activated_at: float | None,
+        request: RequestRecord | None = None,
+    ) -> int:
+        """Make the version visible (and active, with ``activated_at``) in one atomic step,
+        with ``request``'s record; returns the previously active version."""
         keys = [self._key(name, k) for k in ("pending", "versions", "active", "activated")]
         activate = "1" if activated_at is not None else "0"
         args = [version, record, activate, activated_at or 0.0]
-        previous = int(self._scripts["publish"](keys=keys, args=args))
+        if request is None:
+            keys.append(self._key(name, "req", "-"))  # unused: every key names the catalog
+            args += ["", "", 0]
+        else:
+            keys.append(self._request_key(name, request.request_id))
+            args += [request.fingerprint, json.dumps(request.outcome),
+                     int(request.expires_at * 1000)]
+        check_commit()  # the call is alive now; the script checks its deadline again
+        previous = int(self._scripts["publish"](keys=keys, args=[*args, commit_deadline_ms()]))
+        if previous == -3:
+            raise deadline_passed()
+        if previous == -2:
+            raise ConflictError("the request was committed by a concurrent call")
         if previous < 0:
             raise ConflictError(
                 f"version {version} of {name!r} was garbage-collected before it was published "
@@ -597,7 +677,11 @@ class RedisStore(CatalogStore):
     def activate(self, name: str, version: int) -> int:
         self._meta(name)
         keys = [self._key(name, k) for k in ("versions", "active", "activated")]
-        previous = int(self._scripts["activate"](keys=keys, args=[version, time.time()]))
+        check_commit()  # the call is alive now; the script checks its deadline again
+        previous = int(self._scripts["activate"](
+            keys=keys, args=[version, time.time(), commit_deadline_ms()]))
+        if previous == -3:
+            raise deadline_passed()
         if previous < 0:
             raise NotFoundError(f"catalog {name!r} has no version {version}")
         return previous
@@ -662,7 +746,10 @@ class RedisStore(CatalogStore):
         if not batches:
             return 0, 0
         keys = [self._key(name, k) for k in ("batches", "pairs", "cooc", "meta")]
-        applied = int(self._scripts["apply"](keys=keys, args=args))
+        check_commit()  # the call is alive now; the script checks its deadline again
+        applied = int(self._scripts["apply"](keys=keys, args=[commit_deadline_ms(), *args]))
+        if applied == -3:
+            raise deadline_passed()
         if applied < 0:
             raise NotFoundError(f"catalog {name!r} does not exist")
         return applied, len(batches) - applied

@@ -3,6 +3,14 @@
 Rows ``0..n_items-1`` are real items (the catalog's row indices, as served); the padding
 index is ``n_items``, a separate all-zero row that is never scored, so no real item has to
 give up index 0 for padding.
+
+Cold-start path (``restrict_to_seen``): items that never occur in training get no gradient
+except as softmax negatives, so a trainable row of such an item is only ever pushed away
+from every user and its score collapses. With the path on, training excludes those items
+from the softmax, and evaluation scores them through a map from served vectors to trained
+rows, fitted by ridge regression on the items that were trained
+(``trainer_client.cold_start``). A frozen table with an adapter already maps every item the
+same way, so there only the softmax exclusion applies.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainer_client.cold_start import map_unseen_rows
 
 TableMode = Literal["id", "init", "frozen"]
 TABLE_MODES: tuple[TableMode, ...] = ("id", "init", "frozen")
@@ -66,6 +76,8 @@ class ItemTable(nn.Module):
         self.n_items, self.dim, self.config = n_items, dim, config
         self.normalized = config.normalized
         self.adapter: nn.Linear | None = None
+        # Cold-start path: which items training never saw (None = path off).
+        self.unseen: torch.Tensor | None = None
         if config.mode == "id":
             if vectors is not None:
                 raise ValueError("mode 'id' takes no item vectors")
@@ -79,6 +91,7 @@ class ItemTable(nn.Module):
                     "use mode 'frozen' (adapter) or serve vectors of that dim"
                 )
             self.weight = nn.Parameter(given.clone())
+            self.register_buffer("served_vectors", given, persistent=False)
         else:
             self.register_buffer("frozen_vectors", given)
             self.adapter = nn.Linear(given.shape[1], dim)
@@ -87,10 +100,28 @@ class ItemTable(nn.Module):
     def padding_idx(self) -> int:
         return self.n_items
 
+    def restrict_to_seen(self, seen: np.ndarray | None) -> None:
+        """Turn the cold-start path on for the items where ``seen`` is False (None: off)."""
+        if seen is None:
+            self.unseen = None
+            return
+        seen = np.asarray(seen, dtype=bool)
+        if seen.shape != (self.n_items,):
+            raise ValueError(f"seen must be a ({self.n_items},) mask, got {seen.shape}")
+        if not seen.any():
+            raise ValueError("the cold-start path needs at least one seen item")
+        self.unseen = torch.from_numpy(~seen).to(self._device())
+
     def item_matrix(self) -> torch.Tensor:
-        """``(n_items, dim)`` vectors the model sees, unit-norm when normalization is on."""
+        """``(n_items, dim)`` vectors the model sees, unit-norm when normalization is on.
+        Out of training, unseen items' trainable rows are replaced by mapped served vectors."""
         matrix = self.weight if self.adapter is None else self.adapter(self.frozen_vectors)
+        if self.unseen is not None and not self.training and hasattr(self, "served_vectors"):
+            matrix = map_unseen_rows(self.served_vectors, matrix, self.unseen)
         return F.normalize(matrix, dim=-1) if self.normalized else matrix
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def embed(self, items: torch.Tensor, matrix: torch.Tensor | None = None) -> torch.Tensor:
         """Look up item indices; the padding index maps to a zero vector."""
@@ -102,8 +133,12 @@ class ItemTable(nn.Module):
         """Scores of every item for each representation in ``hidden`` (``(..., dim)``)."""
         matrix = self.item_matrix() if matrix is None else matrix
         if self.normalized:
-            return F.normalize(hidden, dim=-1) @ matrix.T / self.config.temperature
-        return hidden @ matrix.T
+            scores = F.normalize(hidden, dim=-1) @ matrix.T / self.config.temperature
+        else:
+            scores = hidden @ matrix.T
+        if self.unseen is not None and self.training:  # never a negative while unseen
+            scores = scores.masked_fill(self.unseen.to(scores.device), -torch.inf)
+        return scores
 
 
 def _checked_vectors(vectors: np.ndarray | None, n_items: int, mode: str) -> torch.Tensor:

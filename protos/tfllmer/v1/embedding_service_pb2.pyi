@@ -36,6 +36,7 @@ class GraphTransform(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GRAPH_TRANSFORM_IDENTITY: _ClassVar[GraphTransform]
     GRAPH_TRANSFORM_LOG1P: _ClassVar[GraphTransform]
     GRAPH_TRANSFORM_TOP_K: _ClassVar[GraphTransform]
+    GRAPH_TRANSFORM_PPMI: _ClassVar[GraphTransform]
 
 class CatalogEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -69,6 +70,7 @@ GRAPH_TRANSFORM_UNSPECIFIED: GraphTransform
 GRAPH_TRANSFORM_IDENTITY: GraphTransform
 GRAPH_TRANSFORM_LOG1P: GraphTransform
 GRAPH_TRANSFORM_TOP_K: GraphTransform
+GRAPH_TRANSFORM_PPMI: GraphTransform
 CATALOG_EVENT_KIND_UNSPECIFIED: CatalogEventKind
 CATALOG_EVENT_KIND_SNAPSHOT: CatalogEventKind
 CATALOG_EVENT_KIND_VERSION_CREATED: CatalogEventKind
@@ -99,12 +101,14 @@ class Item(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class UpsertItemsRequest(_message.Message):
-    __slots__ = ("catalog", "items")
+    __slots__ = ("catalog", "items", "request_id")
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     catalog: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
-    def __init__(self, catalog: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, catalog: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UpsertItemsResponse(_message.Message):
     __slots__ = ("added", "changed", "unchanged", "item_count")
@@ -159,19 +163,21 @@ class GraphOptions(_message.Message):
     def __init__(self, transform: _Optional[_Union[GraphTransform, str]] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class FitParameters(_message.Message):
-    __slots__ = ("dim", "lam", "retention_budget", "graph")
+    __slots__ = ("dim", "lam", "retention_budget", "graph", "whitening")
     DIM_FIELD_NUMBER: _ClassVar[int]
     LAM_FIELD_NUMBER: _ClassVar[int]
     RETENTION_BUDGET_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FIELD_NUMBER: _ClassVar[int]
+    WHITENING_FIELD_NUMBER: _ClassVar[int]
     dim: int
     lam: float
     retention_budget: float
     graph: GraphOptions
-    def __init__(self, dim: _Optional[int] = ..., lam: _Optional[float] = ..., retention_budget: _Optional[float] = ..., graph: _Optional[_Union[GraphOptions, _Mapping]] = ...) -> None: ...
+    whitening: float
+    def __init__(self, dim: _Optional[int] = ..., lam: _Optional[float] = ..., retention_budget: _Optional[float] = ..., graph: _Optional[_Union[GraphOptions, _Mapping]] = ..., whitening: _Optional[float] = ...) -> None: ...
 
 class FitDiagnostics(_message.Message):
-    __slots__ = ("lam", "retention_budget", "retained_variance", "graph_tv", "alignment", "pca_retained_variance", "pca_graph_tv", "pca_alignment", "alignment_k", "n_items", "n_edges", "graph_to_scatter_trace")
+    __slots__ = ("lam", "retention_budget", "retained_variance", "graph_tv", "alignment", "pca_retained_variance", "pca_graph_tv", "pca_alignment", "alignment_k", "n_items", "n_edges", "graph_to_scatter_trace", "whitening")
     LAM_FIELD_NUMBER: _ClassVar[int]
     RETENTION_BUDGET_FIELD_NUMBER: _ClassVar[int]
     RETAINED_VARIANCE_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +190,7 @@ class FitDiagnostics(_message.Message):
     N_ITEMS_FIELD_NUMBER: _ClassVar[int]
     N_EDGES_FIELD_NUMBER: _ClassVar[int]
     GRAPH_TO_SCATTER_TRACE_FIELD_NUMBER: _ClassVar[int]
+    WHITENING_FIELD_NUMBER: _ClassVar[int]
     lam: float
     retention_budget: float
     retained_variance: float
@@ -196,7 +203,8 @@ class FitDiagnostics(_message.Message):
     n_items: int
     n_edges: int
     graph_to_scatter_trace: float
-    def __init__(self, lam: _Optional[float] = ..., retention_budget: _Optional[float] = ..., retained_variance: _Optional[float] = ..., graph_tv: _Optional[float] = ..., alignment: _Optional[float] = ..., pca_retained_variance: _Optional[float] = ..., pca_graph_tv: _Optional[float] = ..., pca_alignment: _Optional[float] = ..., alignment_k: _Optional[int] = ..., n_items: _Optional[int] = ..., n_edges: _Optional[int] = ..., graph_to_scatter_trace: _Optional[float] = ...) -> None: ...
+    whitening: float
+    def __init__(self, lam: _Optional[float] = ..., retention_budget: _Optional[float] = ..., retained_variance: _Optional[float] = ..., graph_tv: _Optional[float] = ..., alignment: _Optional[float] = ..., pca_retained_variance: _Optional[float] = ..., pca_graph_tv: _Optional[float] = ..., pca_alignment: _Optional[float] = ..., alignment_k: _Optional[int] = ..., n_items: _Optional[int] = ..., n_edges: _Optional[int] = ..., graph_to_scatter_trace: _Optional[float] = ..., whitening: _Optional[float] = ...) -> None: ...
 
 class CatalogVersion(_message.Message):
     __slots__ = ("version", "status", "item_count", "encoder", "parameters", "diagnostics", "cooccurrence", "create_time", "activate_time", "fit_seconds")
@@ -303,14 +311,16 @@ class PushCooccurrenceResponse(_message.Message):
     def __init__(self, batches_applied: _Optional[int] = ..., duplicates_ignored: _Optional[int] = ..., pairs_added: _Optional[int] = ..., weight_added: _Optional[float] = ..., totals: _Optional[_Union[CooccurrenceTotals, _Mapping]] = ...) -> None: ...
 
 class RefitProjectionRequest(_message.Message):
-    __slots__ = ("catalog", "parameters", "activate")
+    __slots__ = ("catalog", "parameters", "activate", "request_id")
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     catalog: str
     parameters: FitParameters
     activate: bool
-    def __init__(self, catalog: _Optional[str] = ..., parameters: _Optional[_Union[FitParameters, _Mapping]] = ..., activate: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, catalog: _Optional[str] = ..., parameters: _Optional[_Union[FitParameters, _Mapping]] = ..., activate: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RefitProjectionResponse(_message.Message):
     __slots__ = ("version", "previous_active_version")

@@ -37,11 +37,18 @@ class EmbeddingServiceStub:
     PushCooccurrence, SimilarItems and WatchCatalog; admin tokens may call every RPC. A trainer token on an
     admin-only RPC is PERMISSION_DENIED.
 
-    Errors common to every RPC: UNAVAILABLE when the store does not answer or the server is
-    shutting down (safe to retry with backoff: a failed call changes nothing); RESOURCE_EXHAUSTED
-    when a request message exceeds the server's maximum receive size (gRPC's own check);
-    DEADLINE_EXCEEDED and CANCELLED as set by the caller. A caller's mistake is never INTERNAL,
-    and a call that fails with any status changes nothing.
+    Errors common to every RPC: UNAVAILABLE when the store or the encoder does not answer or
+    the server is shutting down (safe to retry with backoff: a failed call changes nothing);
+    RESOURCE_EXHAUSTED when a request message exceeds the server's maximum receive size (gRPC's
+    own check), when a call's request messages together exceed the server's per-call byte
+    budget, when the server already holds its limit of in-flight request bytes, of open
+    GetItemEmbeddings streams or of queued encoder work (retry with backoff); INVALID_ARGUMENT
+    for request bytes that are not a valid message; DEADLINE_EXCEEDED and CANCELLED as set by
+    the caller, and DEADLINE_EXCEEDED when a call runs past the server's maximum call duration,
+    a request stream sends nothing (or a reader takes nothing) for the server's idle timeout.
+    A caller's mistake is never INTERNAL, and a call that fails with any status changes
+    nothing: mutating calls commit only while they are alive (not cancelled, inside their
+    deadline), checked in the same atomic step as the commit.
     """
 
     def __init__(self, channel):
@@ -119,11 +126,18 @@ class EmbeddingServiceServicer:
     PushCooccurrence, SimilarItems and WatchCatalog; admin tokens may call every RPC. A trainer token on an
     admin-only RPC is PERMISSION_DENIED.
 
-    Errors common to every RPC: UNAVAILABLE when the store does not answer or the server is
-    shutting down (safe to retry with backoff: a failed call changes nothing); RESOURCE_EXHAUSTED
-    when a request message exceeds the server's maximum receive size (gRPC's own check);
-    DEADLINE_EXCEEDED and CANCELLED as set by the caller. A caller's mistake is never INTERNAL,
-    and a call that fails with any status changes nothing.
+    Errors common to every RPC: UNAVAILABLE when the store or the encoder does not answer or
+    the server is shutting down (safe to retry with backoff: a failed call changes nothing);
+    RESOURCE_EXHAUSTED when a request message exceeds the server's maximum receive size (gRPC's
+    own check), when a call's request messages together exceed the server's per-call byte
+    budget, when the server already holds its limit of in-flight request bytes, of open
+    GetItemEmbeddings streams or of queued encoder work (retry with backoff); INVALID_ARGUMENT
+    for request bytes that are not a valid message; DEADLINE_EXCEEDED and CANCELLED as set by
+    the caller, and DEADLINE_EXCEEDED when a call runs past the server's maximum call duration,
+    a request stream sends nothing (or a reader takes nothing) for the server's idle timeout.
+    A caller's mistake is never INTERNAL, and a call that fails with any status changes
+    nothing: mutating calls commit only while they are alive (not cancelled, inside their
+    deadline), checked in the same atomic step as the commit.
     """
 
     def UpsertItems(self, request_iterator, context):
@@ -134,7 +148,9 @@ class EmbeddingServiceServicer:
         encoder as its encoder. New ids get the next free rows in the order they first appear in
         the stream. Only new items and items whose text changed are encoded; an id sent with
         its current text is counted as unchanged and costs nothing. The call is committed
-        atomically when the client half-closes: if it fails, no item of it is stored. Vectors
+        atomically when the client half-closes, and only while the call is alive: a call that
+        fails, is cancelled or passes its deadline (the server also ends calls that exceed its
+        maximum duration or send nothing for its idle timeout) stores no item. Vectors
         stored with existing versions never change (see GetItemEmbeddings).
 
         Errors: INVALID_ARGUMENT for a bad catalog name or item id, an empty text or one over the
@@ -389,11 +405,18 @@ class EmbeddingService:
     PushCooccurrence, SimilarItems and WatchCatalog; admin tokens may call every RPC. A trainer token on an
     admin-only RPC is PERMISSION_DENIED.
 
-    Errors common to every RPC: UNAVAILABLE when the store does not answer or the server is
-    shutting down (safe to retry with backoff: a failed call changes nothing); RESOURCE_EXHAUSTED
-    when a request message exceeds the server's maximum receive size (gRPC's own check);
-    DEADLINE_EXCEEDED and CANCELLED as set by the caller. A caller's mistake is never INTERNAL,
-    and a call that fails with any status changes nothing.
+    Errors common to every RPC: UNAVAILABLE when the store or the encoder does not answer or
+    the server is shutting down (safe to retry with backoff: a failed call changes nothing);
+    RESOURCE_EXHAUSTED when a request message exceeds the server's maximum receive size (gRPC's
+    own check), when a call's request messages together exceed the server's per-call byte
+    budget, when the server already holds its limit of in-flight request bytes, of open
+    GetItemEmbeddings streams or of queued encoder work (retry with backoff); INVALID_ARGUMENT
+    for request bytes that are not a valid message; DEADLINE_EXCEEDED and CANCELLED as set by
+    the caller, and DEADLINE_EXCEEDED when a call runs past the server's maximum call duration,
+    a request stream sends nothing (or a reader takes nothing) for the server's idle timeout.
+    A caller's mistake is never INTERNAL, and a call that fails with any status changes
+    nothing: mutating calls commit only while they are alive (not cancelled, inside their
+    deadline), checked in the same atomic step as the commit.
     """
 
     @staticmethod
