@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU build of torch first, so nothing later pulls a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# Both sides and the tools: the wheel's extras are `server` and `trainer`.
+	$(PY) -m pip install --quiet -e '.[server,trainer,dev]'
 	touch $(STAMP)
 
 data: $(STAMP)
@@ -39,8 +40,13 @@ test-compose: data
 reliability: data
 	$(PY) -m bench.reliability
 
+# The gates CI runs before the tests: style, types, layering (ARCHITECTURE §11) and the
+# wire contract (buf lint, and buf breaking against main; see .ci/contract).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	.ci/contract
 
 clean-venv:
 	rm -rf $(VENV)

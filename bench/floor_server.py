@@ -24,8 +24,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from protos.codecs import encode_vectors
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
-from server.service.vector_codec import encode_vectors
 
 METHOD = "/tfllmer.v1.EmbeddingService/GetItemEmbeddings"
 _LENGTH = struct.Struct("<I")

@@ -1,6 +1,6 @@
-"""What the service benchmarks share: a real ``redis-server`` on a free port, the real
-server as a ``python -m server`` subprocess (its own GIL, its own RSS), synthetic catalogs
-written straight through the store API, and process memory readings.
+"""What the service benchmarks share beyond ``harness`` (a real ``redis-server`` on a free
+port, the real server as a ``python -m server`` subprocess with its own GIL and RSS):
+their flags, synthetic catalogs written straight through the store API, and profiles.
 
 Synthetic catalogs skip the encoder on purpose (encoding a million texts would take an hour
 on a CPU): ``load_synthetic_catalog`` commits items with random vectors through
@@ -9,40 +9,31 @@ on a CPU): ``load_synthetic_catalog`` commits items with random vectors through
 ``RefitProjection`` ends in. ``bench.ingest`` is the benchmark that measures encoding.
 
 Profiling: with ``BENCH_PROFILE_DIR`` set, every server process is sampled by ``py-spy``
-(``pip install py-spy``) for its whole life, and its collapsed stacks land in that folder
-(``server-<pid>.txt``); ``python -m bench.harness <file>`` prints where the time went.
+(``pip install py-spy``) for its whole life (``harness.server_process``), and its collapsed
+stacks land in that folder (``server-<pid>.txt``); ``python -m bench.harness <file>`` prints
+where the time went.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import median
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.report import RESULTS_DIR
+from harness.server_process import ServerProcess
 from server.stores.base import CooccurrenceTotals, EncoderIdentity, ItemChanges, NewVersion
 from server.stores.redis_store import RedisStore
-from tests.redis_server import RedisServer, _free_port
 
 C = TypeVar("C")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
-# Encoder identity of the default server (sentence-transformers all-MiniLM-L6-v2, pooled).
-DEFAULT_ENCODER = EncoderIdentity("all-MiniLM-L6-v2", 384)
 
 
 def progress(name: str, message: str) -> None:
@@ -73,118 +64,10 @@ def median_of(values: Sequence[float]) -> float:
     return float(median(values))
 
 
-def free_port() -> int:
-    return _free_port()
-
-
-@contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    """A private ``redis-server`` on a free loopback port (never the shared 6379)."""
-    with RedisServer() as server:
-        yield server
-
-
-# --- process memory --------------------------------------------------------------------------
-
-
-def status_mb(pid: int, field: str) -> float:
-    """``VmRSS`` / ``VmHWM`` (peak) of process ``pid`` in MiB, from ``/proc/<pid>/status``."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/{pid}/status")
-
-
-def reset_peak_rss(pid: int) -> None:
-    """Set ``VmHWM`` of ``pid`` back to its current RSS (Linux ``clear_refs`` ← 5)."""
-    with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-
-
-# --- the server under test -------------------------------------------------------------------
-
-
-class ServerProcess:
-    """``python -m server`` with ``flags`` (``--name value`` pairs) on a free port, started on
-    enter (returns once health says SERVING), SIGTERM on exit. Logs go to ``log_path``."""
-
-    def __init__(self, store_url: str, log_path: Path, *flags: str,
-                 env: dict[str, str] | None = None, startup_timeout: float = 180.0) -> None:
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.command = [sys.executable, "-m", "server", "--port", str(self.port),
-                        "--store-url", store_url, "--log-level", "warning", *flags]
-        base = {k: v for k, v in os.environ.items() if not k.startswith("TFLLMER_")}
-        self.env = {**base, **(env or {})}
-        self.log_path = log_path
-        self.startup_timeout = startup_timeout
-        self.process: subprocess.Popen[bytes] | None = None
-        self.profiler: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def __enter__(self) -> ServerProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=self.env,
-                                            stdout=log, stderr=log)
-        wait_serving(self.address, self.process, self.startup_timeout)
-        profile_dir = os.environ.get("BENCH_PROFILE_DIR")
-        if profile_dir:
-            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-            out = Path(profile_dir) / f"server-{self.pid}.txt"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            self.profiler = subprocess.Popen(
-                [spy, "record", "--pid", str(self.pid), "--format", "raw", "--rate", "200",
-                 "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1.0)  # attached before the workload starts
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is None:
-            return
-        if self.profiler is not None:  # SIGINT: py-spy writes what it sampled and exits
-            self.profiler.send_signal(signal.SIGINT)
-            self.profiler.wait(60)
-            self.profiler = None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def rss_mb(self) -> float:
-        return status_mb(self.pid, "VmRSS")
-
-    def peak_rss_mb(self) -> float:
-        return status_mb(self.pid, "VmHWM")
-
-    def reset_peak(self) -> None:
-        reset_peak_rss(self.pid)
-
-
-def wait_serving(address: str, process: subprocess.Popen[Any] | None, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                raise RuntimeError(f"{address}: the process exited during start-up")
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise RuntimeError(f"{address} did not become SERVING within {timeout} s")
+def server_process(store_url: str, log_path: Path, *flags: str) -> ServerProcess:
+    """The server under test: ``python -m server`` with ``flags``, SIGTERM at the end."""
+    return ServerProcess(store_url, log_path, args=["--log-level", "warning", *flags],
+                         graceful=True)
 
 
 # --- synthetic catalogs ----------------------------------------------------------------------

@@ -42,14 +42,14 @@ import grpc
 
 from bench.harness import (
     REPO_ROOT,
-    ServerProcess,
     config_from,
     config_parser,
     median_of,
-    redis_server,
+    server_process,
 )
 from bench.harness import progress as _progress
 from bench.report import RESULTS_DIR, Target, machine_info, write_results
+from harness.redis_server import RedisServer
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 
@@ -144,9 +144,9 @@ def run(config: Config) -> dict[str, Any]:
     direct_128: list[float] = []
     service: list[float] = []
     with (
-        redis_server() as redis,
+        RedisServer() as redis,
         tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp,
-        ServerProcess(redis.url, Path(tmp) / "server.log", "--encoder-device", "cpu") as server,
+        server_process(redis.url, Path(tmp) / "server.log", "--encoder-device", "cpu") as server,
         grpc.insecure_channel(server.address) as channel,
     ):
         stub = pb_grpc.EmbeddingServiceStub(channel)

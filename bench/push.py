@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import ServerProcess, config_from, config_parser, median_of, redis_server
+from bench.harness import config_from, config_parser, median_of, server_process
 from bench.harness import progress as _progress
 from bench.report import RESULTS_DIR, Target, machine_info, write_results
+from harness.redis_server import RedisServer
 from server.stores.base import EncoderIdentity, ItemChanges
 from server.stores.redis_store import RedisStore
 from trainer_client.client import EmbeddingClient
@@ -75,14 +76,14 @@ def run(config: Config) -> dict[str, Any]:
     progress(f"{len(rows)} pairs over {len(item_ids)} items")
     timings: list[float] = []
     duplicate_timings: list[float] = []
-    with redis_server() as redis, tempfile.TemporaryDirectory(prefix="bench-push-") as tmp:
+    with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="bench-push-") as tmp:
         store = RedisStore(redis.url)
         encoder = EncoderIdentity("synthetic", 8)
         store.create_catalog(CATALOG, encoder)
         store.commit_items(CATALOG, ItemChanges(
             base_count=0, new_ids=item_ids, new_text_hashes=["0" * 64] * len(item_ids),
             new_vectors=np.ones((len(item_ids), encoder.dim), np.float32)))
-        with ServerProcess(redis.url, Path(tmp) / "server.log") as server, \
+        with server_process(redis.url, Path(tmp) / "server.log") as server, \
                 EmbeddingClient(server.address, token="") as client:
             client.describe(CATALOG)  # connect before the clock starts
             for repeat in range(config.repeats):

@@ -33,15 +33,16 @@ import numpy as np
 
 from bench.harness import (
     MB,
-    ServerProcess,
     config_from,
     config_parser,
     load_synthetic_catalog,
     median_of,
-    redis_server,
+    server_process,
 )
 from bench.harness import progress as _progress
 from bench.report import RESULTS_DIR, Target, machine_info, write_results
+from harness.redis_server import RedisServer
+from harness.server_process import ServerProcess
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.stores.base import EncoderIdentity
@@ -97,7 +98,7 @@ class RssSampler:
     def _run(self) -> None:
         start = time.perf_counter()
         while not self._stop.wait(self.interval):
-            self.samples.append((time.perf_counter() - start, self.server.rss_mb()))
+            self.samples.append((time.perf_counter() - start, self.server.rss_bytes() / MB))
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -111,12 +112,12 @@ class RssSampler:
 def run(config: Config) -> dict[str, Any]:
     encoder = EncoderIdentity("synthetic", config.dim)
     runs: list[dict[str, Any]] = []
-    with redis_server() as redis, tempfile.TemporaryDirectory(prefix="bench-refit-") as tmp:
+    with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="bench-refit-") as tmp:
         store = RedisStore(redis.url)
         progress(f"writing {config.items} × {config.dim} float16 raw vectors through the store")
         load_synthetic_catalog(store, CATALOG, config.items, encoder, "<f2", config.seed)
         rows, cols, weights = random_pairs(config.items, config.nnz // 2, config.seed + 1)
-        with ServerProcess(redis.url, Path(tmp) / "server.log") as server:
+        with server_process(redis.url, Path(tmp) / "server.log") as server:
             progress(f"pushing {len(rows)} pairs ({config.nnz} non-zeros) through the RPC")
             with EmbeddingClient(server.address, token="", deadline_s=3600) as client:
                 start = time.perf_counter()
@@ -124,12 +125,12 @@ def run(config: Config) -> dict[str, Any]:
                     rows, cols, weights)
                 push_s = time.perf_counter() - start
             del rows, cols, weights
-            idle_mb = server.rss_mb()
+            idle_mb = server.rss_bytes() / MB
             with grpc.insecure_channel(server.address) as channel:
                 stub = pb_grpc.EmbeddingServiceStub(channel)
                 for repeat in range(config.repeats):
                     progress(f"repeat {repeat + 1}/{config.repeats}: RefitProjection")
-                    baseline = server.rss_mb()
+                    baseline = server.rss_bytes() / MB
                     server.reset_peak()
                     with RssSampler(server) as sampler:
                         start = time.perf_counter()
@@ -139,7 +140,7 @@ def run(config: Config) -> dict[str, Any]:
                         seconds = time.perf_counter() - start
                     runs.append({
                         "seconds": seconds, "fit_seconds": reply.version.fit_seconds,
-                        "baseline_rss_mb": baseline, "peak_rss_mb": server.peak_rss_mb(),
+                        "baseline_rss_mb": baseline, "peak_rss_mb": server.peak_rss_bytes() / MB,
                         "version": reply.version.version,
                         "lam": reply.version.diagnostics.lam,
                         "rss_samples": [(round(t, 2), round(m, 1)) for t, m in sampler.samples],

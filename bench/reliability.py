@@ -94,8 +94,8 @@ def run_scenarios(workdir: Path) -> dict[str, Any]:
 
 
 def run_fuzz(workdir: Path, cases: int) -> dict[str, Any]:
-    from tests.process_harness import ServerProcess
-    from tests.redis_server import RedisServer
+    from harness.redis_server import RedisServer
+    from harness.server_process import ServerProcess
 
     with RedisServer() as redis_server, ServerProcess(
             redis_server.url, workdir / "fuzz-server.log", args=server_flags()) as server, \
@@ -108,9 +108,9 @@ def run_fuzz(workdir: Path, cases: int) -> dict[str, Any]:
 
 
 def run_load_phase(workdir: Path, clients: int, seconds: float) -> dict[str, Any]:
+    from harness.redis_server import RedisServer
+    from harness.server_process import ServerProcess, refit, synthetic_catalog
     from server.stores import RedisStore
-    from tests.process_harness import ServerProcess, refit, synthetic_catalog
-    from tests.redis_server import RedisServer
 
     catalog = "load"
     with RedisServer() as redis_server:

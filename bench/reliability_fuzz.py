@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
-from server.stores.checks import CATALOG_NAME
+from server.validation import CATALOG_NAME
 
 MAIN, BARE, UNKNOWN = "fuzz-main", "fuzz-bare", "fuzz-unknown"
 CATALOGS = (MAIN, BARE, UNKNOWN)

@@ -7,7 +7,7 @@ import grpc
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
-from server import admin
+from trainer_client import admin
 from trainer_client.datasets import dataset_dir
 
 

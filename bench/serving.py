@@ -45,18 +45,18 @@ from bench.floor_server import capture_stream, write_floor_data
 from bench.harness import (
     MB,
     REPO_ROOT,
-    ServerProcess,
     config_from,
     config_parser,
-    free_port,
     item_id,
     load_synthetic_catalog,
     median_of,
-    redis_server,
+    server_process,
     write_synthetic_version,
 )
 from bench.harness import progress as _progress
 from bench.report import RESULTS_DIR, Target, machine_info, write_results
+from harness.ports import free_port
+from harness.redis_server import RedisServer
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.stores.base import EncoderIdentity
 from server.stores.redis_store import RedisStore
@@ -169,7 +169,7 @@ def run(config: Config) -> dict[str, Any]:
     requests = [[item_id(r) for r in rng.integers(0, config.items, config.ids_per_request)]
                 for _ in range(4096)]
     encoder = EncoderIdentity("synthetic", config.dim)
-    with redis_server() as redis, tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+    with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         store = RedisStore(redis.url)
         progress(f"loading {config.items} items and a version of dim {config.dim} into Redis")
         load_synthetic_catalog(store, CATALOG, config.items, encoder, "<f2", config.seed)
@@ -180,7 +180,7 @@ def run(config: Config) -> dict[str, Any]:
         full: dict[str, dict[str, list[float]]] = {
             d: {"floor": [], "cached": [], "cold": []} for d in DTYPES}
         look: dict[str, list[dict[str, float]]] = {"floor": [], "server": []}
-        with ServerProcess(redis.url, log) as server:
+        with server_process(redis.url, log) as server:
             progress("capturing the real server's streams for the floor")
             streams = {d: capture_stream(server.address, pb.GetItemEmbeddingsRequest(
                 catalog=CATALOG, dtype=WIRE[d])) for d in DTYPES}
@@ -211,7 +211,7 @@ def run(config: Config) -> dict[str, Any]:
         for repeat in range(config.repeats):
             for dtype in DTYPES:
                 progress(f"repeat {repeat + 1}/{config.repeats}: cold {dtype} pull (new process)")
-                with ServerProcess(redis.url, log) as cold:
+                with server_process(redis.url, log) as cold:
                     full[dtype]["cold"].append(timed_pull(cold.address, dtype))
         store.close()
     return {"full": full, "lookups": look, "stream_bytes": stream_bytes, "messages": messages}

@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import make_wsgi_app
 
-from protos.tfllmer.v1 import embedding_service_pb2 as pb
+from protos.metadata import SERVICE
 from server.call_lifetime import SHUTTING_DOWN
 from server.config import ServerConfig
 from server.console.api import Console, console_authenticator
@@ -36,9 +36,8 @@ from server.stores import CatalogStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
 STORE_CHECK_SECONDS = 5.0
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 # grpc.health.v1 name of the encoder's health (ingest needs it; serving does not).
-ENCODER_HEALTH_NAME = f"{SERVICE_NAME}/encoder"
+ENCODER_HEALTH_NAME = f"{SERVICE}/encoder"
 # After the grace period, how long cancelled calls' worker threads get to reach their next
 # liveness check (an encoder batch, a fit phase) before the process stops waiting.
 THREAD_DRAIN_SECONDS = 10.0
@@ -68,19 +67,6 @@ def build_encoder(config: ServerConfig) -> Encoder:
         output=config.encoder_output,
         device=None if config.encoder_device == "auto" else config.encoder_device,
         token_budget=config.encode_batch_tokens,
-    )
-
-
-def build_limits(config: ServerConfig) -> Limits:
-    return Limits(
-        max_items_per_upsert=config.max_items_per_upsert,
-        max_text_chars=config.max_text_chars,
-        max_pairs_per_push=config.max_pairs_per_push,
-        max_similar_k=config.max_similar_k,
-        refit_lock_lease_seconds=config.refit_lock_lease_seconds,
-        version_cache_size=config.version_cache_size,
-        raw_dtype="<f2" if config.raw_vector_dtype == "float16" else "<f4",
-        request_id_ttl_seconds=config.request_id_ttl_seconds,
     )
 
 
@@ -131,14 +117,14 @@ class EmbeddingServer:
                      ("grpc.http2.bdp_probe", 0)],
         )
         self._encoders = EncoderExecutor(encoder, config.encoder_queue_limit)
-        service = CatalogService(store, self._encoders, build_limits(config),
+        service = CatalogService(store, self._encoders, Limits.from_config(config),
                                  encode_listener=self.metrics.record_encode_progress)
         self.servicer = EmbeddingServicer(service, self.metrics, config.default_chunk_bytes,
                                           config.max_send_message_bytes, self.guard,
                                           config.pull_buffer_bytes)
         add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        add_reflection(server, (SERVICE_NAME,))
+        add_reflection(server, (SERVICE,))
         self.port = add_listening_port(server, config)
         await server.start()
         self._server = server
@@ -158,7 +144,7 @@ class EmbeddingServer:
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else (
             health_pb2.HealthCheckResponse.NOT_SERVING)
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE):
             await self.health.set(name, status)
 
     async def _watch_store(self, store: CatalogStore) -> None:

@@ -1,22 +1,9 @@
-"""Server configuration: one frozen dataclass; every setting is a flag and an environment variable.
+"""The server's configuration: one frozen dataclass, every field a setting.
 
-Each field of ``ServerConfig`` is declared once, with its default, type, help and bounds. The
-argparse parser, the ``TFLLMER_*`` environment mapping, validation and the README's table are
-generated from those declarations, so adding a setting takes one line (text-embeddings-inference
-makes every flag an environment variable in the same way).
-
-Precedence: CLI flag > environment variable > default. Unknown keys are errors, as in Feast's
-configs. Without that check, a misspelt ``TFLLMER_PROT`` would leave the port at its default
-and nothing would say so.
-
-Value formats, the same for flags, environment variables and strings in a dict:
-
-* booleans: ``true``/``false``, ``1``/``0``, ``yes``/``no`` (any case); as flags,
-  ``--allow-unauthenticated`` / ``--no-allow-unauthenticated``;
-* lists: comma-separated, spaces around items and empty items ignored
-  (``TFLLMER_ADMIN_TOKENS=tok1,tok2``);
-* surrounding whitespace is stripped, and an environment variable set to the empty string
-  counts as unset (compose files often pass ``TFLLMER_X=${X}`` with ``X`` unset).
+Each field of ``ServerConfig`` is declared once, with its default, type, help and bounds
+(``server.settings`` generates the flags, the ``TFLLMER_*`` variables, validation and the
+README's table from those declarations), so adding a setting takes one line. Precedence:
+CLI flag > environment variable > default; unknown flags and variables are errors.
 
 ``python -m server.config --markdown`` prints the table of every setting. ``python -m
 server.config [flags]`` validates a configuration and prints it with secrets redacted.
@@ -25,26 +12,26 @@ server.config [flags]`` validates a configuration and prints it with secrets red
 # No `from __future__ import annotations`: the parser and validation read the field types
 # (Literal choices, tuple lists) at runtime.
 import argparse
-import contextlib
-import difflib
 import ipaddress
 import json
-import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import Field, dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import Field, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, NoReturn, get_args, get_origin
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-ENV_PREFIX = "TFLLMER_"
-# TFLLMER_* variables that the repository's client tools read. They are not server settings,
-# but they are not typos either, and operators export them in the same shells:
-# trainer_client.datasets reads TFLLMER_DATA_DIR; server.admin (and trainer workers) read
-# the service address and their bearer token.
-OTHER_TOOLS_ENV = frozenset({"TFLLMER_DATA_DIR", "TFLLMER_SERVER", "TFLLMER_TOKEN"})
+from protos import environment
+from server import settings
+from server.settings import (
+    ConfigError,
+    field_problem,
+    label,
+    setting,
+)
+
 REDACTED = "***"
 KiB = 1024
 MiB = 1024 * KiB
@@ -60,42 +47,8 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "text"]
 Tokens = tuple[str, ...]
 
-# A field check returns what is wrong (the setting's name is prefixed by the caller) or None.
-Check = Callable[[Any], str | None]
-
-_TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no"})
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 _BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750 b64token
-
-
-class ConfigError(ValueError):
-    """A configuration the server refuses to start with. ``errors`` holds one line per
-    problem, so an operator can fix them all in one pass."""
-
-    def __init__(self, errors: Sequence[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = list(errors)
-
-
-def setting(
-    default: Any,
-    help: str,
-    *,
-    at_least: float | None = None,
-    at_most: float | None = None,
-    secret: bool = False,
-    check: Check | None = None,
-) -> Any:
-    """Declare one setting; the flag, environment variable and checks come from it."""
-    metadata = {
-        "help": help,
-        "at_least": at_least,
-        "at_most": at_most,
-        "secret": secret,
-        "check": check,
-    }
-    return field(default=default, metadata=metadata)
 
 
 def _check_host(host: str) -> str | None:
@@ -176,7 +129,8 @@ class ServerConfig:
         check=_check_host,
     )
     port: int = setting(
-        50051, "gRPC port; 0 lets the OS pick a free one.", at_least=0, at_most=65535
+        environment.DEFAULT_PORT, "gRPC port; 0 lets the OS pick a free one.", at_least=0,
+        at_most=65535,
     )
     # Store
     store_url: str = setting(
@@ -385,9 +339,9 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         problems = [
-            f"{_label(f.name)} {problem}"
+            f"{label(f.name)} {problem}"
             for f in fields(self)
-            if (problem := _field_problem(f, getattr(self, f.name)))
+            if (problem := field_problem(f, getattr(self, f.name)))
         ]
         # Cross-field rules assume every field is valid on its own.
         problems = problems or _cross_field_problems(self)
@@ -399,10 +353,6 @@ class ServerConfig:
         """``host:port`` as gRPC's ``add_*_port`` expects it (IPv6 hosts in brackets)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
-
-    @property
-    def store_kind(self) -> Literal["redis", "local"]:
-        return "redis" if "://" in self.store_url else "local"
 
     @property
     def auth_enabled(self) -> bool:
@@ -422,30 +372,30 @@ def _cross_field_problems(config: ServerConfig) -> list[str]:
     problems = []
     if config.default_chunk_bytes > config.max_send_message_bytes:
         problems.append(
-            f"{_label('default_chunk_bytes')} must be at most {_label('max_send_message_bytes')} "
+            f"{label('default_chunk_bytes')} must be at most {label('max_send_message_bytes')} "
             f"({config.max_send_message_bytes}), got {config.default_chunk_bytes}"
         )
     if config.tls_key and not config.tls_cert:
-        problems.append(f"{_label('tls_key')} is set without {_label('tls_cert')}")
+        problems.append(f"{label('tls_key')} is set without {label('tls_cert')}")
     if config.tls_cert and not config.tls_key:
-        problems.append(f"{_label('tls_cert')} is set without {_label('tls_key')}")
+        problems.append(f"{label('tls_cert')} is set without {label('tls_key')}")
     if config.tls_client_ca and not config.tls_cert:
         problems.append(
-            f"{_label('tls_client_ca')} (mutual TLS) needs server TLS: set {_label('tls_cert')} "
-            f"and {_label('tls_key')}"
+            f"{label('tls_client_ca')} (mutual TLS) needs server TLS: set {label('tls_cert')} "
+            f"and {label('tls_key')}"
         )
     if config.encoder_backend == "openai" and not config.openai_base_url:
         problems.append(
-            f"{_label('openai_base_url')} is required by {_label('encoder_backend')} openai"
+            f"{label('openai_base_url')} is required by {label('encoder_backend')} openai"
         )
     if set(config.trainer_tokens) & set(config.admin_tokens):
         problems.append(
-            f"a token is in both {_label('trainer_tokens')} and {_label('admin_tokens')}; "
+            f"a token is in both {label('trainer_tokens')} and {label('admin_tokens')}; "
             "list it as an admin token only (admins have every trainer right)"
         )
     problems += _auth_problems(config)
     if config.metrics_port and config.metrics_port == config.port:
-        problems.append(f"{_label('metrics_port')} must differ from {_label('port')}")
+        problems.append(f"{label('metrics_port')} must differ from {label('port')}")
     return problems
 
 
@@ -453,14 +403,14 @@ def _auth_problems(config: ServerConfig) -> list[str]:
     """Without tokens, serving beyond loopback must be asked for explicitly."""
     if config.auth_enabled and config.allow_unauthenticated:
         return [
-            f"{_label('allow_unauthenticated')} contradicts the tokens set in "
-            f"{_label('trainer_tokens')} or {_label('admin_tokens')}"
+            f"{label('allow_unauthenticated')} contradicts the tokens set in "
+            f"{label('trainer_tokens')} or {label('admin_tokens')}"
         ]
     if not (config.auth_enabled or config.allow_unauthenticated or _is_loopback(config.host)):
         return [
-            f"{_label('host')} {config.host} is not loopback and no tokens are set: set "
-            f"{_label('admin_tokens')} (and {_label('trainer_tokens')}), or pass "
-            f"{_label('allow_unauthenticated')} to give every caller admin rights"
+            f"{label('host')} {config.host} is not loopback and no tokens are set: set "
+            f"{label('admin_tokens')} (and {label('trainer_tokens')}), or pass "
+            f"{label('allow_unauthenticated')} to give every caller admin rights"
         ]
     return []
 
@@ -470,104 +420,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def _kind(tp: Any) -> type:
-    """The Python type a field holds: Literal choices are str, ``tuple[str, ...]`` is tuple."""
-    if get_origin(tp) is Literal:
-        return str
-    return get_origin(tp) or tp
-
-
-def _choices(tp: Any) -> tuple[str, ...]:
-    return get_args(tp) if get_origin(tp) is Literal else ()
-
-
-def _has_kind(kind: type, value: Any) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is tuple:
-        return isinstance(value, tuple) and all(isinstance(item, str) for item in value)
-    return isinstance(value, kind)
-
-
-_KIND_WORDS = {
-    bool: "a boolean (true/false, 1/0, yes/no)",
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    tuple: "a comma-separated list",
-}
-
-
-def _field_problem(f: Field, value: Any) -> str | None:
-    kind = _kind(f.type)
-    if not _has_kind(kind, value):
-        return f"must be {_KIND_WORDS[kind]}, got {type(value).__name__}"
-    choices = _choices(f.type)
-    if choices and value not in choices:
-        return f"must be one of {', '.join(choices)}, got {value!r}"
-    if kind is float and not math.isfinite(value):
-        return f"must be a finite number, got {value}"
-    low, high = f.metadata["at_least"], f.metadata["at_most"]
-    if (low is not None and value < low) or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        return f"must be {bound}, got {value}"
-    check = f.metadata["check"]
-    return check(value) if check else None
-
-
-def _parse_text(f: Field, text: str) -> Any:
-    """A flag's or environment variable's text as the field's type; ValueError says why not."""
-    text = text.strip()
-    kind = _kind(f.type)
-    if kind is tuple:
-        return tuple(item.strip() for item in text.split(",") if item.strip())
-    if kind is str:
-        return text.lower() if _choices(f.type) else text
-    if kind is bool and text.lower() in _TRUE | _FALSE:
-        return text.lower() in _TRUE
-    if kind in (int, float):
-        with contextlib.suppress(ValueError):
-            return kind(text)
-    raise ValueError(f"must be {_KIND_WORDS[kind]}, got {text!r}")
-
-
-def _coerce(f: Field, value: Any) -> Any:
-    """Strings use the text formats; native values (a future config file) are converted
-    only where that loses nothing, and checked by validation."""
-    if isinstance(value, str):
-        return _parse_text(f, value)
-    if _kind(f.type) is tuple and isinstance(value, list):
-        return tuple(value)
-    if _kind(f.type) is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def env_name(name: str) -> str:
-    return ENV_PREFIX + name.upper()
-
-
-def _label(name: str) -> str:
-    return f"{flag_name(name)} / {env_name(name)}"
-
-
-def _unknown(what: str, key: str, known: Iterable[str], prefix: str = "") -> str:
-    """Names a close match; the shared prefix is left out of the comparison, or every
-    TFLLMER_* name would look alike."""
-    stems = [name.removeprefix(prefix) for name in known]
-    close = difflib.get_close_matches(key.removeprefix(prefix), stems, n=1)
-    hint = f"did you mean {prefix}{close[0]}?" if close else "see python -m server --help"
-    return f"unknown {what} {key}; {hint}"
 
 
 def _redact_url(url: str) -> str:
@@ -588,101 +440,18 @@ def _shown(f: Field, value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _default_text(f: Field) -> str:
-    if isinstance(f.default, bool):
-        return str(f.default).lower()
-    if f.default in ("", ()):
-        return "(none)"
-    return str(f.default)
-
-
-_METAVARS = {int: "N", float: "NUM", tuple: "ITEM,..."}
-
-
-class _Parser(argparse.ArgumentParser):
-    """Raises ConfigError instead of exiting, so callers report every problem the same way."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError([message])
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI, generated from ``ServerConfig``. Flags absent from argv stay absent from the
-    namespace (SUPPRESS), so the environment and defaults fill them in later."""
-    parser = _Parser(
-        prog="python -m server",
-        description=(
-            "TF-LLMER embedding service (gRPC). Every flag is also the environment variable "
-            "named in its help; a flag wins over the environment, which wins over the default."
-        ),
-        epilog=(
-            "Formats: booleans true/false, 1/0, yes/no; lists comma-separated; an empty "
-            "environment variable counts as unset. Unknown flags and unknown TFLLMER_* "
-            "environment variables are errors."
-        ),
-        allow_abbrev=False,
-        argument_default=argparse.SUPPRESS,
-    )
-    for f in fields(ServerConfig):
-        help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default: {_default_text(f)}]"
-        options: dict[str, Any] = {"help": help_text.replace("%", "%%")}
-        if _kind(f.type) is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        else:
-            choices = _choices(f.type)
-            metavar = _METAVARS.get(_kind(f.type), f.name.upper())
-            options["metavar"] = "{" + ",".join(choices) + "}" if choices else metavar
-        parser.add_argument(flag_name(f.name), **options)
-    return parser
-
-
-def _all_flags() -> list[str]:
-    flags = ["--help"]
-    for f in fields(ServerConfig):
-        flags.append(flag_name(f.name))
-        if _kind(f.type) is bool:
-            flags.append(f"--no-{flag_name(f.name)[2:]}")
-    return flags
-
-
-def _argv_values(argv: Sequence[str]) -> dict[str, Any]:
-    namespace, extras = build_parser().parse_known_args(list(argv))
-    unknown_flags = [arg.partition("=")[0] for arg in extras if arg.startswith("-")]
-    problems = [_unknown("flag", arg, _all_flags(), "--") for arg in unknown_flags]
-    if extras and not problems:
-        problems = [f"unexpected argument {extras[0]!r}; settings are given as --name value"]
-    if problems:
-        raise ConfigError(problems)
-    return vars(namespace)
-
-
-def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
-    known = {env_name(f.name): f.name for f in fields(ServerConfig)}
-    problems = [
-        _unknown("setting", key, known, ENV_PREFIX)
-        for key in sorted(environ)
-        if key.startswith(ENV_PREFIX) and key not in known and key not in OTHER_TOOLS_ENV
-    ]
-    if problems:
-        raise ConfigError(problems)
-    return {known[key]: value for key, value in environ.items() if key in known and value.strip()}
+    """``python -m server``'s flags, one per setting."""
+    return settings.build_parser(
+        ServerConfig, "python -m server",
+        "TF-LLMER embedding service (gRPC). Every flag is also the environment variable named "
+        "in its help; a flag wins over the environment, which wins over the default.",
+    )  # fmt: skip
 
 
 def config_from_dict(values: Mapping[str, Any]) -> ServerConfig:
-    """Settings keyed by field name, for tests and a future config file. Strings use the
-    flag/environment formats; unknown keys are rejected like unknown variables."""
-    by_name = {f.name: f for f in fields(ServerConfig)}
-    problems = [_unknown("setting", key, by_name) for key in values if key not in by_name]
-    typed = {}
-    for name, value in values.items():
-        if name in by_name:
-            try:
-                typed[name] = _coerce(by_name[name], value)
-            except ValueError as error:
-                problems.append(f"{_label(name)} {error}")
-    if problems:
-        raise ConfigError(problems)
-    return ServerConfig(**typed)
+    """Settings keyed by field name, for tests and a future config file."""
+    return settings.from_dict(ServerConfig, values)
 
 
 def load_config(
@@ -692,23 +461,14 @@ def load_config(
     over defaults. Raises ConfigError; ``--help`` prints every option and exits."""
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
-    return config_from_dict({**_env_values(environ), **_argv_values(argv)})
+    # The client tools' variables (protos.environment) are not typos either.
+    env = settings.env_values(ServerConfig, environ, environment.CLIENT_VARIABLES)
+    return config_from_dict({**env, **settings.argv_values(build_parser(), ServerConfig, argv)})
 
 
 def markdown_table() -> str:
-    """Every setting as a Markdown table (flag, variable, default, description) for the README."""
-    rows = ["| Flag | Environment variable | Default | Description |", "| --- | --- | --- | --- |"]
-    for f in fields(ServerConfig):
-        flag = f"`{flag_name(f.name)}`"
-        if _kind(f.type) is bool:
-            flag += f", `--no-{flag_name(f.name)[2:]}`"
-        choices = _choices(f.type)
-        description = f.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")
-        default = _default_text(f)
-        default = default if default == "(none)" else f"`{default}`"
-        cells = (flag, f"`{env_name(f.name)}`", default, description.replace("|", "\\|"))
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
+    """Every server setting as the README's Markdown table."""
+    return settings.markdown_table(ServerConfig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,13 +5,14 @@ SERVING, 1 otherwise (NOT_SERVING, an unknown service, no answer within the time
 connection). Docker's ``HEALTHCHECK`` reads exactly these two codes, so the images need no
 ``grpc_health_probe`` binary downloaded at build time.
 
-    python -m server.healthcheck                              # 127.0.0.1:$TFLLMER_PORT (50051)
-    python -m server.healthcheck --address 127.0.0.1:50051 --service tfllmer.v1.EmbeddingService
+    python -m server.healthcheck                             # 127.0.0.1:$TFLLMER_PORT (50051)
+    python -m server.healthcheck --server 127.0.0.1:50051 --service tfllmer.v1.EmbeddingService
 
 The server reports NOT_SERVING while its store does not answer and from the start of a
 graceful shutdown, so an unhealthy container is one that cannot serve. The health service
-needs no token. With TLS, pass ``--tls-ca`` (and ``--tls-cert``/``--tls-key`` for mutual TLS);
-``--server-name`` overrides the name checked against the certificate when probing 127.0.0.1.
+needs no token. The connection flags are every client CLI's (``protos.connection``): with TLS,
+pass ``--tls-ca`` (and ``--tls-cert``/``--tls-key`` for mutual TLS); ``--tls-server-name``
+overrides the name checked against the certificate when probing 127.0.0.1.
 
 Only grpcio, grpcio-health-checking and the standard library are imported (no torch, no
 model), so one probe costs a fraction of a second of CPU.
@@ -27,14 +28,16 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-PORT_ENV = "TFLLMER_PORT"
-DEFAULT_PORT = 50051
+from protos import connection, environment
+from server.settings import env_name
+
+PORT_ENV = env_name("port")
 HEALTHY, UNHEALTHY = 0, 1
 
 
 def default_address() -> str:
     """Loopback on the port the server in this container is configured with."""
-    port = os.environ.get(PORT_ENV, "").strip() or str(DEFAULT_PORT)
+    port = os.environ.get(PORT_ENV, "").strip() or str(environment.DEFAULT_PORT)
     return f"127.0.0.1:{port}"
 
 
@@ -43,47 +46,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m server.healthcheck",
         description="Exit 0 when the gRPC health service answers SERVING, 1 otherwise.",
     )
-    parser.add_argument(
-        "--address", default=None,
-        help=f"host:port of the server [default: 127.0.0.1:${PORT_ENV}, or :{DEFAULT_PORT}]",
-    )
+    connection.add_arguments(
+        parser, token_help=None,
+        server_help=f"host:port of the server [default: 127.0.0.1:${PORT_ENV}, or "
+        f":{environment.DEFAULT_PORT}]",
+    )  # fmt: skip
     parser.add_argument(
         "--service", default="",
         help="service name to ask about; empty (the default) means the whole server",
     )
     parser.add_argument("--timeout", type=float, default=3.0,
                         help="seconds to wait for the answer [3]")
-    parser.add_argument("--tls-ca", metavar="PEM", help="CA bundle to trust (enables TLS)")
-    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate for mutual TLS")
-    parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
-    parser.add_argument("--server-name", default=None,
-                        help="name to verify the server certificate against (TLS only)")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing")
     args = parser.parse_args(argv)
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
-    if (args.tls_cert is None) != (args.tls_key is None):
-        parser.error("--tls-cert and --tls-key go together")
+    connection.check_arguments(parser, args)
     return args
-
-
-def _channel(args: argparse.Namespace, address: str) -> grpc.Channel:
-    if not (args.tls_ca or args.tls_cert):
-        return grpc.insecure_channel(address)
-    from server.service.tls import channel_credentials
-
-    options = []
-    if args.server_name:
-        options.append(("grpc.ssl_target_name_override", args.server_name))
-    credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-    return grpc.secure_channel(address, credentials, options=options)
 
 
 def check(args: argparse.Namespace) -> tuple[int, str]:
     """The exit code and a one-line reason."""
-    address = args.address or default_address()
+    # TFLLMER_SERVER names the service for client tools; the probe asks its own container.
+    target = connection.Connection.from_args(args, environ={}, default_server=default_address())
+    address = target.server
     try:
-        channel = _channel(args, address)
+        channel = target.channel()
     except (OSError, ValueError) as error:
         return UNHEALTHY, f"{address}: TLS: {error}"
     with channel:
@@ -98,8 +86,8 @@ def check(args: argparse.Namespace) -> tuple[int, str]:
             return UNHEALTHY, f"{address}: {name}: {error.details()}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     service = f" ({args.service})" if args.service else ""
-    code = HEALTHY if reply.status == health_pb2.HealthCheckResponse.SERVING else UNHEALTHY
-    return code, f"{address}{service}: {status}"
+    healthy = reply.status == health_pb2.HealthCheckResponse.SERVING
+    return HEALTHY if healthy else UNHEALTHY, f"{address}{service}: {status}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The admin CLI (``python -m server.admin``) against the real server, store and encoder.
+"""The admin CLI (``python -m trainer_client.admin``) against the real server, store and encoder.
 
 ``main(argv)`` runs in-process against a ``ServerThread`` on a free port; the CLI only speaks
 gRPC, so everything it prints comes from real responses.
@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-import server.admin as admin_module
+import trainer_client.admin as admin_module
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
-from server.admin import main
 from server.stores import LocalStore
 from tests.service_harness import ServerThread
 from tests.test_tls import issue, make_ca
+from trainer_client.admin import main
 
 REPO = Path(__file__).resolve().parents[1]
 MOVIES = [
@@ -292,7 +292,7 @@ def test_argument_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    assert "usage: python -m server.admin" in capsys.readouterr().err
+    assert "usage: python -m trainer_client.admin" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -323,11 +323,11 @@ def test_help_of_each_subcommand_documents_its_options(
 
 def test_module_help_runs_as_a_subprocess() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "server.admin", "--help"],
+        [sys.executable, "-m", "trainer_client.admin", "--help"],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: python -m server.admin")
+    assert result.stdout.startswith("usage: python -m trainer_client.admin")
     for command in ("ingest", "refit", "operation", "activate", "describe", "similar"):
         assert command in result.stdout
 
@@ -374,8 +374,10 @@ def test_mutual_tls(pooled_encoder, tmp_path: Path, capsys) -> None:
         assert capsys.readouterr().err.startswith("error: NOT_FOUND: ")  # the call got through
         assert main([*tls, "--timeout", "5", "describe", "--catalog", "tls"]) == 1
         assert "NOT_FOUND" not in capsys.readouterr().err  # no client certificate: refused
-        assert main([*tls, "--tls-cert", files["client.pem"], "describe", "--catalog", "x"]) == 2
-        assert "give both or neither" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as half_pair:  # argparse's exit, as for every bad flag
+            main([*tls, "--tls-cert", files["client.pem"], "describe", "--catalog", "x"])
+        assert half_pair.value.code == 2
+        assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
 
 
 def test_a_bad_catalog_name_is_invalid_argument(admin) -> None:

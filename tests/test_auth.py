@@ -14,11 +14,12 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from protos.metadata import SERVICE, bearer_metadata
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.config import ServerConfig
 from server.service import auth
-from server.service.auth import REQUIRED_ROLE, SERVICE, Authenticator, Role, bearer_metadata
+from server.service.auth import REQUIRED_ROLE, Authenticator, Role
 from server.service.metrics import MetricsInterceptor, ServiceMetrics
 from tests.grpc_harness import EmptyEmbeddingService, eventually, serve
 

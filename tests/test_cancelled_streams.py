@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.server_process import ServerProcess, refit, synthetic_catalog
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.stores import RedisStore
-from tests.process_harness import ServerProcess, refit, synthetic_catalog
 
 CATALOG = "cancelled"
 

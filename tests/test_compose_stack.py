@@ -287,7 +287,7 @@ class Stack:
         return EmbeddingClient(f"127.0.0.1:{self.grpc_port}", token=token, deadline_s=120)
 
     def admin(self, *args: str) -> str:
-        return run([sys.executable, "-m", "server.admin", "--server",
+        return run([sys.executable, "-m", "trainer_client.admin", "--server",
                     f"127.0.0.1:{self.grpc_port}", *args],
                    env={**os.environ, "TFLLMER_TOKEN": self.admin_token}).stdout
 

@@ -8,18 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from protos.environment import DATA_DIR as DATA_DIR_ENV
+from protos.environment import SERVER as SERVER_ENV
+from protos.environment import TOKEN as TOKEN_ENV
 from server import config as config_module
-from server.admin import SERVER_ENV, TOKEN_ENV
-from server.config import (
-    ConfigError,
-    ServerConfig,
-    config_from_dict,
-    env_name,
-    flag_name,
-    load_config,
-    markdown_table,
-)
-from trainer_client.datasets import DATA_DIR_ENV
+from server.config import ConfigError, ServerConfig, config_from_dict, load_config, markdown_table
+from server.settings import env_name, flag_name
 
 FIELD_NAMES = [f.name for f in dataclasses.fields(ServerConfig)]
 TRAINER_TOKEN = "trainer-token-0123456789abcdef"
@@ -99,7 +93,7 @@ def test_defaults_load_with_an_empty_environment() -> None:
     config = load_config([], {})
     assert config == ServerConfig()
     assert config.listen_address == "127.0.0.1:50051"
-    assert config.store_kind == "local"
+    assert "://" not in config.store_url  # the embedded local store
     assert config.encoder_backend == "sentence-transformers"
     assert not config.auth_enabled
 
@@ -370,8 +364,8 @@ def test_a_directory_is_not_a_local_store(tmp_path: Path) -> None:
     "url",
     ["redis://localhost:6379/0", "rediss://user:pw@cache.internal:6380", "unix:///run/r.sock"],
 )
-def test_redis_urls_select_the_redis_store(url: str) -> None:
-    assert load_config([], {"TFLLMER_STORE_URL": url}).store_kind == "redis"
+def test_redis_urls_are_accepted(url: str) -> None:
+    assert load_config([], {"TFLLMER_STORE_URL": url}).store_url == url
 
 
 def test_secrets_never_appear_in_repr_or_redacted_output(

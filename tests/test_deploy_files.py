@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from server.config import OTHER_TOOLS_ENV, ServerConfig, env_name, load_config
+from protos.environment import CLIENT_VARIABLES
+from server.config import ServerConfig, load_config
+from server.settings import env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -27,7 +29,7 @@ DOCKERFILES = {
 }
 SERVER_IMAGES = ("server-gpu", "server-cpu")
 SETTINGS = frozenset(env_name(f.name) for f in fields(ServerConfig))
-KNOWN_TFLLMER = SETTINGS | OTHER_TOOLS_ENV
+KNOWN_TFLLMER = SETTINGS | CLIENT_VARIABLES
 SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|API_KEY", re.IGNORECASE)
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}
 INTERPOLATION = re.compile(
@@ -170,10 +172,11 @@ def test_trainer_image_runs_the_worker() -> None:
 
 def test_images_install_what_they_promise() -> None:
     gpu = DOCKERFILES["server-gpu"].read_text()
-    assert '".[gpu]"' in gpu and "vllm==" in gpu
-    for name in ("server-cpu", "trainer"):
+    assert '".[server,gpu]"' in gpu and "vllm==" in gpu
+    for name, extra in (("server-cpu", "server"), ("trainer", "trainer")):
         text = DOCKERFILES[name].read_text()
         assert "download.pytorch.org/whl/cpu" in text and "TORCH_VERSION=2.13.0" in text, name
+        assert f'pip install ".[{extra}]"' in text, name  # the trainer has no server deps
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
@@ -264,7 +267,7 @@ def test_compose_trainer_is_scalable(compose: dict[str, Any]) -> None:
 def test_compose_refit_job(compose: dict[str, Any]) -> None:
     refit = compose["services"]["refit"]
     command = " ".join(refit["entrypoint"] + refit["command"])
-    assert command.startswith("python -m server.admin refit --catalog ${CATALOG")
+    assert command.startswith("python -m trainer_client.admin refit --catalog ${CATALOG")
     assert "--retention 0.8 --activate" in command
     assert service_env(refit)["TFLLMER_TOKEN"].startswith("${ADMIN_TOKEN")
 
@@ -298,7 +301,7 @@ def test_compose_servers_accept_their_configuration(
         env.update({k: interpolate(v, example_env) for k, v in
                     service_env(compose["services"][name]).items()})
         config = load_config([], env)
-        assert config.store_kind == "redis" and config.auth_enabled, name
+        assert config.store_url.startswith("redis") and config.auth_enabled, name
         assert config.metrics_port and config.host == "0.0.0.0", name
 
 

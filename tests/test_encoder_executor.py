@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from server.call_lifetime import CallEnded, CallLifetime, running
+from server.errors import ResourceExhausted, Unavailable
 from server.service.encoder_executor import EncoderExecutor
-from server.service.errors import ResourceExhausted, Unavailable
 
 
 class GatedEncoder:
@@ -101,7 +101,7 @@ def test_encoder_failures_are_unavailable_and_turn_health_off_until_it_works() -
     executor = EncoderExecutor(encoder, queue_limit=2)
     with pytest.raises(Unavailable) as raised:
         executor.encode(["x"])
-    assert raised.value.code == "UNAVAILABLE" and "RuntimeError" in raised.value.message
+    assert "RuntimeError" in raised.value.message
     assert "device-side" not in raised.value.message  # no backend internals to the caller
     assert not executor.healthy
     encoder.fail = False

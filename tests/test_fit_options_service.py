@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
-from server.admin import main as admin_main
 from server.recpca import Projection
 from server.stores import LocalStore
 from tests.hash_encoder import HashEncoder
 from tests.service_harness import ServerThread
 from tests.test_service_status_codes import batch, upsert
+from trainer_client.admin import main as admin_main
 from trainer_client.client import EmbeddingClient
 
 CATALOG, N_ITEMS, DIM = "options", 40, 4

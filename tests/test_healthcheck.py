@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +12,8 @@ import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health_pb2
 
-from server.app import SERVICE_NAME
+from harness.ports import free_port
+from protos.metadata import SERVICE
 from server.healthcheck import default_address, main
 from server.stores import LocalStore
 from tests.service_harness import ServerThread
@@ -31,43 +31,37 @@ def running(pooled_encoder, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def set_status(server: ServerThread, status: int) -> None:
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE):
         asyncio.run_coroutine_threadsafe(
             server.server.health.set(name, status), server._loop
         ).result(10)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_serving_server_is_healthy(running: ServerThread, capsys) -> None:
-    assert main(["--address", running.address]) == 0
+    assert main(["--server", running.address]) == 0
     assert capsys.readouterr().out.strip() == f"{running.address}: SERVING"
-    assert main(["--address", running.address, "--service", SERVICE_NAME, "-q"]) == 0
+    assert main(["--server", running.address, "--service", SERVICE, "-q"]) == 0
     assert capsys.readouterr().out == ""
 
 
 def test_not_serving_is_unhealthy(running: ServerThread, capsys) -> None:
     set_status(running, health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
-        assert main(["--address", running.address]) == 1
+        assert main(["--server", running.address]) == 1
         assert "NOT_SERVING" in capsys.readouterr().err
     finally:
         set_status(running, health_pb2.HealthCheckResponse.SERVING)
-    assert main(["--address", running.address]) == 0
+    assert main(["--server", running.address]) == 0
 
 
 def test_unknown_service_is_unhealthy(running: ServerThread, capsys) -> None:
-    assert main(["--address", running.address, "--service", "no.such.Service"]) == 1
+    assert main(["--server", running.address, "--service", "no.such.Service"]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
 
 
 def test_nothing_listening_is_unhealthy(capsys) -> None:
     address = f"127.0.0.1:{free_port()}"
-    assert main(["--address", address, "--timeout", "1"]) == 1
+    assert main(["--server", address, "--timeout", "1"]) == 1
     assert capsys.readouterr().err.startswith(f"{address}: ")
 
 
@@ -93,10 +87,10 @@ def test_tls_server(pooled_encoder, tmp_path: Path, capsys) -> None:
     (tmp_path / "server.key").write_bytes(server_cert.key_pem)
     settings = {"tls_cert": str(tmp_path / "server.pem"), "tls_key": str(tmp_path / "server.key")}
     with ServerThread(LocalStore(tmp_path / "store.db"), pooled_encoder, **settings) as secured:
-        probe = ["--address", secured.address, "--timeout", "2"]
+        probe = ["--server", secured.address, "--timeout", "2"]
         assert main([*probe, "--tls-ca", str(tmp_path / "ca.pem")]) == 0
         assert main([*probe, "--tls-ca", str(tmp_path / "ca.pem"),
-                     "--server-name", "localhost"]) == 0
+                     "--tls-server-name", "localhost"]) == 0
         assert main(probe) == 1  # plain text against a TLS port
     assert "SERVING" in capsys.readouterr().out
 
@@ -105,7 +99,7 @@ def test_module_entry_point_is_light(running: ServerThread) -> None:
     """What the HEALTHCHECK runs every interval: no torch, no encoder imported."""
     script = (
         "import sys, runpy\n"
-        "sys.argv = ['server.healthcheck', '--address', sys.argv[1]]\n"
+        "sys.argv = ['server.healthcheck', '--server', sys.argv[1]]\n"
         "try:\n"
         "    runpy.run_module('server.healthcheck', run_name='__main__')\n"
         "except SystemExit as stop:\n"

@@ -15,9 +15,10 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from protos.metadata import SERVICE, bearer_metadata
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
-from server.service.auth import SERVICE, Authenticator, AuthInterceptor, bearer_metadata
+from server.service.auth import Authenticator, AuthInterceptor
 from server.service.metrics import MetricsInterceptor, ServiceMetrics, start_metrics_server
 from tests.grpc_harness import EmptyEmbeddingService, eventually, serve
 

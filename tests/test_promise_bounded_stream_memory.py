@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from harness.server_process import ServerProcess, status_of, synthetic_catalog
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.stores import LocalStore
-from tests.process_harness import ServerProcess, status_of, synthetic_catalog
 
 TRAINER = "trainer-token-0123456789abcdef"
 ADMIN = "admin-token-0123456789abcdefgh"

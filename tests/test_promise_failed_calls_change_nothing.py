@@ -25,9 +25,7 @@ import numpy as np
 import pytest
 import redis
 
-from protos.tfllmer.v1 import embedding_service_pb2 as pb
-from server.stores import CatalogStore
-from tests.process_harness import (
+from harness.server_process import (
     ServerProcess,
     item_stream,
     status_of,
@@ -35,6 +33,8 @@ from tests.process_harness import (
     synthetic_catalog,
     wait_for,
 )
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
+from server.stores import CatalogStore
 
 FAILED = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from protos.tfllmer.v1 import embedding_service_pb2 as pb
-from tests.process_harness import (
+from harness.server_process import (
     ServerProcess,
     item_stream,
     refit,
@@ -27,6 +26,7 @@ from tests.process_harness import (
     store_of_kind,
     synthetic_catalog,
 )
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
 
 # Beyond the grace: the cancelled call's thread reaches its next check (the end of its
 # encoder batch) and the process exits. Generous for a loaded 2-core machine (measured

@@ -36,10 +36,8 @@ import numpy as np
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from protos.tfllmer.v1 import embedding_service_pb2 as pb
-from server.cooccurrence_merge import counts_from_pairs
-from server.stores import RedisStore
-from tests.process_harness import (
+from harness.redis_server import RedisServer
+from harness.server_process import (
     FreezingProxy,
     ServerProcess,
     refit,
@@ -47,8 +45,10 @@ from tests.process_harness import (
     synthetic_catalog,
     wait_for,
 )
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
+from server.cooccurrence_merge import counts_from_pairs
+from server.stores import RedisStore
 from tests.push_worker import worker_pairs
-from tests.redis_server import RedisServer
 from trainer_client.client import EmbeddingClient, RetryPolicy
 
 pytestmark = pytest.mark.reliability

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from bench.reliability_fuzz import SERVER_SETTINGS, Fuzzer, oversize_memory, server_flags
+from harness.redis_server import RedisServer
+from harness.server_process import ServerProcess
 from server.stores import LocalStore, RedisStore
 from tests.hash_encoder import HashEncoder
-from tests.process_harness import ServerProcess
-from tests.redis_server import RedisServer
 from tests.service_harness import ServerThread
 
 SLICE, FULL = 300, 2_000

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from bench.reliability_load import run_load
+from harness.redis_server import RedisServer
+from harness.server_process import ServerProcess, refit, synthetic_catalog
 from server.stores import RedisStore
-from tests.process_harness import ServerProcess, refit, synthetic_catalog
-from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.reliability
 CATALOG, N_ITEMS = "load", 10_000

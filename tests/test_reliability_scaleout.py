@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 from redis.crc import key_slot
 
+from harness.redis_server import RedisClusterServer, RedisServer
+from harness.server_process import ServerProcess, refit, status_of, synthetic_catalog, wait_for
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.stores import RedisStore
-from tests.process_harness import ServerProcess, refit, status_of, synthetic_catalog, wait_for
-from tests.redis_server import RedisClusterServer, RedisServer
 from trainer_client.client import EmbeddingClient, RetryPolicy
 
 pytestmark = pytest.mark.reliability

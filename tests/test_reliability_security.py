@@ -33,9 +33,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from redis.cluster import RedisCluster
 
+from harness.ports import free_port
+from harness.redis_server import RedisClusterServer, RedisServer
+from protos.metadata import bearer_metadata
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.config import config_from_dict
-from server.service.auth import bearer_metadata
 from server.stores import (
     CooccurrenceTotals,
     CorruptDataError,
@@ -49,7 +51,6 @@ from server.stores import (
 )
 from tests.grpc_harness import eventually
 from tests.hash_encoder import HashEncoder
-from tests.redis_server import RedisClusterServer, RedisServer, _free_port
 from tests.service_harness import ServerThread
 from tests.test_tls import Issued, _certificate, issue, make_ca
 
@@ -249,7 +250,7 @@ class TlsRedis(RedisServer):
             "--tls-ca-cert-file", str(pki / "ca.pem"), "--tls-auth-clients", auth_clients,
             "--requirepass", password))
         self.pki, self.password = pki, password
-        self.port = _free_port()
+        self.port = free_port()
         self._args[1] = "0"
         self._args += ["--tls-port", str(self.port)]
 

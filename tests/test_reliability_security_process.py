@@ -26,12 +26,13 @@ import grpc
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from harness.redis_server import RedisServer
+from harness.server_process import ServerProcess, wait_for
+from protos.connection import channel_credentials
+from protos.metadata import SERVICE, bearer_metadata
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
-from server.service.auth import REQUIRED_ROLE, SERVICE, Role, bearer_metadata
-from server.service.tls import channel_credentials
-from tests.process_harness import ServerProcess, wait_for
-from tests.redis_server import RedisServer
+from server.service.auth import REQUIRED_ROLE, Role
 from tests.test_tls import issue, make_ca
 
 pytestmark = pytest.mark.reliability

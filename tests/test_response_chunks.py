@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from protos.codecs import encode_vectors
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.service.servicer import EmbeddingServicer
-from server.service.vector_codec import encode_vectors
 
 
 @pytest.mark.parametrize(("n", "dim", "dtype"), [

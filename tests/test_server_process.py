@@ -3,22 +3,18 @@ graceful SIGTERM that lets an in-flight stream finish."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from harness.server_process import ServerProcess
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 
@@ -26,49 +22,17 @@ pytestmark = pytest.mark.slow
 CATALOG = "process-test"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_serving(channel: grpc.Channel, process: subprocess.Popen, timeout: float) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the server exited during start-up"
-        try:
-            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            time.sleep(0.5)
-    raise AssertionError("the server did not become SERVING in time")
-
-
 @pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TFLLMER_")}
-    with open(tmp_path / "server.log", "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(port),
-             "--store-url", str(tmp_path / "store.db"), "--log-format", "json",
-             "--shutdown-grace-seconds", "30"],
-            env=env, stderr=log,
-        )
-        try:
-            yield process, f"127.0.0.1:{port}"
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait(30)
+def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(str(tmp_path / "store.db"), tmp_path / "server.log",
+                           args=["--shutdown-grace-seconds", "30"])
+    with server:  # returns once health says SERVING; killed at the end if still alive
+        yield server
 
 
 def test_sigterm_drains_an_in_flight_stream_then_exits_cleanly(server_process) -> None:
-    process, address = server_process
-    with grpc.insecure_channel(address) as channel:
-        wait_until_serving(channel, process, timeout=120)
+    process = server_process.process
+    with server_process.channel() as channel:
         services = ProtoReflectionDescriptorDatabase(channel).get_services()
         assert "tfllmer.v1.EmbeddingService" in services
 

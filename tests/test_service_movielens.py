@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
+from protos.codecs import decode_vectors
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
-from server.service.vector_codec import decode_vectors
 from server.stores import RedisStore
 from tests.service_harness import ServerThread
 from trainer_client.cooccurrence import window_pairs

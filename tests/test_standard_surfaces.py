@@ -17,10 +17,10 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
+from harness.server_process import ServerProcess, refit, synthetic_catalog
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.stores import LocalStore
 from tests.node_clients import REPO, run_node
-from tests.process_harness import ServerProcess, refit, synthetic_catalog
 
 CATALOG = "surfaces"
 ITEMS = 20_000

@@ -15,6 +15,7 @@ import pytest
 from redis.crc import key_slot
 
 from server.cooccurrence_merge import counts_from_pairs
+from server.errors import InvalidArgument
 from server.stores import (
     ConflictError,
     CooccurrenceTotals,
@@ -121,7 +122,7 @@ def test_create_catalog_is_idempotent_and_keeps_the_first_settings(store):
 
 @pytest.mark.parametrize("name", ["", "{ml}", "a b", "-x", "x" * 65])
 def test_bad_catalog_names_are_rejected(store, name):
-    with pytest.raises(ValueError, match="catalog name"):
+    with pytest.raises(InvalidArgument, match="must be 1 to 64 characters"):
         store.create_catalog(name, ENCODER)
 
 

@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from protos.connection import channel_credentials
 from server.config import ServerConfig
-from server.service.tls import add_listening_port, channel_credentials
+from server.service.tls import add_listening_port
 from tests.grpc_harness import serve
 
 

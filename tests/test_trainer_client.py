@@ -3,11 +3,7 @@ gRPC channels (plain, and mutual TLS with tokens), and a server process killed m
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +16,13 @@ import pytest
 import torch
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from harness.ports import free_port
+from harness.server_process import ServerProcess
+from protos.codecs import decode_vectors, encode_vectors
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
-from server.service.vector_codec import decode_vectors, encode_vectors
 from server.stores import RedisStore
 from tests.service_harness import ServerThread
-from tests.test_server_process import free_port, wait_until_serving
 from tests.test_tls import issue, make_ca
 from trainer_client.client import EmbeddingClient, RetryPolicy, ServiceError
 
@@ -226,33 +223,10 @@ def test_an_unknown_token_is_unauthenticated_and_never_echoed(secured) -> None:
 # ---------------------------------------------------------------- a server killed mid-pull
 
 
-class ServerProcess:
-    """``python -m server`` on a fixed port and store, so a new process replaces a killed
-    one at the same address with the same data."""
-
-    def __init__(self, port: int, store_url: str, log_path: Path) -> None:
-        self.address = f"127.0.0.1:{port}"
-        self._args = [sys.executable, "-m", "server", "--port", str(port),
-                      "--store-url", store_url, "--log-format", "json"]
-        self._env = {k: v for k, v in os.environ.items() if not k.startswith("TFLLMER_")}
-        self._log_path = log_path
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self._log_path, "a") as log:
-            self.process = subprocess.Popen(self._args, env=self._env, stderr=log)
-        with grpc.insecure_channel(self.address) as channel:
-            wait_until_serving(channel, self.process, timeout=120)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(30)
-
-
 @pytest.fixture
 def server_process(fresh_redis_server, tmp_path: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(free_port(), fresh_redis_server.url, tmp_path / "server.log")
+    # A restart keeps the port: the new process replaces the killed one at the same address.
+    server = ServerProcess(fresh_redis_server.url, tmp_path / "server.log")
     try:
         yield server
     finally:

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from harness.server_process import ServerProcess, synthetic_catalog
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.stores import LocalStore, RedisStore
 from tests.hash_encoder import HashEncoder
-from tests.process_harness import ServerProcess, synthetic_catalog
 from tests.service_harness import ServerThread
 from trainer_client.client import EmbeddingClient, ServiceError
 from trainer_client.worker import resolve_version

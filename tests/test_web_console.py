@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.ports import free_port
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.stores import LocalStore
 from tests.node_clients import REPO, node_modules
-from tests.process_harness import free_port
 from tests.service_harness import ServerThread
 from trainer_client.cooccurrence import window_pairs
 from trainer_client.sequences import leave_one_out

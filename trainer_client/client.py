@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,27 +29,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 import numpy as np
 
+from protos.codecs import decode_vectors, wire_pairs
+from protos.connection import Connection, Pem
+from protos.enums import DTYPE, KIND
+from protos.metadata import SERVICE
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
-from server.service.auth import SERVICE, bearer_metadata
-from server.service.tls import Pem, channel_credentials
-from server.service.vector_codec import decode_vectors
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SERVER = "127.0.0.1:50051"
-SERVER_ENV = "TFLLMER_SERVER"
-TOKEN_ENV = "TFLLMER_TOKEN"
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-DTYPES = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16,
-          "bfloat16": pb.DTYPE_BFLOAT16}
-KINDS = {"reduced": pb.EMBEDDING_KIND_REDUCED, "raw": pb.EMBEDDING_KIND_RAW}
-_DTYPE_NAMES = {value: name for name, value in DTYPES.items()}
-_KIND_NAMES = {value: name for name, value in KINDS.items()}
-_U4_LIMIT = 2**32
 
 # (batch_id, rows, cols, weights) of one PushCooccurrence batch.
 PairBatch = tuple[str, np.ndarray, np.ndarray, np.ndarray]
@@ -132,22 +123,9 @@ class EmbeddingTable:
         return torch.from_numpy(self.vectors)
 
 
-def pair_blocks(
-    rows: np.ndarray, cols: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs in the wire's layout (``<u4``, ``<u4``, ``<f4``). Refuses rows that a cast to
-    uint32 would silently wrap into other items."""
-    if not len(rows) == len(cols) == len(weights):
-        raise ValueError("rows, cols and weights must have the same length")
-    for name, values in (("rows", rows), ("cols", cols)):
-        if len(values) and (np.min(values) < 0 or np.max(values) >= _U4_LIMIT):
-            raise ValueError(f"{name} must be item rows in [0, 2**32)")
-    return (np.asarray(rows, "<u4"), np.asarray(cols, "<u4"), np.asarray(weights, "<f4"))
-
-
 def _pair_request(catalog: str, worker_id: str, batch: PairBatch) -> pb.PushCooccurrenceRequest:
     batch_id, *arrays = batch
-    rows, cols, weights = pair_blocks(*arrays)
+    rows, cols, weights = wire_pairs(*arrays)
     return pb.PushCooccurrenceRequest(
         catalog=catalog, worker_id=worker_id, batch_id=batch_id,
         rows=rows.tobytes(), cols=cols.tobytes(), weights=weights.tobytes(),
@@ -192,9 +170,11 @@ class _Pull:
             if header.kind == pb.EMBEDDING_KIND_REDUCED:
                 self.request.version = header.version
         n = min(self.item_count, header.item_count)
+        dtype, kind = DTYPE.name(header.dtype), KIND.name(header.kind)
+        if dtype is None or kind is None:
+            raise ValueError(f"unknown dtype {header.dtype} or kind {header.kind} in the header")
         return EmbeddingTable(
-            version=header.version, dim=header.dim, dtype=_DTYPE_NAMES[header.dtype],
-            kind=_KIND_NAMES[header.kind], item_ids=[""] * n,
+            version=header.version, dim=header.dim, dtype=dtype, kind=kind, item_ids=[""] * n,
             rows=np.empty(n, np.int64), vectors=np.empty((n, header.dim), np.float32),
         )  # fmt: skip
 
@@ -213,8 +193,9 @@ def _copy_chunk(message: pb.GetItemEmbeddingsResponse, table: EmbeddingTable, st
 
 class EmbeddingClient:
     """Typed calls of the trainer RPCs. ``address`` and ``token`` default to
-    ``$TFLLMER_SERVER`` and ``$TFLLMER_TOKEN`` (as the admin CLI); pass ``token=""`` for
-    none. TLS is on when ``tls`` or any certificate is given (mutual with cert and key).
+    ``$TFLLMER_SERVER`` and ``$TFLLMER_TOKEN`` as in every CLI (``protos.connection``); pass
+    ``token=""`` for none. TLS is on when ``tls`` (the system's public CA roots), any
+    certificate or ``server_name`` is given (mutual with cert and key).
     ``deadline_s`` bounds each attempt of a call, a whole catalog pull included."""
 
     def __init__(
@@ -226,17 +207,20 @@ class EmbeddingClient:
         ca_cert: Pem | None = None,
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
+        server_name: str | None = None,
         deadline_s: float = 60.0,
         retry: RetryPolicy | None = None,
     ) -> None:
         if deadline_s <= 0:
             raise ValueError("deadline_s must be > 0")
-        self.address = address or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
-        token = (os.environ.get(TOKEN_ENV, "") if token is None else token).strip()
-        self._metadata = bearer_metadata(token) if token else None
+        connection = Connection.resolve(
+            address, token, tls=tls, ca_cert=ca_cert, client_cert=client_cert,
+            client_key=client_key, server_name=server_name)
+        self.address = connection.server
+        self._metadata = connection.metadata()
         self._deadline_s = deadline_s
         self._retry = retry or RetryPolicy()
-        self._tls = bool(tls or ca_cert or client_cert or client_key)
+        self._tls = connection.tls
         options = [
             ("grpc.enable_retries", 1),
             ("grpc.service_config", self._retry.service_config()),
@@ -244,12 +228,17 @@ class EmbeddingClient:
             ("grpc.initial_reconnect_backoff_ms", int(self._retry.initial_backoff_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(self._retry.max_backoff_s * 1000)),
         ]
-        if self._tls:
-            credentials = channel_credentials(ca_cert, client_cert, client_key)
-            self._channel = grpc.secure_channel(self.address, credentials, options)
-        else:
-            self._channel = grpc.insecure_channel(self.address, options)
+        self._channel = connection.channel(options)
         self._stub = pb_grpc.EmbeddingServiceStub(self._channel)
+
+    @classmethod
+    def from_connection(cls, target: Connection, **options: Any) -> EmbeddingClient:
+        """A client of ``target`` (a CLI's parsed connection flags); ``options`` as above."""
+        return cls(
+            target.server, token=target.token, tls=target.tls, ca_cert=target.ca_cert,
+            client_cert=target.client_cert, client_key=target.client_key,
+            server_name=target.server_name, **options,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"EmbeddingClient(address={self.address!r}, tls={self._tls})"
@@ -282,11 +271,11 @@ class EmbeddingClient:
         """Pull ``ids`` (None: every item, in row order) of a catalog version (0: the active
         one) into one float32 matrix. ``on_chunk`` reports progress; it restarts from 0 when
         an interrupted pull is retried."""
-        if dtype not in DTYPES or kind not in KINDS:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}, kind one of {list(KINDS)}")
+        if dtype not in DTYPE.names or kind not in KIND.names:
+            raise ValueError(f"dtype must be one of {DTYPE.names}, kind one of {KIND.names}")
         request = pb.GetItemEmbeddingsRequest(
-            catalog=catalog, version=version, item_ids=list(ids or ()), dtype=DTYPES[dtype],
-            kind=KINDS[kind], max_chunk_bytes=max_chunk_bytes,
+            catalog=catalog, version=version, item_ids=list(ids or ()),
+            dtype=DTYPE.number(dtype), kind=KIND.number(kind), max_chunk_bytes=max_chunk_bytes,
         )  # fmt: skip
         pull = _Pull(request, on_chunk)
         return self._retrying("GetItemEmbeddings", lambda: pull.attempt(

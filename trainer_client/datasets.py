@@ -18,7 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA_DIR_ENV = "TFLLMER_DATA_DIR"
+from protos.environment import DATA_DIR as DATA_DIR_ENV
+
 DEFAULT_DATA_DIR = Path(".cache/data")
 
 

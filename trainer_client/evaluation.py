@@ -146,12 +146,12 @@ def evaluate(
     if world > 1:
         dist.all_reduce(totals, group=process_group)
     n_users = int(totals[-1])
-    values = {name: float(totals[i]) / max(n_users, 1) for i, name in enumerate(names)}
+    means = {name: float(totals[i]) / max(n_users, 1) for i, name in enumerate(names)}
     if not per_user:
-        return RankingMetrics(values, n_users)
+        return RankingMetrics(means, n_users)
     arrays = {name: np.concatenate(pieces[name]) if pieces.get(name) else np.zeros(0)
               for name in names}
-    return RankingMetrics(values, n_users, users, arrays)
+    return RankingMetrics(means, n_users, users, arrays)
 
 
 def evaluate_model(

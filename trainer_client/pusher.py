@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer_client.client import EmbeddingClient, PairBatch, pair_blocks
+from protos.codecs import wire_pairs
+from trainer_client.client import EmbeddingClient, PairBatch
 from trainer_client.cooccurrence import Weighting, window_pairs
 from trainer_client.sequences import UserSequences
 
@@ -70,7 +71,7 @@ class CooccurrencePusher:
 
     def push(self, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> PushSummary:
         """Push every unordered pair ``(rows[i], cols[i], weights[i])`` exactly once."""
-        blocks = pair_blocks(rows, cols, weights)
+        blocks = wire_pairs(rows, cols, weights)
         identity = self._identity(blocks)
         last_acked = self._load_state(identity)
         n_batches = -(-len(blocks[0]) // self.batch_pairs)

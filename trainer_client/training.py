@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -117,7 +117,7 @@ def train(
     rank = dist.get_rank(process_group) if distributed else 0
     world = dist.get_world_size(process_group) if distributed else 1
     torch.manual_seed(config.seed + rank)  # dropout masks differ per rank, reproducibly
-    module = model
+    module: SequentialRecommender | DistributedDataParallel = model
     if world > 1:  # DDP broadcasts rank 0's weights; no buffer changes during training
         module = DistributedDataParallel(model, process_group=process_group,
                                          broadcast_buffers=False)
@@ -125,7 +125,7 @@ def train(
                                  weight_decay=config.weight_decay)
     users = np.flatnonzero(split.train.lengths >= 2)  # at least one (input, target) pair
     valid = eval_set(split, "valid")
-    eval_options = dict(ks=config.ks, mask_seen=config.mask_seen,
+    eval_options: dict[str, Any] = dict(ks=config.ks, mask_seen=config.mask_seen,
                         batch_size=config.eval_batch_size, process_group=process_group)
     result = TrainResult()
     seen = seen_items(split.train.items, model.n_items)

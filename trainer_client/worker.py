@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from protos import connection
 from trainer_client.client import EmbeddingClient, EmbeddingTable, ServiceError
 from trainer_client.cooccurrence import window_pairs
 from trainer_client.interactions import build_sequences, read_csv_interactions
@@ -41,13 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     service = parser.add_argument_group("service")
-    service.add_argument("--server", default=None,
-                         help="service address host:port [env TFLLMER_SERVER]")
-    service.add_argument("--token", default=None,
-                         help="trainer bearer token [env TFLLMER_TOKEN]; never printed")
-    service.add_argument("--tls-ca", default=None, help="CA certificate (PEM) to verify the server")
-    service.add_argument("--tls-cert", default=None, help="client certificate for mutual TLS")
-    service.add_argument("--tls-key", default=None, help="client key for mutual TLS")
+    connection.add_arguments(service, token_help="trainer bearer token")
     service.add_argument("--catalog", required=True, help="catalog name on the service")
     service.add_argument("--version", type=int, default=0,
                          help="catalog version to pin (default 0: the active one)")
@@ -101,7 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     training.add_argument("--out", type=Path, default=Path("runs/worker"),
                           help="where rank 0 writes metrics.json and loss.png")
     training.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    connection.check_arguments(parser, args)
+    return args
 
 
 def load_interactions(args: argparse.Namespace, row_of: dict[str, int]
@@ -170,8 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from trainer_client.training import TrainConfig, save_loss_curve, seed_everything, train
 
     rank, world, dist = distributed_context()
-    client = EmbeddingClient(args.server, token=args.token, ca_cert=args.tls_ca,
-                             client_cert=args.tls_cert, client_key=args.tls_key)
+    client = EmbeddingClient.from_connection(connection.Connection.from_args(args))
     with client:
         args.version = resolve_version(client, args, rank, dist)
         table = fetch_table(client, args)

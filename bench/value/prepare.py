@@ -167,15 +167,15 @@ class _Session:
         from google.protobuf.json_format import MessageToDict
 
         from bench.service_calls import refit
+        from protos.enums import TRANSFORM
         from protos.tfllmer.v1 import embedding_service_pb2 as pb
-        from server.admin import TRANSFORMS
 
         if formulation is None:
             parameters = pb.FitParameters(dim=DIM, lam=0.0)
         else:
             parameters = pb.FitParameters(
                 dim=DIM, retention_budget=formulation.retention,
-                graph=pb.GraphOptions(transform=TRANSFORMS[formulation.transform]),
+                graph=pb.GraphOptions(transform=TRANSFORM.number(formulation.transform)),
                 whitening=formulation.whitening)
         version = refit(self.address, catalog, parameters, activate=False)
         diagnostics = MessageToDict(version.diagnostics, preserving_proto_field_name=True,

@@ -26,9 +26,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from server.config import ServerConfig
+from server.errors import ServiceError
 from server.service.auth import Authenticator
 from server.service.catalog_service import CatalogService
-from server.service.errors import ServiceError
 from server.stores.base import NotFoundError, StoreUnavailableError, VersionRecord
 
 log = logging.getLogger(__name__)

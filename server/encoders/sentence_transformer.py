@@ -67,7 +67,10 @@ class SentenceTransformerEncoder:
             self._model.float()  # also upcasts a float16 copy of the model for the CPU
         self._output = output
         self._model_name = DEFAULT_MODEL_NAME if model_path is None else path.name
-        self._dim = int(full.get_embedding_dimension())
+        dim = full.get_embedding_dimension()
+        if dim is None:
+            raise ValueError(f"{path} does not say its embedding dimension")
+        self._dim = int(dim)
         self.token_budget = token_budget
         self.max_batch = max_batch
 
@@ -86,7 +89,10 @@ class SentenceTransformerEncoder:
     @property
     def max_tokens(self) -> int:
         """Texts are truncated to this many tokens by the model."""
-        return int(self._model.max_seq_length)
+        length = self._model.max_seq_length
+        if length is None:
+            raise ValueError("the model does not say how many tokens it reads")
+        return int(length)
 
     def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
         encoded = self._model.tokenizer(

@@ -104,7 +104,8 @@ def fit_projection(moments: Moments, settings: FitSettings) -> Projection:
     """
     with _thread_pools().limit(limits=1, user_api="blas"):
         retention = settings.effective_retention
-        if retention is None:
+        if retention is None:  # only when λ is given directly
+            assert settings.lam is not None
             lam = float(settings.lam)
         else:
             lam = lambda_for_retention(moments, settings.dim, retention)

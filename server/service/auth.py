@@ -28,17 +28,15 @@ from types import MappingProxyType
 
 import grpc
 
-from protos.tfllmer.v1 import embedding_service_pb2 as pb
+from protos.metadata import AUTHORIZATION, BEARER, SERVICE
 from server.config import ServerConfig
-from server.service.handlers import with_behavior
+from server.service.handlers import Continuation, with_behavior
 
-SERVICE = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 OPEN_SERVICES = (
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
     "grpc.reflection.v1.ServerReflection",
 )
-_SCHEME = "bearer"
 
 Metadata = Iterable[tuple[str, str | bytes]]
 
@@ -81,20 +79,15 @@ def current_role() -> Role:
     return _caller_role.get()
 
 
-def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    """Call metadata that authenticates a client with ``token``."""
-    return (("authorization", f"Bearer {token}"),)
-
-
 def bearer_token(metadata: Metadata | None) -> str | None:
     """The token of the single ``authorization: Bearer <token>`` entry, or None when there is
     none, several, or one with another scheme (RFC 6750 §2.1; the scheme is case-insensitive)."""
-    values = [value for key, value in metadata or () if key == "authorization"]
+    values = [value for key, value in metadata or () if key == AUTHORIZATION]
     if len(values) != 1 or not isinstance(values[0], str):
         return None
     scheme, _, token = values[0].partition(" ")
     token = token.strip()
-    return token if scheme.lower() == _SCHEME and token else None
+    return token if scheme.lower() == BEARER and token else None
 
 
 def _digest(token: str) -> bytes:
@@ -149,9 +142,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._required_role = required_role
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method

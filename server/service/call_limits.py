@@ -202,7 +202,7 @@ class CallGuard:
         if await self._next_raw(requests, context) is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "a unary method takes exactly one request message")
-        return await self._parse(raw, message_type, context)  # type: ignore[arg-type]
+        return await self._parse(raw, message_type, context)
 
     async def _stream(self, requests: AsyncIterator[bytes], message_type: type[Message],
                       context: grpc.aio.ServicerContext, held: list[int]
@@ -328,15 +328,17 @@ class CallGuard:
     def handlers(self, handlers: dict[str, grpc.RpcMethodHandler], request_types: dict[str, Any]
                  ) -> dict[str, grpc.RpcMethodHandler]:
         """``handlers`` (by method name) rebuilt as bounded request-stream handlers."""
-        out = {}
+        out: dict[str, grpc.RpcMethodHandler] = {}
         for name, handler in handlers.items():
             message_type = request_types[name]
             if handler.response_streaming:
+                assert handler.unary_stream is not None  # the only streaming RPC is unary-stream
                 out[name] = grpc.stream_stream_rpc_method_handler(
                     self._server_stream(handler.unary_stream, message_type),
                     response_serializer=handler.response_serializer)
             else:
                 behavior = handler.stream_unary or handler.unary_unary
+                assert behavior is not None
                 out[name] = grpc.stream_unary_rpc_method_handler(
                     self._single_response(behavior, message_type, handler.request_streaming),
                     response_serializer=handler.response_serializer)

@@ -13,19 +13,34 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from server.call_lifetime import check_alive
+from server.config import ServerConfig
 from server.encoders.base import Encoder
+from server.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from server.recpca import FitSettings, Projection, fit_recpca
 from server.service.dim_prefix import prefix, served_dim
-from server.service.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from server.service.refit_progress import RefitProgress
-from server.service.validation import (
+from server.stores.base import (
+    CatalogState,
+    CatalogStore,
+    ConflictError,
+    CooccurrenceTotals,
+    EncoderIdentity,
+    ItemChanges,
+    NewVersion,
+    NotFoundError,
+    PairBatch,
+    RequestRecord,
+    StoreError,
+    VersionRecord,
+)
+from server.validation import (
     FitRequest,
     PairBlock,
     verify_catalog,
@@ -36,37 +51,42 @@ from server.service.validation import (
     verify_similar,
     verify_version,
 )
-from server.stores.base import (
-    CatalogState,
-    CatalogStore,
-    ConflictError,
-    CooccurrenceTotals,
-    EncoderIdentity,
-    ItemChanges,
-    NewVersion,
-    NotFoundError,
-    RequestRecord,
-    StoreError,
-    VersionRecord,
-)
 
 log = logging.getLogger(__name__)
+# ServerConfig.raw_vector_dtype → the stores' numpy name.
+RAW_DTYPES = {"float32": "<f4", "float16": "<f2"}
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_items_per_upsert: int = 100_000
-    max_text_chars: int = 8192
-    max_pairs_per_push: int = 5_000_000
-    max_similar_k: int = 1000
-    refit_lock_lease_seconds: float = 300.0
-    version_cache_size: int = 4
+    """Per-call bounds and store options of the service, taken from its configuration
+    (``ServerConfig`` holds every default, once)."""
+
+    max_items_per_upsert: int
+    max_text_chars: int
+    max_pairs_per_push: int
+    max_similar_k: int
+    refit_lock_lease_seconds: float
+    version_cache_size: int
+    raw_dtype: str  # numpy's name of the stored raw vectors' element type
+    # How long a committed call's request_id is remembered (its retries return its outcome).
+    request_id_ttl_seconds: float
     # Serialized GetItemEmbeddings chunks of full-catalog pulls kept by the servicer (LRU);
     # 0 disables them. Off whenever version_cache_size is 0.
     chunk_cache_bytes: int = 1 << 30
-    raw_dtype: str = "<f4"
-    # How long a committed call's request_id is remembered (its retries return its outcome).
-    request_id_ttl_seconds: float = 86_400.0
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> Limits:
+        return cls(
+            max_items_per_upsert=config.max_items_per_upsert,
+            max_text_chars=config.max_text_chars,
+            max_pairs_per_push=config.max_pairs_per_push,
+            max_similar_k=config.max_similar_k,
+            refit_lock_lease_seconds=config.refit_lock_lease_seconds,
+            version_cache_size=config.version_cache_size,
+            raw_dtype=RAW_DTYPES[config.raw_vector_dtype],
+            request_id_ttl_seconds=config.request_id_ttl_seconds,
+        )
 
 
 @dataclass(frozen=True)
@@ -165,12 +185,13 @@ def text_hash(text: str) -> str:
 
 
 class CatalogService:
-    def __init__(self, store: CatalogStore, encoder: Encoder, limits: Limits = Limits(),
+    def __init__(self, store: CatalogStore, encoder: Encoder, limits: Limits | None = None,
                  encode_listener: EncodeListener | None = None) -> None:
+        """``limits`` default to those of the default configuration."""
         self.store = store
         self.encode_listener = encode_listener
         self.encoder = encoder
-        self.limits = limits
+        self.limits = limits or Limits.from_config(ServerConfig())
         self.identity = EncoderIdentity(encoder.name, encoder.dim)
         self._views: OrderedDict[tuple[str, int], VersionView] = OrderedDict()
         self._views_lock = threading.Lock()
@@ -224,7 +245,7 @@ class CatalogService:
         hashes = [text_hash(text) for text in texts]
         known = np.flatnonzero(rows >= 0)
         stored = self.store.text_hashes(name, rows[known]) if len(known) else []
-        changed = [i for i, old in zip(known, stored, strict=True) if old != hashes[i]]
+        changed = [i for i, old in zip(known.tolist(), stored, strict=True) if old != hashes[i]]
         new = np.flatnonzero(rows < 0).tolist()
         to_encode = [texts[i] for i in new + changed]
         started = time.perf_counter()
@@ -295,14 +316,6 @@ class CatalogService:
             projection = Projection(components, mean, float(record.diagnostics.get("lam", 0)))
         return Selection(record.version, record.dim, "reduced", rows, count, record.encoder,
                          record.item_count, projection)
-
-    def chunks(
-        self, name: str, selection: Selection, rows_per_chunk: int
-    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """``(start, rows, float32 vectors)`` per chunk, in order."""
-        for start in range(0, selection.item_count, rows_per_chunk):
-            stop = min(start + rows_per_chunk, selection.item_count)
-            yield (start, *self.chunk(name, selection, start, stop))
 
     def chunk(
         self, name: str, selection: Selection, start: int, stop: int
@@ -392,9 +405,9 @@ class CatalogService:
     # -- PushCooccurrence -------------------------------------------------------------
     def push(self, name: str, blocks: Sequence[PairBlock]) -> PushResult:
         state = self._catalog(name)
-        batches = verify_pair_batches(
+        batches = [PairBatch(*checked) for checked in verify_pair_batches(
             name, blocks, state.item_count, self.limits.max_pairs_per_push
-        )
+        )]
         before = self.store.cooccurrence_totals(name)
         applied, duplicates = self.store.apply_pair_batches(name, batches)
         after = self.store.cooccurrence_totals(name)

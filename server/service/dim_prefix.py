@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.service.errors import InvalidArgument
+from server.errors import InvalidArgument
 
 
 def served_dim(requested: int, version_dim: int, kind: str = "reduced") -> int:

@@ -21,7 +21,7 @@ import numpy as np
 
 from server.call_lifetime import CallEnded, check_alive
 from server.encoders.base import Encoder, ProgressCallback
-from server.service.errors import ResourceExhausted, Unavailable
+from server.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,14 @@ one they replace (a stream stays a stream) with the same (de)serializers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 Behavior = Callable[..., Any]
+# What ``intercept_service`` calls to get the handler the server would use.
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 # (request_streaming, response_streaming) -> the handler attribute and factory of that kind.
 _KINDS: dict[tuple[bool, bool], tuple[str, Callable[..., grpc.RpcMethodHandler]]] = {

@@ -14,7 +14,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -22,7 +22,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from server.service.handlers import Behavior, behavior_of, with_behavior
+from server.service.handlers import Behavior, Continuation, behavior_of, with_behavior
 from server.service.logging_setup import log_rpc
 
 # From 1 ms to 10 min: full pulls of large catalogs and refits take minutes.
@@ -235,9 +235,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: not counted, so callers cannot add label values

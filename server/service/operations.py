@@ -25,17 +25,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.call_lifetime import SHUTTING_DOWN, CallEnded, CallLifetime, running
+from server.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from server.service.catalog_service import CatalogService
-from server.service.errors import InvalidArgument, NotFound, ServiceError
 from server.service.refit_progress import RefitProgress, Stopped
-from server.service.validation import FitRequest
-from server.stores.base import ConflictError, NotFoundError, StoreUnavailableError, VersionRecord
+from server.stores.base import VersionRecord
+from server.validation import FitRequest
 
 log = logging.getLogger(__name__)
 REPLICA = uuid.uuid4().hex[:12]
 NAME = re.compile(r"refits/[0-9a-f]{12}/[0-9a-f]{32}")
 KEEP_SECONDS = 3600.0
 MAX_KEPT = 1000
+
+
+class RefitBug(ServiceError):
+    """A refit that failed for no reason a caller caused: reported as INTERNAL."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class OperationState:
     created_at: float
     updated_at: float
     result: tuple[VersionRecord, int] | None = None  # (version, previous active version)
-    error: tuple[str, str] | None = None  # (gRPC status name, message)
+    error: ServiceError | None = None  # why it failed (RefitBug: a bug, INTERNAL)
 
     @property
     def done(self) -> bool:
@@ -63,7 +67,7 @@ class _Operation:
         self.progress = progress
         self.created_at = time.time()
         self.result: tuple[VersionRecord, int] | None = None
-        self.error: tuple[str, str] | None = None
+        self.error: ServiceError | None = None
         self.finished_at: float | None = None
         # The operation's own lifetime (no deadline): the work is tied to no call, only to
         # the server, which ends it at shutdown.
@@ -125,28 +129,23 @@ class RefitOperations:
             if self._on_done is not None:
                 self._on_done(operation.result[0])
         except Stopped as stopped:
-            operation.error = ("UNAVAILABLE", f"{stopped}; nothing was written, start again")
+            operation.error = Unavailable(f"{stopped}; nothing was written, start again")
         except CallEnded as ended:
-            operation.error = (ended.code, f"{ended.message}; nothing was written, start again")
+            operation.error = Unavailable(f"{ended.message}; nothing was written, start again")
         except ServiceError as error:
-            operation.error = (error.code, error.message)
-        except StoreUnavailableError as error:
-            operation.error = ("UNAVAILABLE", f"store unavailable: {error}")
-        except NotFoundError as error:
-            operation.error = ("NOT_FOUND", str(error))
-        except ConflictError as error:
-            operation.error = ("ABORTED", str(error))
+            operation.error = error
         except Exception as error:  # a bug: logged once, with the operation as incident id
             log.exception("refit operation %s failed", operation.name)
-            operation.error = ("INTERNAL", f"internal error (incident {operation.name}): "
-                                           f"{type(error).__name__}")
+            operation.error = RefitBug(f"internal error (incident {operation.name}): "
+                                       f"{type(error).__name__}")
         finally:
             operation.finished_at = time.time()
             operation.progress.enter("done")
             self._threads.discard(threading.current_thread())
             if operation.error is not None:
                 log.warning("catalog %s: refit operation %s failed: %s: %s",
-                            operation.catalog, operation.name, *operation.error)
+                            operation.catalog, operation.name,
+                            type(operation.error).__name__, operation.error.message)
 
     def get(self, name: str) -> OperationState:
         if not NAME.fullmatch(name):

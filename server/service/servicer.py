@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,25 +18,29 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from protos.codecs import bytes_per_value, vector_buffer
+from protos.enums import DTYPE, KIND, TRANSFORM, VERSION_STATUS
+from protos.metadata import SERVICE
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
 from server.call_lifetime import CallEnded
+from server.errors import (
+    Aborted,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
 from server.service.call_limits import CallGuard
 from server.service.catalog_service import CatalogService, Selection
 from server.service.chunk_cache import ChunkCache, Messages
 from server.service.dim_prefix import prefix, served_dim
-from server.service.errors import ServiceError
 from server.service.metrics import ServiceMetrics
 from server.service.operations import OperationState, RefitOperations
 from server.service.refit_progress import PHASE_NAMES, RefitProgress
-from server.service.validation import (
-    FitRequest,
-    PairBlock,
-    verify_item,
-    verify_pair_block,
-    verify_request_id,
-)
-from server.service.vector_codec import bytes_per_value, vector_buffer
 from server.service.watch import (
     ACTIVATED,
     CREATED,
@@ -47,31 +52,40 @@ from server.service.watch import (
 )
 from server.stores.base import (
     CatalogState,
-    ConflictError,
     CooccurrenceTotals,
-    CorruptDataError,
     EncoderIdentity,
-    NotFoundError,
     StoreUnavailableError,
     VersionRecord,
+)
+from server.validation import (
+    FitRequest,
+    PairBlock,
+    verify_item,
+    verify_item_count,
+    verify_not_empty,
+    verify_pair_block,
+    verify_pair_count,
+    verify_pull,
+    verify_request_id,
+    verify_same_catalog,
+    verify_same_request_id,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DTYPES = {pb.DTYPE_UNSPECIFIED: "float32", pb.DTYPE_FLOAT32: "float32",
-          pb.DTYPE_FLOAT16: "float16", pb.DTYPE_BFLOAT16: "bfloat16"}
-DTYPE_ENUM = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16,
-              "bfloat16": pb.DTYPE_BFLOAT16}
-KINDS = {pb.EMBEDDING_KIND_UNSPECIFIED: "reduced", pb.EMBEDDING_KIND_REDUCED: "reduced",
-         pb.EMBEDDING_KIND_RAW: "raw"}
-TRANSFORMS = {pb.GRAPH_TRANSFORM_UNSPECIFIED: "identity", pb.GRAPH_TRANSFORM_IDENTITY: "identity",
-              pb.GRAPH_TRANSFORM_LOG1P: "log1p", pb.GRAPH_TRANSFORM_TOP_K: "topk",
-              pb.GRAPH_TRANSFORM_PPMI: "ppmi"}
-TRANSFORM_ENUM = {"identity": pb.GRAPH_TRANSFORM_IDENTITY, "log1p": pb.GRAPH_TRANSFORM_LOG1P,
-                  "topk": pb.GRAPH_TRANSFORM_TOP_K, "ppmi": pb.GRAPH_TRANSFORM_PPMI}
-STATUS_ENUM = {"staged": pb.VERSION_STATUS_STAGED, "active": pb.VERSION_STATUS_ACTIVE,
-               "retired": pb.VERSION_STATUS_RETIRED}
+# Every kind of ``server.errors`` and the status it ends a call with (details: prefix +
+# message). An exception of no kind here is a bug: INTERNAL, with an incident id in the log.
+STATUS: dict[type[ServiceError], tuple[grpc.StatusCode, str]] = {
+    InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, ""),
+    NotFound: (grpc.StatusCode.NOT_FOUND, ""),
+    FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, ""),
+    ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    Aborted: (grpc.StatusCode.ABORTED, ""),
+    StoreUnavailableError: (grpc.StatusCode.UNAVAILABLE, "store unavailable: "),
+    Unavailable: (grpc.StatusCode.UNAVAILABLE, ""),
+    DataLoss: (grpc.StatusCode.DATA_LOSS, "stored data is corrupt: "),
+}
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
 CHUNK_OVERHEAD = 1024
 PREFETCH_GROUPS = 1  # groups prepared ahead of the one being sent
@@ -117,44 +131,40 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         """Await ``call`` (started from ``function``); map every expected failure to a status."""
         try:
             return await call
-        except (ServiceError, CallEnded) as error:
-            await context.abort(getattr(grpc.StatusCode, error.code), error.message)
-        except StoreUnavailableError as error:
-            self.metrics.record_store_error(getattr(function, "__name__", "call"))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {error}")
-        except CorruptDataError as error:  # damaged stored data, not the caller's mistake
-            self.metrics.record_store_error(getattr(function, "__name__", "call"))
-            log.error("stored data does not decode: %s", error)
-            await context.abort(grpc.StatusCode.DATA_LOSS, f"stored data is corrupt: {error}")
-        except NotFoundError as error:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-        except ConflictError as error:
-            await context.abort(grpc.StatusCode.ABORTED, str(error))
-        except ValueError as error:  # a store's own input checks
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except grpc.aio.AbortError:
+            raise  # the call already has its status
+        except CallEnded as error:  # the call died first: the status its caller already sees
+            await context.abort(grpc.StatusCode[error.code], error.message)
+        except ServiceError as error:
+            await self._abort(context, error, getattr(function, "__name__", "call"))
+        except Exception:  # a bug: never the caller's fault, never shown to the caller
+            incident = uuid.uuid4().hex[:12]
+            log.exception("incident %s: %s failed unexpectedly", incident,
+                          getattr(function, "__name__", "call"))
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"internal error (incident {incident}); the server log has it")
         raise AssertionError("context.abort always raises")
 
-    async def _same_catalog(self, context: grpc.aio.ServicerContext, first: str | None,
-                            catalog: str) -> str:
-        if first is not None and catalog != first:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "every message of a stream must name the same catalog")
-        return catalog
+    async def _abort(self, context: grpc.aio.ServicerContext, error: ServiceError,
+                     name: str) -> None:
+        """End the call with the status ``STATUS`` gives the error's kind."""
+        kind = next(k for k in type(error).__mro__ if k in STATUS)
+        code, prefix = STATUS[kind]
+        if kind in (StoreUnavailableError, DataLoss):
+            self.metrics.record_store_error(name)
+        if kind is DataLoss:  # damaged stored data, not the caller's mistake
+            log.error("stored data does not decode: %s", error.message)
+        await context.abort(code, prefix + error.message)
 
-    async def _same_request_id(self, context: grpc.aio.ServicerContext, first: bool,
-                               request_id: str, message: pb.UpsertItemsRequest) -> str:
-        """The call's request_id: set in the first message; later ones repeat it or leave it
-        empty."""
-        if first:
-            try:
-                verify_request_id(message.request_id)
-            except ServiceError as error:
-                await context.abort(getattr(grpc.StatusCode, error.code), error.message)
-            return message.request_id
-        if message.request_id and message.request_id != request_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "every message of a stream must carry the same request_id")
-        return request_id
+    async def _check(self, context: grpc.aio.ServicerContext, check: Callable[..., T],
+                     *args: Any) -> T:
+        """Run a ``server.validation`` rule on the event loop (cheap checks of what a stream
+        has delivered so far); its error ends the call like any other."""
+        try:
+            return check(*args)
+        except ServiceError as error:
+            await self._abort(context, error, getattr(check, "__name__", "check"))
+        raise AssertionError("context.abort always raises")
 
     async def UpsertItems(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
                           context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
@@ -174,23 +184,21 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         limits = self.service.limits
         async for message in request_iterator:
             first = catalog is None
-            catalog = await self._same_catalog(context, catalog, message.catalog)
-            request_id = await self._same_request_id(context, first, request_id, message)
-            try:  # each message is checked as it arrives: a bad one ends the call at once
-                for item in message.items:
-                    verify_item(item.id, item.text, limits.max_text_chars)
-            except ServiceError as error:
-                await context.abort(getattr(grpc.StatusCode, error.code), error.message)
+            catalog = await self._check(context, verify_same_catalog, catalog, message.catalog)
+            if first:
+                request_id = await self._check(context, verify_request_id, message.request_id)
+            else:
+                await self._check(context, verify_same_request_id, request_id,
+                                  message.request_id)
+            for item in message.items:  # each message is checked as it arrives
+                await self._check(context, verify_item, item.id, item.text,
+                                  limits.max_text_chars)
             ids.extend(item.id for item in message.items)
             texts.extend(item.text for item in message.items)
-            if len(ids) > limits.max_items_per_upsert:  # stop reading early
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"more than {limits.max_items_per_upsert} items in one call; split the "
-                    "ingest")
+            # Stop reading early: memory stays bounded.
+            await self._check(context, verify_item_count, len(ids), limits.max_items_per_upsert)
         await _ensure_half_closed(context)
-        if catalog is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream had no message")
+        catalog = await self._check(context, verify_not_empty, catalog)
         result = await self._run(context, self.service.upsert_items, catalog, ids, texts,
                                  request_id)
         self.metrics.record_encoded(result.added + result.changed, result.encode_seconds)
@@ -216,18 +224,16 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     async def GetItemEmbeddings(self, request: pb.GetItemEmbeddingsRequest,
                                 context: grpc.aio.ServicerContext
                                 ) -> AsyncIterator[pb.GetItemEmbeddingsResponse | bytes]:
-        dtype, kind = DTYPES.get(request.dtype), KINDS.get(request.kind)
-        if dtype is None or kind is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown dtype or kind")
-        if request.max_chunk_bytes < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_chunk_bytes must be >= 0")
+        dtype, kind = DTYPE.name(request.dtype), KIND.name(request.kind)
+        await self._check(context, verify_pull, dtype, kind, request.max_chunk_bytes)
+        assert dtype is not None and kind is not None  # verify_pull refused None
         # One worker-thread hop resolves the selection and prepares its first chunk (a
         # look-up of a few ids is usually one chunk); later chunks are prefetched.
         pull: _Pull = await self._run(context, self._open, request, kind, dtype)
         selection = pull.selection
         header = pb.EmbeddingHeader(
-            version=selection.version, dim=pull.dim, dtype=DTYPE_ENUM[dtype],
-            kind=pb.EMBEDDING_KIND_RAW if kind == "raw" else pb.EMBEDDING_KIND_REDUCED,
+            version=selection.version, dim=pull.dim, dtype=DTYPE.number(dtype),
+            kind=KIND.number(kind),
             item_count=selection.item_count, encoder=_encoder(selection.encoder),
         )
         if selection.item_count == 0:
@@ -358,20 +364,15 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         catalog: str | None = None
         pairs, limit = 0, self.service.limits.max_pairs_per_push
         async for message in request_iterator:
-            catalog = await self._same_catalog(context, catalog, message.catalog)
+            catalog = await self._check(context, verify_same_catalog, catalog, message.catalog)
             block = PairBlock(message.worker_id, message.batch_id, message.rows,
                               message.cols, message.weights)
-            try:  # ids and the three blocks' lengths, as each message arrives
-                pairs += verify_pair_block(block)
-            except ServiceError as error:
-                await context.abort(getattr(grpc.StatusCode, error.code), error.message)
+            # Ids and the three blocks' lengths, as each message arrives.
+            pairs += await self._check(context, verify_pair_block, block)
             blocks.append(block)
-            if pairs > limit:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"more than {limit} pairs in one call; push in several calls")
+            await self._check(context, verify_pair_count, pairs, limit)
         await _ensure_half_closed(context)
-        if catalog is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream had no message")
+        catalog = await self._check(context, verify_not_empty, catalog)
         result = await self._run(context, self.service.push, catalog, blocks)
         return pb.PushCooccurrenceResponse(
             batches_applied=result.applied, duplicates_ignored=result.duplicates,
@@ -379,13 +380,12 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             totals=_totals(result.totals),
         )
 
-    async def _fit_request(self, request: pb.RefitProjectionRequest,
-                           context: grpc.aio.ServicerContext) -> FitRequest:
+    @staticmethod
+    def _fit_request(request: pb.RefitProjectionRequest) -> FitRequest:
+        """The fit a request asks for (checked by the service, like every rule)."""
         params = request.parameters
         strength = params.WhichOneof("strength")
-        transform = TRANSFORMS.get(params.graph.transform)
-        if transform is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown graph transform")
+        transform = TRANSFORM.name(params.graph.transform)
         return FitRequest(
             dim=params.dim,
             lam=params.lam if strength == "lam" else None,
@@ -397,7 +397,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     async def RefitProjection(self, request: pb.RefitProjectionRequest,
                               context: grpc.aio.ServicerContext) -> pb.RefitProjectionResponse:
-        fit = await self._fit_request(request, context)
+        fit = self._fit_request(request)
         progress = RefitProgress(self._refit_listener(request.catalog))
         record, previous = await self._run(
             context, self.service.refit, request.catalog, fit, request.activate,
@@ -418,7 +418,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     async def StartRefit(self, request: pb.StartRefitRequest,
                          context: grpc.aio.ServicerContext) -> pb.StartRefitResponse:
         refit = request.refit
-        fit = await self._fit_request(refit, context)
+        fit = self._fit_request(refit)
         state = await self._run(context, self.operations.start, refit.catalog, fit,
                                 refit.activate, refit)
         return pb.StartRefitResponse(operation=_operation(state))
@@ -546,6 +546,7 @@ def add_to_server(servicer: EmbeddingServicer, server: grpc.aio.Server) -> None:
     pb_grpc.add_EmbeddingServiceServicer_to_server(servicer, capture)
     handlers = dict(capture.handlers)
     original = handlers["GetItemEmbeddings"]
+    assert original.unary_stream is not None  # GetItemEmbeddings is a server stream
     handlers["GetItemEmbeddings"] = grpc.unary_stream_rpc_method_handler(
         original.unary_stream, request_deserializer=original.request_deserializer,
         response_serializer=_serialize_response)
@@ -553,9 +554,8 @@ def add_to_server(servicer: EmbeddingServicer, server: grpc.aio.Server) -> None:
     request_types = {method.name: getattr(pb, method.input_type.name)
                      for method in descriptor.methods}
     handlers = servicer.guard.handlers(handlers, request_types)
-    service = descriptor.full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 async def _ensure_half_closed(context: grpc.aio.ServicerContext) -> None:
@@ -592,9 +592,10 @@ def _operation(state: OperationState) -> pb.RefitOperation:
         message.response.CopyFrom(pb.RefitProjectionResponse(
             version=_version(record), previous_active_version=previous))
     elif state.error is not None:
-        code, text = state.error
-        message.error.CopyFrom(pb.OperationError(code=getattr(grpc.StatusCode, code).value[0],
-                                                 message=text))
+        kind = next((k for k in type(state.error).__mro__ if k in STATUS), None)
+        code, prefix = STATUS[kind] if kind is not None else (grpc.StatusCode.INTERNAL, "")
+        message.error.CopyFrom(pb.OperationError(code=code.value[0],
+                                                 message=prefix + state.error.message))
     return message
 
 
@@ -638,7 +639,7 @@ def _version(record: VersionRecord) -> pb.CatalogVersion:
     fit = pb.FitParameters(
         dim=record.dim,
         graph=pb.GraphOptions(
-            transform=TRANSFORM_ENUM[graph.get("transform", "identity")],
+            transform=TRANSFORM.number(graph.get("transform", "identity")),
             top_k=graph.get("top_k", 0) if graph.get("transform") == "topk" else 0,
         ),
         whitening=params.get("whitening", 0.0),
@@ -652,7 +653,8 @@ def _version(record: VersionRecord) -> pb.CatalogVersion:
         if value is not None and key in pb.FitDiagnostics.DESCRIPTOR.fields_by_name
     })
     return pb.CatalogVersion(
-        version=record.version, status=STATUS_ENUM[record.status], item_count=record.item_count,
+        version=record.version, status=VERSION_STATUS.number(record.status),
+        item_count=record.item_count,
         encoder=_encoder(record.encoder), parameters=fit, diagnostics=diagnostics,
         cooccurrence=_totals(record.counts), create_time=_timestamp(record.created_at),
         activate_time=_timestamp(record.activated_at), fit_seconds=record.fit_seconds,

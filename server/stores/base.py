@@ -35,26 +35,28 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-
-class StoreError(Exception):
-    """Base class of store failures."""
+from server.errors import Aborted, DataLoss, NotFound, ServiceError, Unavailable
 
 
-class StoreUnavailableError(StoreError):
-    """The backing store does not answer (maps to UNAVAILABLE; safe to retry)."""
+class StoreError(ServiceError):
+    """Base class of store failures; each one is also the ``server.errors`` kind it maps to."""
 
 
-class NotFoundError(StoreError):
-    """An unknown catalog or version (maps to NOT_FOUND)."""
+class StoreUnavailableError(StoreError, Unavailable):
+    """The backing store does not answer (UNAVAILABLE; safe to retry)."""
 
 
-class CorruptDataError(StoreError):
+class NotFoundError(StoreError, NotFound):
+    """An unknown catalog or version (NOT_FOUND)."""
+
+
+class CorruptDataError(StoreError, DataLoss):
     """A stored value does not decode (truncated block, garbage header, not JSON): the data
-    is damaged, not the request (maps to DATA_LOSS). Decoding never evaluates anything."""
+    is damaged, not the request (DATA_LOSS). Decoding never evaluates anything."""
 
 
-class ConflictError(StoreError):
-    """A concurrent writer committed first; nothing was applied (maps to ABORTED)."""
+class ConflictError(StoreError, Aborted):
+    """A concurrent writer committed first; nothing was applied (ABORTED)."""
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,19 @@
 """Argument checks both stores run before writing: a store never persists something that
-would make a later read fail (a bad key, a ragged upsert, a pair outside the catalog)."""
+would make a later read fail (a bad key, a ragged upsert, a pair outside the catalog).
+
+The rules a request can break are ``server.validation``'s, run again here with the same
+messages; the rest are the service's own invariants (an upsert's arrays agree, a version's
+shapes match), so a ``ValueError`` from them is a bug and ends a call as INTERNAL.
+"""
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 
 from server.stores.base import ItemChanges, NewVersion, PairBatch
+from server.validation import verify_pairs
 
-# Same rule as the wire contract: the name becomes part of store keys (and, in Redis, of
-# the `{name}` hash tag, which must not contain braces).
-CATALOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RAW_DTYPES = ("<f4", "<f2")
-
-
-def check_catalog_name(name: str) -> None:
-    if not isinstance(name, str) or not CATALOG_NAME.fullmatch(name):
-        raise ValueError(
-            f"catalog name {name!r} must be 1 to 64 characters from [A-Za-z0-9._-] "
-            "starting with a letter or a digit"
-        )
 
 
 def check_raw_dtype(raw_dtype: str) -> None:
@@ -67,16 +60,6 @@ def check_new_version(new: NewVersion, encoder_dim: int, item_count: int) -> Non
 
 
 def check_pair_batch(batch: PairBatch, item_count: int) -> None:
-    """Raise ``ValueError`` unless the batch would merge cleanly into a catalog of
-    ``item_count`` items (a bad batch in the log would break every later ``read_counts``)."""
-    rows, cols, weights = (np.asarray(a) for a in (batch.rows, batch.cols, batch.weights))
-    if not (rows.ndim == 1 and rows.shape == cols.shape == weights.shape):
-        raise ValueError(f"batch {batch.batch_id!r}: rows, cols and weights differ in shape")
-    if len(rows) == 0:
-        return
-    if rows.max() >= item_count or cols.max() >= item_count or min(rows.min(), cols.min()) < 0:
-        raise ValueError(f"batch {batch.batch_id!r}: a row is outside the catalog's {item_count}")
-    if np.any(rows == cols):
-        raise ValueError(f"batch {batch.batch_id!r}: a pair joins an item to itself")
-    if not np.all(np.isfinite(weights) & (weights > 0)):
-        raise ValueError(f"batch {batch.batch_id!r}: weights must be finite and positive")
+    """The batch merges cleanly into a catalog of ``item_count`` items (a bad batch in the
+    log would break every later ``read_counts``)."""
+    verify_pairs(f"batch {batch.batch_id!r}", batch.rows, batch.cols, batch.weights, item_count)

@@ -51,7 +51,6 @@ from server.stores.base import (
     VersionRecord,
 )
 from server.stores.checks import (
-    check_catalog_name,
     check_changes,
     check_new_version,
     check_pair_batch,
@@ -59,6 +58,7 @@ from server.stores.checks import (
 )
 from server.stores.packing import pack_array, pack_pairs, pair_arrays, unpack_array
 from server.stores.records import parse_record, record_json
+from server.validation import verify_catalog
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS catalogs (
@@ -193,7 +193,7 @@ class LocalStore(CatalogStore):
 
     @staticmethod
     def _catalog(conn: sqlite3.Connection, name: str) -> sqlite3.Row:
-        check_catalog_name(name)
+        verify_catalog(name)
         row = conn.execute("SELECT * FROM catalogs WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise NotFoundError(f"catalog {name!r} does not exist")
@@ -215,7 +215,7 @@ class LocalStore(CatalogStore):
     def create_catalog(
         self, name: str, encoder: EncoderIdentity, raw_dtype: str = "<f4"
     ) -> CatalogState:
-        check_catalog_name(name)
+        verify_catalog(name)
         check_raw_dtype(raw_dtype)
         with self._write() as conn:
             conn.execute(
@@ -649,7 +649,7 @@ class LocalStore(CatalogStore):
 
     # -- refit lock ---------------------------------------------------------------------
     def acquire_refit_lock(self, name: str, owner: str, lease_seconds: float) -> bool:
-        check_catalog_name(name)
+        verify_catalog(name)
         now = time.time()
         with self._write() as conn:
             held = conn.execute(
@@ -664,7 +664,7 @@ class LocalStore(CatalogStore):
         return True
 
     def renew_refit_lock(self, name: str, owner: str, lease_seconds: float) -> bool:
-        check_catalog_name(name)
+        verify_catalog(name)
         now = time.time()
         with self._write() as conn:
             return bool(
@@ -676,7 +676,7 @@ class LocalStore(CatalogStore):
             )
 
     def release_refit_lock(self, name: str, owner: str) -> None:
-        check_catalog_name(name)
+        verify_catalog(name)
         with self._write() as conn:
             conn.execute("DELETE FROM refit_locks WHERE catalog = ? AND owner = ?", (name, owner))
 

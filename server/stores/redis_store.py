@@ -67,7 +67,6 @@ from server.stores.base import (
     VersionRecord,
 )
 from server.stores.checks import (
-    check_catalog_name,
     check_changes,
     check_new_version,
     check_pair_batch,
@@ -82,6 +81,7 @@ from server.stores.packing import (
     unpack_array,
 )
 from server.stores.records import parse_record, record_json
+from server.validation import verify_catalog
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -222,7 +222,7 @@ class _Meta:
 
 
 @decoding("catalog header")
-def _parse_meta(text: bytes) -> _Meta:
+def _parse_meta(text: bytes | str) -> _Meta:
     fields = json.loads(text)
     meta = _Meta(EncoderIdentity(**fields["encoder"]), fields["raw_dtype"], fields["block_rows"])
     check_raw_dtype(meta.raw_dtype)
@@ -234,7 +234,7 @@ def _parse_meta(text: bytes) -> _Meta:
 
 
 @decoding("version record")
-def _parse_json(text: bytes) -> dict[str, Any]:
+def _parse_json(text: bytes | str) -> dict[str, Any]:
     fields = json.loads(text)
     if not isinstance(fields, dict):
         raise TypeError("not a JSON object")
@@ -271,6 +271,7 @@ class RedisStore(CatalogStore):
         }
         options.update(client_options)
         scheme, separator, rest = url.partition("://")
+        self._client: redis.Redis | RedisCluster
         if separator and scheme in CLUSTER_SCHEMES:
             options.pop("health_check_interval")
             try:  # a cluster client connects at once, to learn the slot map
@@ -302,7 +303,7 @@ class RedisStore(CatalogStore):
         """The catalog's settings; ``NotFoundError`` for an unknown catalog."""
         meta = self._metas.get(name)
         if meta is None:
-            check_catalog_name(name)
+            verify_catalog(name)
             text = self._client.get(self._key(name, "meta"))
             if text is None:
                 raise NotFoundError(f"catalog {name!r} does not exist")
@@ -344,7 +345,7 @@ class RedisStore(CatalogStore):
     def create_catalog(
         self, name: str, encoder: EncoderIdentity, raw_dtype: str = "<f4"
     ) -> CatalogState:
-        check_catalog_name(name)
+        verify_catalog(name)
         check_raw_dtype(raw_dtype)
         meta = {
             "encoder": {"name": encoder.name, "dim": encoder.dim},
@@ -449,14 +450,14 @@ class RedisStore(CatalogStore):
         if stop <= start:
             return []
         values = self._client.lrange(self._key(name, "rowids"), start, stop - 1)
-        return [value.decode() for value in values]
+        return [value if isinstance(value, str) else value.decode() for value in values]
 
     def _request_key(self, name: str, request_id: str) -> str:
         return self._key(name, "req", hashlib.sha256(request_id.encode()).hexdigest())
 
     @_unavailable_as_store_error
     def find_request(self, name: str, request_id: str) -> RequestRecord | None:
-        check_catalog_name(name)
+        verify_catalog(name)
         key = self._request_key(name, request_id)
         with self._client.pipeline(transaction=True) as pipe:
             pipe.hgetall(key)
@@ -513,10 +514,10 @@ class RedisStore(CatalogStore):
         base, block_rows = changes.base_count, meta.block_rows
         new_rows = range(base, base + len(changes.new_ids))
         for i in range(0, len(new_rows), _CHUNK):
-            rows, ids = new_rows[i : i + _CHUNK], changes.new_ids[i : i + _CHUNK]
-            pipe.hset(self._key(name, "ids"), mapping=dict(zip(ids, rows, strict=True)))
+            chunk_rows, ids = new_rows[i : i + _CHUNK], changes.new_ids[i : i + _CHUNK]
+            pipe.hset(self._key(name, "ids"), mapping=dict(zip(ids, chunk_rows, strict=True)))
             pipe.rpush(self._key(name, "rowids"), *ids)
-            hashes = zip(rows, changes.new_text_hashes[i : i + _CHUNK], strict=True)
+            hashes = zip(chunk_rows, changes.new_text_hashes[i : i + _CHUNK], strict=True)
             pipe.hset(self._key(name, "texthash"), mapping=dict(hashes))
         if len(new_rows):
             data = np.ascontiguousarray(changes.new_vectors, dtype=meta.raw_dtype)
@@ -529,8 +530,8 @@ class RedisStore(CatalogStore):
                 done += take
         rows = np.asarray(changes.changed_rows, dtype=np.int64)
         if len(rows):
-            hashes = dict(zip(rows.tolist(), changes.changed_text_hashes, strict=True))
-            pipe.hset(self._key(name, "texthash"), mapping=hashes)
+            changed = dict(zip(rows.tolist(), changes.changed_text_hashes, strict=True))
+            pipe.hset(self._key(name, "texthash"), mapping=changed)
             vectors = np.ascontiguousarray(changes.changed_vectors, dtype=meta.raw_dtype)
             for row, vector in zip(rows.tolist(), vectors, strict=True):
                 block, within = divmod(row, block_rows)
@@ -639,7 +640,7 @@ class RedisStore(CatalogStore):
         with ``request``'s record; returns the previously active version."""
         keys = [self._key(name, k) for k in ("pending", "versions", "active", "activated")]
         activate = "1" if activated_at is not None else "0"
-        args = [version, record, activate, activated_at or 0.0]
+        args: list[str | int | float] = [version, record, activate, activated_at or 0.0]
         if request is None:
             keys.append(self._key(name, "req", "-"))  # unused: every key names the catalog
             args += ["", "", 0]
@@ -798,18 +799,18 @@ class RedisStore(CatalogStore):
     # -- refit lock ---------------------------------------------------------------------
     @_unavailable_as_store_error
     def acquire_refit_lock(self, name: str, owner: str, lease_seconds: float) -> bool:
-        check_catalog_name(name)
+        verify_catalog(name)
         lease_ms = max(1, round(lease_seconds * 1000))
         return bool(self._client.set(self._key(name, "refit_lock"), owner, nx=True, px=lease_ms))
 
     @_unavailable_as_store_error
     def renew_refit_lock(self, name: str, owner: str, lease_seconds: float) -> bool:
-        check_catalog_name(name)
+        verify_catalog(name)
         lease_ms = max(1, round(lease_seconds * 1000))
         keys = [self._key(name, "refit_lock")]
         return bool(self._scripts["renew"](keys=keys, args=[owner, lease_ms]))
 
     @_unavailable_as_store_error
     def release_refit_lock(self, name: str, owner: str) -> None:
-        check_catalog_name(name)
+        verify_catalog(name)
         self._scripts["release"](keys=[self._key(name, "refit_lock")], args=[owner])

@@ -117,7 +117,7 @@ class ItemTable(nn.Module):
         Out of training, unseen items' trainable rows are replaced by mapped served vectors."""
         matrix = self.weight if self.adapter is None else self.adapter(self.frozen_vectors)
         if self.unseen is not None and not self.training and hasattr(self, "served_vectors"):
-            matrix = map_unseen_rows(self.served_vectors, matrix, self.unseen)
+            matrix = map_unseen_rows(self.get_buffer("served_vectors"), matrix, self.unseen)
         return F.normalize(matrix, dim=-1) if self.normalized else matrix
 
     def _device(self) -> torch.device:

@@ -1,33 +1,75 @@
-"""Request validation, one function per request kind (like vLLM's ``verify()``).
+"""The rules of the contract, each written once with one message (like vLLM's ``verify()``).
 
-Every check runs before anything is written, so a rejected call changes nothing, and every
-message names the field and the bound it broke.
+The servicer checks what a stream delivers as it arrives, the service checks each request
+before anything is written (so a rejected call changes nothing), and the stores check the
+same rules again before they persist (a bad key or pair in the store would break every later
+read). Every message names the field and the bound it broke, never the whole offending value.
+Broken rules raise ``InvalidArgument`` or ``ResourceExhausted`` (``server.errors``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from protos.codecs import decode_pairs
+from server.errors import InvalidArgument, ResourceExhausted
 from server.recpca import DEFAULT_WHITENING, FitSettings, GraphOptions
-from server.service.errors import InvalidArgument, ResourceExhausted
-from server.stores.base import PairBatch
-from server.stores.checks import CATALOG_NAME
 
 MAX_ID_BYTES = 512
 MAX_WORKER_OR_BATCH_BYTES = 128
 MAX_REQUEST_ID_BYTES = 128
+# The name becomes part of store keys (and, in Redis, of the `{name}` hash tag, which must
+# not contain braces).
+CATALOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# (worker_id, batch_id, rows, cols, weights) of one decoded, checked batch.
+CheckedBatch = tuple[str, str, np.ndarray, np.ndarray, np.ndarray]
 
 
 def verify_catalog(name: str) -> None:
-    if not CATALOG_NAME.fullmatch(name or ""):
+    if not isinstance(name, str) or not CATALOG_NAME.fullmatch(name):
         raise InvalidArgument(
-            f"catalog {name!r} must be 1 to 64 characters from [A-Za-z0-9._-] starting with a "
-            "letter or a digit"
+            f"catalog {str(name)[:70]!r} must be 1 to 64 characters from [A-Za-z0-9._-] "
+            "starting with a letter or a digit"
         )
+
+
+def verify_same_catalog(first: str | None, catalog: str) -> str:
+    """Every message of a stream names the catalog of its first."""
+    if first is not None and catalog != first:
+        raise InvalidArgument("every message of a stream must name the same catalog")
+    return catalog
+
+
+def verify_not_empty(catalog: str | None) -> str:
+    """A client stream's catalog (None: it had no message)."""
+    if catalog is None:
+        raise InvalidArgument("the stream had no message")
+    return catalog
+
+
+def verify_item_count(count: int, limit: int) -> None:
+    """Checked while an UpsertItems stream arrives, so memory stays bounded."""
+    if count > limit:
+        raise ResourceExhausted(f"more than {limit} items in one call; split the ingest")
+
+
+def verify_pair_count(count: int, limit: int) -> None:
+    """Checked while a PushCooccurrence stream arrives, so memory stays bounded."""
+    if count > limit:
+        raise ResourceExhausted(f"more than {limit} pairs in one call; push in several calls")
+
+
+def verify_pull(dtype: str | None, kind: str | None, max_chunk_bytes: int) -> None:
+    """GetItemEmbeddings options (``None``: an enum value this server does not know)."""
+    if dtype is None or kind is None:
+        raise InvalidArgument("unknown dtype or kind")
+    if max_chunk_bytes < 0:
+        raise InvalidArgument("max_chunk_bytes must be >= 0")
 
 
 def verify_version(version: int) -> None:
@@ -46,10 +88,7 @@ def verify_items(
     verify_catalog(catalog)
     if not ids:
         raise InvalidArgument("UpsertItems needs at least one item")
-    if len(ids) > max_items:
-        raise ResourceExhausted(
-            f"{len(ids)} items in one call exceeds the limit of {max_items}; split the ingest"
-        )
+    verify_item_count(len(ids), max_items)
     seen: set[str] = set()
     for item_id, text in zip(ids, texts, strict=True):
         verify_item(item_id, text, max_chars)
@@ -69,10 +108,18 @@ def verify_item(item_id: str, text: str, max_chars: int) -> None:
         raise InvalidArgument(f"item {item_id!r} has an empty text")
 
 
-def verify_request_id(request_id: str) -> None:
+def verify_request_id(request_id: str) -> str:
     """An optional idempotency key (AIP-155): empty, or 1 to 128 bytes."""
     if len(request_id.encode()) > MAX_REQUEST_ID_BYTES:
         raise InvalidArgument(f"request_id must be at most {MAX_REQUEST_ID_BYTES} bytes")
+    return request_id
+
+
+def verify_same_request_id(first: str, request_id: str) -> None:
+    """A stream's request_id is set in its first message; later ones repeat it or leave it
+    empty."""
+    if request_id and request_id != first:
+        raise InvalidArgument("every message of a stream must carry the same request_id")
 
 
 @dataclass(frozen=True)
@@ -86,9 +133,32 @@ class PairBlock:
     weights: bytes
 
 
+def verify_pairs(
+    what: str, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, item_count: int
+) -> None:
+    """Unordered pairs of a catalog of ``item_count`` items: equally long 1-D arrays of
+    integer rows inside the catalog, no pair joining an item to itself, weights finite and
+    positive. ``what`` names them in the message (e.g. ``batch w0/17``)."""
+    rows, cols, weights = (np.asarray(a) for a in (rows, cols, weights))
+    if not (rows.ndim == 1 and rows.shape == cols.shape == weights.shape):
+        raise InvalidArgument(f"{what}: rows, cols and weights must be equally long")
+    if not len(rows):
+        return
+    if not (np.issubdtype(rows.dtype, np.integer) and np.issubdtype(cols.dtype, np.integer)):
+        raise InvalidArgument(f"{what}: rows and cols must be integer item rows")
+    if min(int(rows.min()), int(cols.min())) < 0 or max(
+        int(rows.max()), int(cols.max())
+    ) >= item_count:
+        raise InvalidArgument(f"{what}: an item row is outside the catalog's {item_count}")
+    if np.any(rows == cols):
+        raise InvalidArgument(f"{what}: a pair joins an item to itself")
+    if not np.all(np.isfinite(weights) & (weights > 0)):
+        raise InvalidArgument(f"{what}: weights must be finite and positive")
+
+
 def verify_pair_batches(
     catalog: str, blocks: Sequence[PairBlock], item_count: int, max_pairs: int
-) -> list[PairBatch]:
+) -> list[CheckedBatch]:
     """Decode and check every batch of a push; nothing is applied unless all pass."""
     verify_catalog(catalog)
     if not blocks:
@@ -96,21 +166,11 @@ def verify_pair_batches(
     batches, total = [], 0
     for block in blocks:
         total += verify_pair_block(block)
+        verify_pair_count(total, max_pairs)
         name = f"batch {block.worker_id}/{block.batch_id}"
-        rows = np.frombuffer(block.rows, dtype="<u4")
-        cols = np.frombuffer(block.cols, dtype="<u4")
-        weights = np.frombuffer(block.weights, dtype="<f4")
-        if total > max_pairs:
-            raise ResourceExhausted(
-                f"more than {max_pairs} pairs in one call; push in several calls"
-            )
-        if len(rows) and max(int(rows.max()), int(cols.max())) >= item_count:
-            raise InvalidArgument(f"{name}: an item row is outside the catalog's {item_count}")
-        if np.any(rows == cols):
-            raise InvalidArgument(f"{name}: a pair joins an item to itself")
-        if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
-            raise InvalidArgument(f"{name}: weights must be finite and positive")
-        batches.append(PairBatch(block.worker_id, block.batch_id, rows, cols, weights))
+        rows, cols, weights = decode_pairs(block.rows, block.cols, block.weights)
+        verify_pairs(name, rows, cols, weights, item_count)
+        batches.append((block.worker_id, block.batch_id, rows, cols, weights))
     return batches
 
 
@@ -134,12 +194,13 @@ DEFAULT_K = 10
 
 @dataclass(frozen=True)
 class FitRequest:
-    """Fit settings as a request states them (0 and None mean "the default")."""
+    """Fit settings as a request states them (0 and None mean "the default"; a ``transform``
+    of None is an enum value this server does not know)."""
 
     dim: int = 0
     lam: float | None = None
     retention: float | None = None
-    transform: str = "identity"
+    transform: str | None = "identity"
     top_k: int = 0
     whitening: float | None = None
 
@@ -147,6 +208,8 @@ class FitRequest:
 def verify_fit(request: FitRequest, encoder_dim: int) -> FitSettings:
     """Fit settings from a request; ``dim`` 0 means 64, ``top_k`` 0 means the default, and
     neither λ nor a budget means the default retention budget."""
+    if request.transform is None:
+        raise InvalidArgument("unknown graph transform")
     dim = request.dim or min(DEFAULT_DIM, encoder_dim)
     if not 1 <= dim <= encoder_dim:
         raise InvalidArgument(

@@ -1,14 +1,16 @@
-"""Real ``python -m server`` processes for fault, scale-out, load and security tests: started
-on a free loopback port against a given store, stopped with SIGTERM or killed with SIGKILL,
-their resident memory read from /proc. Also a synthetic catalog written straight into the
-store (random raw vectors under the real encoder's identity), so tests get large catalogs
-without encoding thousands of texts."""
+"""Real ``python -m server`` processes for fault, scale-out, load and security tests and for
+the service benchmarks: bound to port 0 against a given store, stopped with SIGTERM or
+killed with SIGKILL, their resident memory (and its peak) read from /proc, optionally
+sampled by py-spy. Also a synthetic catalog written straight into the store (random raw
+vectors under the real encoder's identity), so tests get large catalogs without encoding
+thousands of texts."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,28 +33,29 @@ _LISTENING = re.compile(r"listening on [^ ]+:(\d+) ")
 DEFAULT_ENCODER = EncoderIdentity("sentence-transformers/all-MiniLM-L6-v2:pooled", 384)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ServerProcess:
     """One ``python -m server`` process. The first start binds port 0 and reads the port the
     OS gave from the server's log (no race with other processes for a "free" port);
     ``start`` returns once health on that port says SERVING; a restart keeps the port, so
-    clients reconnect to the same address."""
+    clients reconnect to the same address.
+
+    Leaving the ``with`` block kills it (a test's crash), or with ``graceful`` sends SIGTERM
+    and waits (a benchmark's orderly end). With ``BENCH_PROFILE_DIR`` set, py-spy samples
+    the process for its whole life into ``server-<pid>.txt`` there."""
 
     def __init__(self, store_url: str, log_path: str | Path, *, args: Sequence[str] = (),
                  env: dict[str, str] | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 graceful: bool = False) -> None:
         self.port = 0
         self.log_path = Path(log_path)
         self._args = ["--store-url", store_url, "--log-format", "json", *args]
         base = {k: v for k, v in os.environ.items() if not k.startswith("TFLLMER_")}
         self._env = {**base, "HF_HUB_OFFLINE": "1", **(env or {})}
         self._credentials = credentials
+        self._graceful = graceful
         self.process: subprocess.Popen[bytes] | None = None
+        self._profiler: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int:
@@ -73,6 +76,7 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 180.0) -> ServerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         argv = [sys.executable, "-m", "server", "--port", str(self.port), *self._args]
         with open(self.log_path, "ab") as log:
@@ -80,8 +84,11 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while not self.port:  # bound to port 0: the log says which port it got
             found = _LISTENING.search(self.log_path.read_bytes()[offset:].decode(errors="replace"))
+            ports = _listening_ports(self.process.pid)  # a log level above info says nothing
             if found:
                 self.port = int(found.group(1))
+            elif len(ports) == 1:
+                self.port = ports.pop()
             elif self.process.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"the server did not start:\n{self.log_tail()}")
@@ -95,6 +102,7 @@ class ServerProcess:
                 try:
                     reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        self._start_profiler()
                         return self
                 except grpc.RpcError:
                     pass
@@ -110,8 +118,27 @@ class ServerProcess:
                 health_pb2.HealthCheckRequest(), timeout=5)
             return reply.status
 
+    def _start_profiler(self) -> None:
+        profile_dir = os.environ.get("BENCH_PROFILE_DIR")
+        if not profile_dir or self._profiler is not None:
+            return
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        out = Path(profile_dir) / f"server-{self.pid}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self._profiler = subprocess.Popen(
+            [spy, "record", "--pid", str(self.pid), "--format", "raw", "--rate", "200",
+             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # attached before the workload starts
+
+    def _stop_profiler(self) -> None:
+        if self._profiler is not None:  # SIGINT: py-spy writes what it sampled and exits
+            self._profiler.send_signal(signal.SIGINT)
+            self._profiler.wait(60)
+            self._profiler = None
+
     def kill(self) -> None:
         """SIGKILL: no drain, no goodbye, no lock release."""
+        self._stop_profiler()
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(30)
@@ -120,6 +147,7 @@ class ServerProcess:
         """SIGTERM and wait; the exit code."""
         if self.process is None:
             return None
+        self._stop_profiler()
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -132,12 +160,23 @@ class ServerProcess:
         self.kill()
         return self.start()
 
+    def _status_bytes(self, field: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no {field} in /proc/{self.pid}/status")
+
     def rss_bytes(self) -> int:
         """Resident memory now (VmRSS)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+        return self._status_bytes("VmRSS")
+
+    def peak_rss_bytes(self) -> int:
+        """Peak resident memory (VmHWM) since the start or the last ``reset_peak``."""
+        return self._status_bytes("VmHWM")
+
+    def reset_peak(self) -> None:
+        """Set the peak back to the current RSS (Linux ``clear_refs`` ← 5)."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -149,7 +188,27 @@ class ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.kill()
+        if self._graceful:
+            self.stop()
+        else:
+            self.kill()
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on (Linux: its socket inodes in /proc/net)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                  if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+    except OSError:  # the process is gone or its fds changed meanwhile
+        return set()
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
 
 
 def synthetic_catalog(store: CatalogStore, name: str, n_items: int, *, seed: int = 0,
@@ -283,7 +342,7 @@ def store_of_kind(kind: str, directory: Path) -> Iterator[tuple[str, CatalogStor
         path = str(directory / "store.db")
         yield path, LocalStore(path)
         return
-    from tests.redis_server import RedisServer
+    from harness.redis_server import RedisServer
 
     with RedisServer() as redis_server:
         yield redis_server.url, RedisStore(redis_server.url)

@@ -1,11 +1,15 @@
-"""``python -m server.admin``: the operator CLI of the embedding service, over gRPC only.
+"""``python -m trainer_client.admin``: the operator CLI of the embedding service.
+
+It is a client of the wire contract like the trainer worker, and reads catalog files with
+the same readers, so it lives on the client side and installs without the server's
+dependencies (an ops machine needs only the base distribution).
 
 Subcommands: ``ingest`` (a RecBole ``.item`` file, CSV, Parquet or JSON Lines), ``refit``
 (a server-side operation with a progress bar), ``operation`` (re-attach to one),
-``activate`` (also rollback), ``describe`` and ``similar``. Global options may come
-before or after the subcommand. The admin token is read from ``--token`` or
-``TFLLMER_TOKEN`` and is never printed. Exit codes: 0 success, 1 the server refused the
-call (``error: CODE: details``), 2 bad arguments or input files.
+``activate`` (also rollback), ``describe`` and ``similar``. Connection options
+(``protos.connection``) may come before or after the subcommand. The admin token is read
+from ``--token`` or ``TFLLMER_TOKEN`` and is never printed. Exit codes: 0 success, 1 the
+server refused the call (``error: CODE: details``), 2 bad arguments or input files.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import os
 import sys
 import time
 import uuid
@@ -27,22 +30,13 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from tqdm import tqdm
 
+from protos import connection
+from protos.enums import TRANSFORM, VERSION_STATUS
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
-from server.service.auth import bearer_metadata
-from server.service.tls import channel_credentials
 from trainer_client import item_files, refit_follow
 from trainer_client.recbole_data import read_catalog
 
-DEFAULT_SERVER = "127.0.0.1:50051"
-SERVER_ENV = "TFLLMER_SERVER"
-TOKEN_ENV = "TFLLMER_TOKEN"
-TRANSFORMS = {
-    "identity": pb.GRAPH_TRANSFORM_IDENTITY,
-    "log1p": pb.GRAPH_TRANSFORM_LOG1P,
-    "topk": pb.GRAPH_TRANSFORM_TOP_K,
-    "ppmi": pb.GRAPH_TRANSFORM_PPMI,
-}
 MISSING = "—"
 Stub = pb_grpc.EmbeddingServiceStub
 CallOptions = dict[str, Any]  # timeout and metadata of every call
@@ -63,23 +57,17 @@ class OperationFailed(Exception):
 # ---------------------------------------------------------------- connection
 
 
-def _channel(args: argparse.Namespace) -> grpc.Channel:
-    """A plain channel, or TLS when any --tls* option is given (mutual with cert and key)."""
-    address = getattr(args, "server", None) or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
-    ca, cert, key = (getattr(args, name, None) for name in ("tls_ca", "tls_cert", "tls_key"))
-    if not (getattr(args, "tls", False) or ca or cert or key):
-        return grpc.insecure_channel(address)
+def _channel(target: connection.Connection) -> grpc.Channel:
     try:
-        return grpc.secure_channel(address, channel_credentials(ca, cert, key))
+        return target.channel()
     except (OSError, ValueError) as error:
         raise CliError(f"TLS: {error}") from error
 
 
-def _call_options(args: argparse.Namespace) -> CallOptions:
+def _call_options(args: argparse.Namespace, target: connection.Connection) -> CallOptions:
     """Deadline and bearer metadata for every call of this command."""
-    token = (getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or "").strip()
     timeout = getattr(args, "timeout", None) or args.default_timeout
-    return {"timeout": timeout, "metadata": bearer_metadata(token) if token else None}
+    return {"timeout": timeout, "metadata": target.metadata()}
 
 
 # ---------------------------------------------------------------- input files
@@ -145,7 +133,7 @@ def _num(message: Message, field: str, digits: int = 4) -> str:
 
 
 def _status(status: int) -> str:
-    return pb.VersionStatus.Name(status).removeprefix("VERSION_STATUS_").lower()
+    return VERSION_STATUS.name(status) or f"unknown ({status})"
 
 
 def _time(stamp: Timestamp) -> str:
@@ -249,8 +237,12 @@ def cmd_ingest(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
         for start in range(0, len(items), args.per_call):
             part = items[start : start + args.per_call]
             try:
-                reply = _idempotent(lambda request_id, part=part: stub.UpsertItems(
-                    _upsert_messages(args.catalog, part, args.batch, bar, request_id), **call))
+                def upsert(request_id: str, part: list[tuple[str, str]] = part
+                           ) -> pb.UpsertItemsResponse:
+                    messages = _upsert_messages(args.catalog, part, args.batch, bar, request_id)
+                    return stub.UpsertItems(messages, **call)
+
+                reply = _idempotent(upsert)
             except grpc.RpcError:
                 if start:  # earlier calls committed; re-sent items count as unchanged
                     print(
@@ -283,7 +275,7 @@ def cmd_refit(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
     its name and return; --blocking: one unary call)."""
     parameters = pb.FitParameters(
         dim=args.dim,
-        graph=pb.GraphOptions(transform=TRANSFORMS[args.transform], top_k=args.top_k or 0),
+        graph=pb.GraphOptions(transform=TRANSFORM.number(args.transform), top_k=args.top_k or 0),
         whitening=args.whitening,
     )
     if args.lam is not None:
@@ -408,20 +400,7 @@ def _connection_options() -> argparse.ArgumentParser:
     """Options accepted before and after the subcommand (SUPPRESS: unset unless given)."""
     parent = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     group = parent.add_argument_group("connection")
-    group.add_argument(
-        "--server",
-        metavar="HOST:PORT",
-        help=f"service address [env {SERVER_ENV}; default {DEFAULT_SERVER}]",
-    )
-    group.add_argument(
-        "--token",
-        help=f"admin bearer token [env {TOKEN_ENV}, preferred: command lines are visible "
-        "to other users]",
-    )
-    group.add_argument("--tls", action="store_true", help="use TLS with the system CA roots")
-    group.add_argument("--tls-ca", metavar="PEM", help="CA bundle to trust (implies TLS)")
-    group.add_argument("--tls-cert", metavar="PEM", help="client certificate for mutual TLS")
-    group.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    connection.add_arguments(group, token_help="admin bearer token", suppress=True)
     group.add_argument(
         "--timeout",
         type=float,
@@ -435,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     common = _connection_options()
     parser = argparse.ArgumentParser(
-        prog="python -m server.admin",
+        prog="python -m trainer_client.admin",
         description="Operator CLI of the TF-LLMER embedding service, over gRPC.",
         epilog="Exit codes: 0 done, 1 the server refused the call, 2 bad arguments or input. "
         "Connection options may also follow the command.",
@@ -488,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     refit.add_argument(
         "--transform",
-        choices=sorted(TRANSFORMS),
+        choices=sorted(TRANSFORM.names),
         default="identity",
         help="co-occurrence graph transform [identity]",
     )
@@ -548,9 +527,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "top_k", None) and args.transform != "topk":
         parser.error("--top-k needs --transform topk")
+    connection.check_arguments(parser, args)
+    target = connection.Connection.from_args(args)
     try:
-        with _channel(args) as channel:
-            args.handler(pb_grpc.EmbeddingServiceStub(channel), args, _call_options(args))
+        with _channel(target) as channel:
+            args.handler(pb_grpc.EmbeddingServiceStub(channel), args, _call_options(args, target))
     except CliError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

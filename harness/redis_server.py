@@ -1,9 +1,9 @@
-"""A real ``redis-server`` for tests: started on a free loopback port in a temp dir, never the
-shared 127.0.0.1:6379 instance.
+"""A real ``redis-server`` for tests and benchmarks: started on a free loopback port in a
+temp dir, never the shared 127.0.0.1:6379 instance.
 
-Use ``RedisServer`` directly, or the fixtures: ``redis_server`` (one per session; tests that
-share it must not stop it) and ``fresh_redis_server`` (one per test; stop, start and restart it
-freely, e.g. to test reconnects or AOF recovery). Import the fixtures into a ``conftest.py``.
+Tests get them through the fixtures of ``tests/conftest.py``: ``redis_server`` (one per
+session; tests that share it must not stop it), ``fresh_redis_server`` (one per test; stop,
+start and restart it freely, e.g. to test reconnects or AOF recovery) and ``redis_cluster``.
 """
 
 from __future__ import annotations
@@ -14,17 +14,11 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from harness.ports import free_port
 
 
 class RedisServer:
@@ -46,7 +40,7 @@ class RedisServer:
         self._binary = binary
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="tfllmer-redis-")
         self.directory = Path(directory or self._tmp.name)  # type: ignore[union-attr]
-        self.port = _free_port()
+        self.port = free_port()
         self._args = [
             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
             "--save", "", "--daemonize", "no", "--protected-mode", "yes",
@@ -126,25 +120,6 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _server() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One server for the whole session (flush it, do not stop it)."""
-    yield from _server()
-
-
-@pytest.fixture
-def fresh_redis_server() -> Iterator[RedisServer]:
-    """A server of this test's own, to stop, kill or restart."""
-    yield from _server()
 
 
 def _free_cluster_port() -> int:
@@ -257,12 +232,3 @@ class RedisClusterServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisClusterServer]:
-    """A 3-node Redis Cluster for the session (flush it, do not stop it)."""
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        pytest.skip("redis-server or redis-cli is not installed")
-    with RedisClusterServer() as cluster:
-        yield cluster

@@ -1,0 +1,86 @@
+"""Packing vectors and pair blocks for the wire: little-endian bytes, never repeated floats.
+
+Pure functions shared by the server and the trainer client, so both sides agree on the
+byte layout byte for byte (ARCHITECTURE §7).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+WIRE_DTYPES: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2"),
+}
+# PushCooccurrenceRequest's rows, cols and weights blocks.
+ROW_DTYPE, WEIGHT_DTYPE = np.dtype("<u4"), np.dtype("<f4")
+_ROW_LIMIT = 2**32  # rows travel as uint32
+
+
+def to_bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
+    """float32 → bfloat16 bit patterns (uint16), rounded to nearest even like torch does."""
+    bits = np.ascontiguousarray(vectors, dtype="<f4").view("<u4")
+    rounding = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+    return ((bits + rounding) >> np.uint32(16)).astype("<u2")
+
+
+def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype("<u4") << np.uint32(16)).view("<f4")
+
+
+def encode_vectors(vectors: np.ndarray, dtype: str) -> bytes:
+    """Row-major little-endian bytes of float32 ``vectors`` in the wire ``dtype``."""
+    return bytes(vector_buffer(vectors, dtype))
+
+
+def vector_buffer(vectors: np.ndarray, dtype: str) -> memoryview:
+    """The bytes of ``encode_vectors`` as a buffer, without the copy into a ``bytes``
+    object when ``vectors`` already has the wire layout."""
+    if dtype == "bfloat16":
+        array = to_bfloat16_bits(vectors)
+    else:
+        array = np.ascontiguousarray(vectors, dtype=WIRE_DTYPES[dtype])
+    return array.reshape(-1).view(np.uint8).data
+
+
+def decode_vectors(block: bytes, dtype: str, dim: int) -> np.ndarray:
+    """The inverse of ``encode_vectors`` as float32, shape (rows, dim)."""
+    raw = np.frombuffer(block, dtype=WIRE_DTYPES[dtype])
+    values = from_bfloat16_bits(raw) if dtype == "bfloat16" else raw.astype(np.float32)
+    return values.reshape(-1, dim)
+
+
+def bytes_per_value(dtype: str) -> int:
+    return WIRE_DTYPES[dtype].itemsize
+
+
+def wire_pairs(
+    rows: np.ndarray, cols: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs in the wire's layout (``<u4``, ``<u4``, ``<f4``); a batch's blocks are their
+    bytes. Refuses what the wire cannot carry: arrays of different lengths, and rows a cast
+    to uint32 would silently wrap into other items (whether a row exists in the catalog is
+    the server's check)."""
+    if not len(rows) == len(cols) == len(weights):
+        raise ValueError("rows, cols and weights must have the same length")
+    for name, values in (("rows", rows), ("cols", cols)):
+        if len(values) and (np.min(values) < 0 or np.max(values) >= _ROW_LIMIT):
+            raise ValueError(f"{name} must be item rows in [0, 2**32)")
+    return (np.asarray(rows, ROW_DTYPE), np.asarray(cols, ROW_DTYPE),
+            np.asarray(weights, WEIGHT_DTYPE))
+
+
+def decode_pairs(
+    rows: bytes, cols: bytes, weights: bytes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The arrays of a batch's blocks (read-only views, no copy); ValueError unless
+    the three blocks are equally long multiples of 4 bytes."""
+    lengths = {len(rows), len(cols), len(weights)}
+    if len(lengths) != 1 or next(iter(lengths)) % 4:
+        raise ValueError("rows, cols and weights must be equally long multiples of 4 bytes")
+    return (
+        np.frombuffer(rows, ROW_DTYPE),
+        np.frombuffer(cols, ROW_DTYPE),
+        np.frombuffer(weights, WEIGHT_DTYPE),
+    )
