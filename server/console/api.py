@@ -26,17 +26,28 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from server.config import ServerConfig
-from server.errors import ServiceError
+from server.errors import (
+    Aborted,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
 from server.service.auth import Authenticator
 from server.service.catalog_service import CatalogService
-from server.stores.base import NotFoundError, StoreUnavailableError, VersionRecord
+from server.stores.base import VersionRecord
 
 log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-_HTTP = {"INVALID_ARGUMENT": "400 Bad Request", "NOT_FOUND": "404 Not Found",
-         "FAILED_PRECONDITION": "409 Conflict", "ABORTED": "409 Conflict",
-         "RESOURCE_EXHAUSTED": "400 Bad Request"}
+# Each kind of ``server.errors`` as an HTTP status (the first of an error's classes found).
+_HTTP: dict[type[ServiceError], str] = {
+    InvalidArgument: "400 Bad Request", ResourceExhausted: "400 Bad Request",
+    NotFound: "404 Not Found", FailedPrecondition: "409 Conflict", Aborted: "409 Conflict",
+    Unavailable: "503 Service Unavailable", DataLoss: "500 Internal Server Error"}
 _ROUTE = re.compile(r"/console/api/catalogs(?:/(?P<name>[^/]+)(?P<similar>/similar)?)?/?")
 _HEADERS = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
 _PAGE_HEADERS = [*_HEADERS, ("Content-Security-Policy",
@@ -88,14 +99,12 @@ class Console:
         try:
             body = self._answer(route.group("name"), bool(route.group("similar")), query)
         except ServiceError as error:
-            return _json(start, _HTTP.get(error.code, "400 Bad Request"),
-                         {"error": error.message})
-        except NotFoundError as error:
-            return _json(start, "404 Not Found", {"error": str(error)})
-        except StoreUnavailableError as error:
-            return _json(start, "503 Service Unavailable", {"error": f"store unavailable: {error}"})
-        except ValueError as error:  # a malformed number in the query string
-            return _json(start, "400 Bad Request", {"error": str(error)[:200]})
+            kind = next((k for k in type(error).__mro__ if k in _HTTP), None)
+            status = _HTTP[kind] if kind is not None else "500 Internal Server Error"
+            return _json(start, status, {"error": error.message})
+        except ValueError:  # a malformed number in the query string
+            return _json(start, "400 Bad Request",
+                         {"error": "k, version and dim must be integers"})
         return _json(start, "200 OK", body)
 
     def _answer(self, name: str | None, similar: bool, query: dict[str, str]) -> Any:
