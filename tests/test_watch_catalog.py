@@ -149,6 +149,26 @@ def test_wait_for_version_times_out_and_refuses_unknown_catalogs(replicas) -> No
     assert refused.value.code == grpc.StatusCode.NOT_FOUND
 
 
+def test_watches_do_not_take_the_slots_of_embedding_pulls(tmp_path) -> None:
+    with ServerThread(LocalStore(tmp_path / "store.db"), HashEncoder(16),
+                      max_open_pulls=2) as server, server.channel() as channel:
+        stub = server.stub(channel)
+        stub.UpsertItems(iter([pb.UpsertItemsRequest(catalog="w", items=[
+            pb.Item(id=str(i), text=f"item {i}") for i in range(40)])]), timeout=60)
+        stub.RefitProjection(pb.RefitProjectionRequest(
+            catalog="w", activate=True, parameters=pb.FitParameters(dim=4, lam=0)), timeout=60)
+        watches = [stub.WatchCatalog(pb.WatchCatalogRequest(catalog="w"), timeout=60)
+                   for _ in range(4)]
+        try:
+            assert all(next(watch).active_version == 1 for watch in watches)
+            pulled = list(stub.GetItemEmbeddings(pb.GetItemEmbeddingsRequest(catalog="w"),
+                                                 timeout=60))
+        finally:
+            for watch in watches:
+                watch.cancel()
+    assert sum(len(m.rows) // 4 for m in pulled) == 40
+
+
 def test_the_worker_pins_the_active_version_or_waits_for_one(tmp_path) -> None:
     with ServerThread(LocalStore(tmp_path / "store.db"), HashEncoder(16)) as server, \
             server.channel() as channel, EmbeddingClient(server.address, token="") as client:

@@ -317,9 +317,11 @@ class EmbeddingClient:
                         return event.active_version
             except grpc.RpcError as error:
                 code = error.code()
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    break
-                if code != grpc.StatusCode.UNAVAILABLE:
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and (
+                        give_up - time.monotonic() < 1.0):
+                    break  # our own timeout (the server also ends watches after its maximum
+                    # call duration: then reconnect)
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise ServiceError("WatchCatalog", code, error.details() or "") from error
                 delay = min(self._retry.backoff_s(retry), max(give_up - time.monotonic(), 0))
                 log.warning("WatchCatalog unavailable (%s); reconnecting in %.2f s",

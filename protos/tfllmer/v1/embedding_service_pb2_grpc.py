@@ -275,9 +275,9 @@ class EmbeddingServiceServicer:
     def WatchCatalog(self, request, context):
         """Streams a catalog's version events (trainer). The first message is a snapshot: the
         active version now and every version; then one message per activation and per new
-        version, in the order this server observed them, until the caller cancels or the
-        server shuts down (then the stream ends with UNAVAILABLE: reconnect, and the next
-        snapshot tells what changed meanwhile). Changes made through any server replica are
+        version, in the order this server observed them, until the caller cancels, the server
+        shuts down (UNAVAILABLE) or the stream reaches the server's maximum call duration
+        (DEADLINE_EXCEEDED): reconnect, and the next snapshot tells what changed meanwhile. Changes made through any server replica are
         seen: each server polls its store about twice a second, so an event may lag the change
         by up to a poll interval, and a version that was activated and replaced within one
         interval is reported as created but not as activated.
