@@ -107,12 +107,12 @@ def write_synthetic_version(store: RedisStore, name: str, n_items: int, encoder:
     reduced = rng.standard_normal((n_items, dim), dtype=np.float32)
     reduced /= np.linalg.norm(reduced, axis=1, keepdims=True)
     components = np.linalg.qr(rng.standard_normal((encoder.dim, dim)))[0]
-    record = store.write_version(name, NewVersion(
+    published = store.write_version(name, NewVersion(
         item_count=n_items, dim=dim, encoder=encoder, parameters={"dim": dim, "lam": 0.0},
         diagnostics={"lam": 0.0}, counts=CooccurrenceTotals(0, 0.0, 0), fit_seconds=0.0,
         components=components, mean=np.zeros(encoder.dim), reduced=reduced,
     ), activate=True)  # fmt: skip
-    return record.version
+    return published.record.version
 
 
 # --- profiles --------------------------------------------------------------------------------

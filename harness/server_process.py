@@ -265,7 +265,8 @@ class FreezingProxy:
     are forwarded until they match ``pattern`` for the ``after``-th time; the bytes before
     that match still go through (so every earlier command runs) and nothing from then on
     does (that command never completes). ``tripped`` is set at that moment. Replies from
-    Redis always flow."""
+    Redis always flow. ``release`` forwards what was held and lets everything through again,
+    so a command can be held back while the test changes the store under it."""
 
     def __init__(self, upstream_port: int) -> None:
         self._upstream = ("127.0.0.1", upstream_port)
@@ -276,6 +277,7 @@ class FreezingProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = [self._listener]
+        self._held: list[tuple[socket.socket, bytearray]] = []  # (sink, bytes held back)
         threading.Thread(target=self._accept, daemon=True).start()
 
     def arm(self, pattern: bytes, after: int = 1) -> None:
@@ -305,12 +307,28 @@ class FreezingProxy:
         except OSError:
             pass
 
+    def release(self) -> None:
+        """Forward everything held since the freeze, in order, and stop freezing."""
+        with self._lock:
+            self._pattern = None
+            for sink, held in self._held:
+                with contextlib.suppress(OSError):
+                    sink.sendall(bytes(held))
+                held.clear()
+            self._held.clear()
+            self.tripped.clear()
+
     def _client_to_redis(self, source: socket.socket, sink: socket.socket) -> None:
         tail = b""  # the end of what was forwarded, so a match may span two reads
+        held = bytearray()
         try:
             while data := source.recv(1 << 16):
-                if self.tripped.is_set():
-                    continue  # frozen: hold everything
+                with self._lock:
+                    if self.tripped.is_set():  # frozen: hold everything
+                        if not held:
+                            self._held.append((sink, held))
+                        held += data
+                        continue
                 window = tail + data
                 forward = len(data)
                 with self._lock:
@@ -321,6 +339,8 @@ class FreezingProxy:
                         self._remaining -= 1
                         if self._remaining == 0:
                             forward = max(0, match.start() - len(tail))
+                            held += data[forward:]
+                            self._held.append((sink, held))
                             self.tripped.set()
                             break
                 sink.sendall(data[:forward])

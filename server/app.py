@@ -21,7 +21,7 @@ from prometheus_client import make_wsgi_app
 
 from protos.metadata import SERVICE
 from server.call_lifetime import SHUTTING_DOWN
-from server.config import ServerConfig
+from server.config import ConfigError, ServerConfig
 from server.console.api import Console, console_authenticator
 from server.encoders.base import Encoder
 from server.service.auth import auth_interceptor
@@ -32,7 +32,8 @@ from server.service.metrics import MetricsInterceptor, ServiceMetrics, start_met
 from server.service.servicer import EmbeddingServicer, add_to_server
 from server.service.standard_services import HealthWithList, add_reflection
 from server.service.tls import add_listening_port
-from server.stores import CatalogStore, StoreError, open_store
+from server.settings import flag_name
+from server.stores import CatalogStore, DataLostError, StoreError, open_store
 
 log = logging.getLogger(__name__)
 STORE_CHECK_SECONDS = 5.0
@@ -114,7 +115,10 @@ class EmbeddingServer:
                      # the bandwidth-delay product: what the transport buffers per request
                      # stream stays small (it is outside --max-inflight-bytes). Responses
                      # are unaffected (the client's windows govern them).
-                     ("grpc.http2.bdp_probe", 0)],
+                     ("grpc.http2.bdp_probe", 0),
+                     # An occupied port is an error, never a port shared with another
+                     # server that would then take half of the traffic.
+                     ("grpc.so_reuseport", 0)],
         )
         self._encoders = EncoderExecutor(encoder, config.encoder_queue_limit)
         service = CatalogService(store, self._encoders, Limits.from_config(config),
@@ -125,7 +129,12 @@ class EmbeddingServer:
         add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         add_reflection(server, (SERVICE,))
-        self.port = add_listening_port(server, config)
+        try:
+            self.port = add_listening_port(server, config)
+        except RuntimeError as error:  # gRPC's "Failed to bind": in use, or not ours
+            raise ConfigError([f"{flag_name('port')}: cannot listen on {config.listen_address}:"
+                               " the address is in use (another server?) or not available"]
+                              ) from error
         await server.start()
         self._server = server
         if config.metrics_port:  # /metrics and the web console
@@ -148,19 +157,29 @@ class EmbeddingServer:
             await self.health.set(name, status)
 
     async def _watch_store(self, store: CatalogStore) -> None:
-        """Report NOT_SERVING while the store does not answer, SERVING once it does again."""
+        """Report NOT_SERVING while the store does not answer or refuses writes, SERVING once
+        it does again; for good once it lost data this server had seen (a restart after
+        restoring or re-ingesting brings the server back)."""
         serving = True
         while True:
-            await asyncio.sleep(STORE_CHECK_SECONDS)
-            try:
-                await asyncio.to_thread(store.ping)
+            try:  # probe at once too: a store epoch is recorded before anything can lose it
+                await asyncio.to_thread(store.probe)
                 healthy = True
-            except StoreError:
+            except DataLostError as error:
+                log.error("%s; health is NOT_SERVING until the server restarts", error)
+                await self._set_health(False)
+                return
+            except StoreError as error:
                 healthy = False
+                reason = error
             if healthy != serving:
                 serving = healthy
-                log.warning("store %s", "answers again" if healthy else "does not answer")
+                if healthy:
+                    log.warning("store answers and accepts writes again")
+                else:
+                    log.warning("store does not answer or refuses writes: %s", reason)
                 await self._set_health(healthy)
+            await asyncio.sleep(STORE_CHECK_SECONDS)
 
     async def _watch_encoder(self, encoders: EncoderExecutor) -> None:
         """The encoder's health name follows its last call: NOT_SERVING after a failure."""

@@ -11,7 +11,8 @@ Value formats, the same for flags, environment variables and strings in a dict:
 
 * booleans: ``true``/``false``, ``1``/``0``, ``yes``/``no`` (any case); as flags,
   ``--allow-unauthenticated`` / ``--no-allow-unauthenticated``;
-* lists: comma-separated, spaces around items and empty items ignored
+* lists: comma-separated, spaces around items ignored; an empty item is an error, so
+  ``TFLLMER_ADMIN_TOKENS=","`` refuses to start instead of silently turning authentication off
   (``TFLLMER_ADMIN_TOKENS=tok1,tok2``);
 * surrounding whitespace is stripped, and an environment variable set to the empty string
   counts as unset (compose files often pass ``TFLLMER_X=${X}`` with ``X`` unset).
@@ -123,7 +124,11 @@ def _parse_text(f: Field, text: str) -> Any:
     text = text.strip()
     kind = _kind(f.type)
     if kind is tuple:
-        return tuple(item.strip() for item in text.split(",") if item.strip())
+        items = tuple(item.strip() for item in text.split(","))
+        if not all(items):  # "," or "a,,b": a token list that silently lost a token
+            raise ValueError(
+                "has an empty item (a stray comma, or a variable that expanded to nothing?)")
+        return items
     if kind is str:
         return text.lower() if _choices(f.type) else text
     if kind is bool and text.lower() in _TRUE | _FALSE:

@@ -18,6 +18,7 @@ import numpy as np
 
 from protos.codecs import decode_pairs
 from server.errors import InvalidArgument, ResourceExhausted
+from server.quoting import shown
 from server.recpca import DEFAULT_WHITENING, FitSettings, GraphOptions
 
 MAX_ID_BYTES = 512
@@ -33,8 +34,8 @@ CheckedBatch = tuple[str, str, np.ndarray, np.ndarray, np.ndarray]
 def verify_catalog(name: str) -> None:
     if not isinstance(name, str) or not CATALOG_NAME.fullmatch(name):
         raise InvalidArgument(
-            f"catalog {str(name)[:70]!r} must be 1 to 64 characters from [A-Za-z0-9._-] "
-            "starting with a letter or a digit"
+            f"catalog {shown(name)} must be 1 to 64 characters from [A-Za-z0-9._-] starting "
+            "with a letter or a digit"
         )
 
 
@@ -79,7 +80,7 @@ def verify_version(version: int) -> None:
 
 def verify_item_id(item_id: str) -> None:
     if not item_id or len(item_id.encode()) > MAX_ID_BYTES:
-        raise InvalidArgument(f"item id {item_id[:40]!r} must be 1 to {MAX_ID_BYTES} bytes")
+        raise InvalidArgument(f"item id {shown(item_id)} must be 1 to {MAX_ID_BYTES} bytes")
 
 
 def verify_items(
@@ -93,7 +94,7 @@ def verify_items(
     for item_id, text in zip(ids, texts, strict=True):
         verify_item(item_id, text, max_chars)
         if item_id in seen:
-            raise InvalidArgument(f"item id {item_id!r} appears twice in one call")
+            raise InvalidArgument(f"item id {shown(item_id)} appears twice in one call")
         seen.add(item_id)
 
 
@@ -102,10 +103,11 @@ def verify_item(item_id: str, text: str, max_chars: int) -> None:
     verify_item_id(item_id)
     if len(text) > max_chars:
         raise InvalidArgument(
-            f"item {item_id!r} has {len(text)} characters, more than the limit {max_chars}"
+            f"item {shown(item_id)} has {len(text)} characters, more than the limit "
+            f"{max_chars}"
         )
     if not text.strip():
-        raise InvalidArgument(f"item {item_id!r} has an empty text")
+        raise InvalidArgument(f"item {shown(item_id)} has an empty text")
 
 
 def verify_request_id(request_id: str) -> str:
@@ -167,7 +169,7 @@ def verify_pair_batches(
     for block in blocks:
         total += verify_pair_block(block)
         verify_pair_count(total, max_pairs)
-        name = f"batch {block.worker_id}/{block.batch_id}"
+        name = f"batch {shown(block.worker_id)}/{shown(block.batch_id)}"
         rows, cols, weights = decode_pairs(block.rows, block.cols, block.weights)
         verify_pairs(name, rows, cols, weights, item_count)
         batches.append((block.worker_id, block.batch_id, rows, cols, weights))
@@ -182,8 +184,8 @@ def verify_pair_block(block: PairBlock) -> int:
     lengths = {len(block.rows), len(block.cols), len(block.weights)}
     if len(lengths) != 1 or next(iter(lengths)) % 4:
         raise InvalidArgument(
-            f"batch {block.worker_id}/{block.batch_id}: rows, cols and weights must be "
-            "equally long multiples of 4 bytes"
+            f"batch {shown(block.worker_id)}/{shown(block.batch_id)}: rows, cols and weights "
+            "must be equally long multiples of 4 bytes"
         )
     return len(block.rows) // 4
 

@@ -414,8 +414,19 @@ def test_booleans_from_the_environment(text: str, expected: bool) -> None:
 
 
 def test_lists_from_the_environment_are_comma_separated() -> None:
-    environ = {"TFLLMER_ADMIN_TOKENS": f" {ADMIN_TOKEN} ,, {OTHER_ADMIN_TOKEN},"}
+    environ = {"TFLLMER_ADMIN_TOKENS": f" {ADMIN_TOKEN} , {OTHER_ADMIN_TOKEN} "}
     assert load_config([], environ).admin_tokens == (ADMIN_TOKEN, OTHER_ADMIN_TOKEN)
+
+
+@pytest.mark.parametrize("tokens", [",", " , ", f"{ADMIN_TOKEN},", f",{ADMIN_TOKEN}",
+                                    f"{ADMIN_TOKEN},,{OTHER_ADMIN_TOKEN}"])
+def test_a_token_list_with_an_empty_item_is_refused_not_read_as_no_tokens(tokens: str) -> None:
+    """``TFLLMER_ADMIN_TOKENS=","`` used to parse as no tokens: authentication silently off."""
+    for variable in ("TFLLMER_ADMIN_TOKENS", "TFLLMER_TRAINER_TOKENS"):
+        message = error_of(environ={variable: tokens})
+        assert "has an empty item" in message
+        assert ADMIN_TOKEN not in message
+    assert "has an empty item" in error_of(["--admin-tokens", tokens])
 
 
 def test_an_empty_environment_variable_counts_as_unset() -> None:

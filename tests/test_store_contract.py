@@ -6,9 +6,11 @@ small arrays cross block boundaries."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from server.errors import InvalidArgument
 from server.stores import (
     ConflictError,
     CooccurrenceTotals,
+    DataLostError,
     EncoderIdentity,
     ItemChanges,
     LocalStore,
@@ -29,7 +32,6 @@ from server.stores import (
     StoreUnavailableError,
     open_store,
 )
-from server.stores.records import record_json
 
 ENCODER = EncoderIdentity("test-encoder", 6)
 CATALOG = "ml-1m"
@@ -44,11 +46,13 @@ def store(request, tmp_path):
         cluster = request.getfixturevalue("redis_cluster")
         cluster.flushall()
         store = RedisStore(cluster.url, block_rows=BLOCK_ROWS)
+        store._url_for_tests = cluster.url
     else:
         server = request.getfixturevalue("redis_server")
         with server.client() as client:
             client.flushall()
         store = RedisStore(server.url, block_rows=BLOCK_ROWS)
+        store._url_for_tests = server.url
     yield store
     store.close()
 
@@ -92,6 +96,11 @@ def batch(worker: str, batch_id: str, pairs: list[tuple[int, int, float]]) -> Pa
         np.array(cols, np.uint32),
         np.array(weights, np.float32),
     )
+
+
+def counts_of(outcome) -> tuple[int, int]:
+    """``(applied, duplicates)`` of an ``apply_pair_batches`` outcome."""
+    return outcome.applied, outcome.duplicates
 
 
 def expected_counts(batches: list[PairBatch], n_items: int):
@@ -299,9 +308,9 @@ def test_a_commit_with_nothing_new_keeps_the_count(store):
 
 def test_versions_are_numbered_in_order_with_derived_statuses(store):
     add_items(store, [f"i{i}" for i in range(6)])
-    first = store.write_version(CATALOG, new_version(6, seed=1), activate=True)
-    second = store.write_version(CATALOG, new_version(6, seed=2), activate=False)
-    third = store.write_version(CATALOG, new_version(6, seed=3), activate=True)
+    first = store.write_version(CATALOG, new_version(6, seed=1), activate=True).record
+    second = store.write_version(CATALOG, new_version(6, seed=2), activate=False).record
+    third = store.write_version(CATALOG, new_version(6, seed=3), activate=True).record
     assert [first.version, second.version, third.version] == [1, 2, 3]
     assert (first.status, second.status, third.status) == ("active", "staged", "active")
     assert second.activated_at is None and third.activated_at is not None
@@ -404,16 +413,21 @@ def test_a_version_that_was_never_published_is_invisible_and_collected(store, mo
     assert store.collect_garbage(CATALOG, min_age_seconds=3600) == 0  # may still be running
     assert store.collect_garbage(CATALOG, min_age_seconds=0) == 1
     assert not payload_left(store, 1)
-    assert store.write_version(CATALOG, new_version(10), activate=True).version == 2
+    assert store.write_version(CATALOG, new_version(10), activate=True).record.version == 2
 
 
-def test_a_collected_payload_can_not_be_published(store):
+def test_a_collected_payload_can_not_be_published(store, monkeypatch):
     add_items(store, [f"i{i}" for i in range(5)])
-    new = new_version(5)
-    version = store._write_payload(CATALOG, new, time.time())
-    assert store.collect_garbage(CATALOG, min_age_seconds=0) == 1
+    write_payload = store._write_payload
+
+    def collected_meanwhile(*args):  # a refit that outlived collect_garbage's min age
+        version = write_payload(*args)
+        assert store.collect_garbage(CATALOG, min_age_seconds=0) == 1
+        return version
+
+    monkeypatch.setattr(store, "_write_payload", collected_meanwhile)
     with pytest.raises(ConflictError):
-        store._publish(CATALOG, version, record_json(new, time.time()), time.time())
+        store.write_version(CATALOG, new_version(5), activate=True)
     assert store.versions(CATALOG) == []
     assert store.get_catalog(CATALOG).active_version == 0
 
@@ -432,7 +446,7 @@ def test_collect_garbage_leaves_published_versions_alone(store):
 def test_a_batch_retried_three_times_counts_once(store):
     add_items(store, [f"i{i}" for i in range(5)])
     pushed = batch("w0", "b0", [(0, 1, 1.0), (1, 2, 0.5), (0, 1, 2.0)])
-    results = [store.apply_pair_batches(CATALOG, [pushed]) for _ in range(3)]
+    results = [counts_of(store.apply_pair_batches(CATALOG, [pushed])) for _ in range(3)]
     assert results == [(1, 0), (0, 1), (0, 1)]
     assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals(3, 3.5, 1)
     assert_same_matrix(store.read_counts(CATALOG, 5), expected_counts([pushed], 5))
@@ -441,7 +455,7 @@ def test_a_batch_retried_three_times_counts_once(store):
 def test_duplicates_inside_one_call_count_once(store):
     add_items(store, [f"i{i}" for i in range(5)])
     first, other = batch("w0", "b0", [(0, 1, 1.0)]), batch("w1", "b0", [(2, 3, 1.0)])
-    assert store.apply_pair_batches(CATALOG, [first, first, other]) == (2, 1)
+    assert counts_of(store.apply_pair_batches(CATALOG, [first, first, other])) == (2, 1)
     assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals(2, 2.0, 2)
 
 
@@ -452,7 +466,8 @@ def test_a_call_with_a_bad_batch_applies_none_of_its_batches(store):
         store.apply_pair_batches(CATALOG, [good, bad])
     assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals()
     assert store.read_counts(CATALOG, 5).nnz == 0
-    assert store.apply_pair_batches(CATALOG, [good]) == (1, 0)  # it was not marked as seen
+    # It was not marked as seen.
+    assert counts_of(store.apply_pair_batches(CATALOG, [good])) == (1, 0)
 
 
 @pytest.mark.parametrize(
@@ -486,7 +501,8 @@ def test_concurrent_pushers_give_exact_totals(store):
         try:
             for b in range(per_worker):
                 for _ in range(2):  # every batch retried once
-                    results.append(store.apply_pair_batches(CATALOG, [batches[worker, b]]))
+                    outcome = store.apply_pair_batches(CATALOG, [batches[worker, b]])
+                    results.append(counts_of(outcome))
         except BaseException as error:  # surfaced in the main thread
             errors.append(error)
 
@@ -516,7 +532,7 @@ def test_compaction_keeps_the_counts_and_the_seen_batches(store):
     assert store.compact_counts(CATALOG) == 0  # one entry left: nothing to merge
     assert_same_matrix(store.read_counts(CATALOG, 6), before)
     assert store.cooccurrence_totals(CATALOG) == totals
-    assert store.apply_pair_batches(CATALOG, pushed[:2]) == (0, 2)
+    assert counts_of(store.apply_pair_batches(CATALOG, pushed[:2])) == (0, 2)
     late = batch("w", "late", [(2, 3, 2.0)])
     store.apply_pair_batches(CATALOG, [late])
     assert_same_matrix(store.read_counts(CATALOG, 8), expected_counts([*pushed, late], 8))
@@ -559,6 +575,183 @@ def test_the_refit_lock_expires_after_its_lease(store):
     assert not store.renew_refit_lock(CATALOG, "a", 10)  # a's lease is gone
     store.release_refit_lock(CATALOG, "a")
     assert not store.acquire_refit_lock(CATALOG, "c", 10)  # still b's
+
+
+# -- the store is the truth, and answers from its atomic steps -----------------------------
+
+
+def test_a_push_reports_what_its_own_step_applied_under_concurrent_pushers(store):
+    add_items(store, [f"i{i}" for i in range(20)])
+    rng = np.random.default_rng(3)
+    shared = batch("shared", "b", [(0, 1, 2.0), (2, 3, 1.0)])
+    outcomes, errors = [], []
+
+    def push(worker: int) -> None:
+        try:
+            for b in range(15):
+                n = int(rng.integers(1, 30))
+                own = batch(f"w{worker}", str(b), [(k % 19, k % 19 + 1, 1.0) for k in range(n)])
+                outcome = store.apply_pair_batches(CATALOG, [own, shared])
+                outcomes.append(outcome)
+                took_shared = outcome.applied - 1
+                assert took_shared in (0, 1)
+                assert outcome.pairs == n + 2 * took_shared
+                assert outcome.weight == n + 3.0 * took_shared
+        except BaseException as error:  # surfaced in the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=push, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    totals = store.cooccurrence_totals(CATALOG)
+    assert sum(o.pairs for o in outcomes) == totals.pairs
+    assert sum(o.weight for o in outcomes) == totals.weight
+    assert sum(o.applied for o in outcomes) == totals.batches == 61
+    # Each outcome's totals are the catalog's right after its step: they only grow.
+    assert max(o.totals.pairs for o in outcomes) == totals.pairs
+
+
+@pytest.mark.parametrize(("first", "second"), [(("w\0x", "b"), ("w", "x\0b")),
+                                               (("1", "23"), ("12", "3")),
+                                               (("a:", "b"), ("a", ":b"))])
+def test_batch_ids_are_a_pair_never_a_joined_string(store, first, second):
+    add_items(store, [f"i{i}" for i in range(3)])
+    one, two = batch(*first, [(0, 1, 1.0)]), batch(*second, [(1, 2, 1.0)])
+    assert counts_of(store.apply_pair_batches(CATALOG, [one])) == (1, 0)
+    assert counts_of(store.apply_pair_batches(CATALOG, [two, one])) == (1, 1)
+    assert counts_of(store.apply_pair_batches(CATALOG, [two])) == (0, 1)
+    assert store.cooccurrence_totals(CATALOG) == CooccurrenceTotals(2, 2.0, 2)
+
+
+def test_describe_is_one_snapshot_while_versions_switch(store):
+    add_items(store, [f"i{i}" for i in range(6)])
+    store.write_version(CATALOG, new_version(6, seed=1), activate=True)
+    store.write_version(CATALOG, new_version(6, seed=2), activate=False)
+    stop = threading.Event()
+
+    def switch() -> None:
+        flips = 0
+        while not stop.is_set():
+            store.activate(CATALOG, 1 + flips % 2)
+            flips += 1
+
+    thread = threading.Thread(target=switch)
+    thread.start()
+    try:
+        for _ in range(300):
+            snapshot = store.describe(CATALOG)
+            active = [v.version for v in snapshot.versions if v.status == "active"]
+            assert active == [snapshot.state.active_version]
+    finally:
+        stop.set()
+        thread.join()
+    assert store.describe("nope") is None
+
+
+def test_a_publish_is_fenced_by_the_refit_lock(store):
+    add_items(store, [f"i{i}" for i in range(10)])
+    assert store.acquire_refit_lock(CATALOG, "slow", 0.2)
+    time.sleep(0.4)  # its lease runs out ...
+    with pytest.raises(ConflictError, match="lock"):  # ... even with nobody else holding it
+        store.write_version(CATALOG, new_version(10), activate=True, lock_owner="slow")
+    assert store.acquire_refit_lock(CATALOG, "fast", 30)  # another refit takes it
+    with pytest.raises(ConflictError, match="lock"):
+        store.write_version(CATALOG, new_version(10), activate=True, lock_owner="slow")
+    assert store.versions(CATALOG) == [] and store.get_catalog(CATALOG).active_version == 0
+    assert not payload_left(store, 1) and not payload_left(store, 2)  # dropped at once
+    published = store.write_version(CATALOG, new_version(10), activate=True, lock_owner="fast")
+    # Version numbers are never reused, not even the refused ones'.
+    assert (published.record.version, published.previous_active) == (3, 0)
+    assert [r.version for r in store.versions(CATALOG)] == [3]
+
+
+def test_a_publish_reports_the_active_version_it_replaced(store, monkeypatch):
+    add_items(store, [f"i{i}" for i in range(10)])
+    store.write_version(CATALOG, new_version(10), activate=True)
+    store.write_version(CATALOG, new_version(10, seed=1), activate=False)
+    write_payload = store._write_payload
+
+    def activation_meanwhile(*args):  # an operator's activation lands mid-refit
+        version = write_payload(*args)
+        store.activate(CATALOG, 2)
+        return version
+
+    monkeypatch.setattr(store, "_write_payload", activation_meanwhile)
+    published = store.write_version(CATALOG, new_version(10, seed=2), activate=True)
+    assert (published.record.version, published.previous_active) == (3, 2)
+
+
+def lose_everything(store) -> None:
+    """What a store restarted empty looks like: the data is gone under a live handle."""
+    if isinstance(store, LocalStore):
+        LocalStore(store._path.with_suffix(".other")).close()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{store._path}{suffix}").unlink(missing_ok=True)
+        os.replace(store._path.with_suffix(".other"), store._path)
+    else:
+        store._client.flushall()
+
+
+def reopen(store):
+    if isinstance(store, LocalStore):
+        return LocalStore(store._path, block_rows=BLOCK_ROWS)
+    return RedisStore(store._url_for_tests, block_rows=BLOCK_ROWS)
+
+
+def test_a_catalog_the_store_lost_is_data_loss_never_an_empty_catalog(store):
+    add_items(store, [f"i{i}" for i in range(6)])
+    store.write_version(CATALOG, new_version(6), activate=True)
+    store.probe()
+    lose_everything(store)
+    for call in (lambda: store.get_catalog(CATALOG), lambda: store.describe(CATALOG),
+                 lambda: store.read_reduced(CATALOG, 1, 0, 6),
+                 lambda: store.commit_items(CATALOG, ItemChanges(0, ["x"], ["h"], vectors(1)),
+                                            create=(ENCODER, "<f4")),
+                 lambda: store.apply_pair_batches(CATALOG, [batch("w", "b", [(0, 1, 1.0)])]),
+                 store.probe):
+        with pytest.raises(DataLostError, match="lost"):
+            call()
+    # Nothing was written in its place, and a handle that never saw it finds no catalog.
+    fresh = reopen(store)
+    assert fresh.get_catalog(CATALOG) is None
+    fresh.probe()
+    fresh.close()
+
+
+def test_a_catalog_created_again_over_a_lost_one_is_data_loss(store):
+    add_items(store, ["a", "b"])
+    lose_everything(store)
+    other = reopen(store)
+    add_items(other, ["c"])  # another process re-creates it: same name, new epoch
+    assert other.get_catalog(CATALOG).item_count == 1
+    with pytest.raises(DataLostError, match="replaced"):
+        store.get_catalog(CATALOG)
+    other.close()
+
+
+def test_a_first_upsert_creates_its_catalog_in_the_same_step_or_not_at_all(store):
+    bad = ItemChanges(0, ["a", "a"], ["h", "h"], vectors(2))  # rejected by the store
+    with pytest.raises(ValueError):
+        store.commit_items(CATALOG, bad, create=(ENCODER, "<f2"))
+    assert store.get_catalog(CATALOG) is None  # no empty catalog left behind
+    assert store.commit_items(CATALOG, ItemChanges(0, ["a"], ["h"], vectors(1)),
+                              create=(ENCODER, "<f2")) == 1
+    state = store.get_catalog(CATALOG)
+    assert (state.item_count, state.encoder, state.raw_dtype) == (1, ENCODER, "<f2")
+    assert state.epoch
+    # A second "first" upsert of a racing caller conflicts instead of re-creating it.
+    with pytest.raises(ConflictError):
+        store.commit_items(CATALOG, ItemChanges(0, ["b"], ["h"], vectors(1)),
+                           create=(ENCODER, "<f2"))
+
+
+def test_a_healthy_store_passes_its_probe(store):
+    store.probe()
+    add_items(store, ["a"])
+    store.probe()
 
 
 # -- backend-specific ---------------------------------------------------------------------

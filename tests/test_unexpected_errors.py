@@ -24,11 +24,12 @@ SECRET = "internal detail 5f3a"
 
 
 class BrokenStore(LocalStore):
-    """A store whose co-occurrence totals fail the way ``failure`` says."""
+    """A store whose describe snapshot (DescribeCatalog's one read) fails the way ``failure``
+    says."""
 
     failure: Exception = ValueError(SECRET)
 
-    def cooccurrence_totals(self, name: str):  # type: ignore[override]
+    def describe(self, name: str):  # type: ignore[override]
         raise self.failure
 
 

@@ -18,11 +18,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 
 from server.call_lifetime import check_alive
 from server.config import ServerConfig
 from server.encoders.base import Encoder
 from server.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from server.quoting import shown
 from server.recpca import FitSettings, Projection, fit_recpca
 from server.service.dim_prefix import prefix, served_dim
 from server.service.refit_progress import RefitProgress
@@ -148,6 +150,7 @@ class Selection:
     encoder: EncoderIdentity
     fitted: int = 0  # rows the version covers (later rows go through the projection)
     projection: Projection | None = None  # W and μ of the version, for those later rows
+    epoch: str = ""  # the catalog's epoch: cached bytes of another epoch are another catalog's
 
 
 class VersionView:
@@ -193,7 +196,7 @@ class CatalogService:
         self.encoder = encoder
         self.limits = limits or Limits.from_config(ServerConfig())
         self.identity = EncoderIdentity(encoder.name, encoder.dim)
-        self._views: OrderedDict[tuple[str, int], VersionView] = OrderedDict()
+        self._views: OrderedDict[tuple[str, str, int], VersionView] = OrderedDict()
         self._views_lock = threading.Lock()
 
     # -- catalogs ---------------------------------------------------------------------
@@ -205,10 +208,11 @@ class CatalogService:
         return state
 
     def describe(self, name: str) -> CatalogDescription:
-        state = self._catalog(name)
-        return CatalogDescription(
-            state, self.store.versions(name), self.store.cooccurrence_totals(name)
-        )
+        verify_catalog(name)
+        snapshot = self.store.describe(name)  # one snapshot: the active version is the listed one
+        if snapshot is None:
+            raise NotFound(f"catalog {name!r} does not exist")
+        return CatalogDescription(snapshot.state, snapshot.versions, snapshot.totals)
 
     # -- UpsertItems ------------------------------------------------------------------
     def _request(self, name: str, request_id: str, fingerprint: str) -> RequestRecord | None:
@@ -216,7 +220,7 @@ class CatalogService:
         found = self.store.find_request(name, request_id) if request_id else None
         if found is not None and found.fingerprint != fingerprint:
             raise InvalidArgument(
-                f"request_id {request_id[:40]!r} was already used for a different request")
+                f"request_id {shown(request_id)} was already used for a different request")
         return found
 
     def _new_request(self, request_id: str, fingerprint: str, outcome: dict[str, Any]
@@ -265,17 +269,19 @@ class CatalogService:
             changed_text_hashes=[hashes[i] for i in changed],
             changed_vectors=vectors[len(new) :],
         )
-        check_alive()  # a call that died while encoding does not even create its catalog
+        check_alive()  # a call that died while encoding stops before its commit
+        # A new catalog is created by the commit itself: an upsert that fails or dies before
+        # it leaves no empty catalog behind.
+        create = None if state is not None else (self.identity, self.limits.raw_dtype)
         if to_encode:  # before the commit: a committed item's text is always there
             self.store.put_texts(name, [hashes[i] for i in new + changed], to_encode)
-        if state is None:
-            self.store.create_catalog(name, self.identity, self.limits.raw_dtype)
         unchanged = len(ids) - len(new) - len(changed)
         outcome = {"added": len(new), "changed": len(changed), "unchanged": unchanged,
                    "item_count": base_count + len(new)}
         try:
             count = self.store.commit_items(
-                name, changes, self._new_request(request_id, fingerprint, outcome))
+                name, changes, self._new_request(request_id, fingerprint, outcome),
+                create=create)
         except ConflictError as error:
             if (done := self._request(name, request_id, fingerprint)) is not None:
                 return UpsertResult(**done.outcome, encode_seconds=0.0)  # a retry won
@@ -296,18 +302,19 @@ class CatalogService:
             state = found
             if np.any(rows < 0):
                 missing = ids[int(np.argmax(rows < 0))]
-                raise NotFound(f"item {missing!r} is not in catalog {name!r}")
+                raise NotFound(f"item {shown(missing)} is not in catalog {name!r}")
         else:
             state = self._catalog(name)
         count = state.item_count if rows is None else len(rows)
         if kind == "raw":
             if version:
                 raise InvalidArgument("raw vectors are not versioned: ask for version 0")
-            return Selection(0, state.encoder.dim, "raw", rows, count, state.encoder)
+            return Selection(0, state.encoder.dim, "raw", rows, count, state.encoder,
+                             epoch=state.epoch)
         version = self._resolve(state, version)
-        view = self.cached_view(name, version)
+        view = self.cached_view(name, state.epoch, version)
         if view is None and rows is not None:
-            view = self.view(name, version)
+            view = self.view(name, state.epoch, version)
         if view is not None:
             record, projection = view.record, view.projection
         else:  # a whole-catalog pull streams the version's blocks: no need to load them all
@@ -315,7 +322,7 @@ class CatalogService:
             components, mean = self.store.read_projection(name, version)
             projection = Projection(components, mean, float(record.diagnostics.get("lam", 0)))
         return Selection(record.version, record.dim, "reduced", rows, count, record.encoder,
-                         record.item_count, projection)
+                         record.item_count, projection, state.epoch)
 
     def chunk(
         self, name: str, selection: Selection, start: int, stop: int
@@ -332,10 +339,10 @@ class CatalogService:
             if selection.rows is None:
                 return self.store.read_raw(name, int(rows[0]), int(rows[-1]) + 1)
             return self.store.read_raw_rows(name, rows)
-        view = self.cached_view(name, selection.version)
+        view = self.cached_view(name, selection.epoch, selection.version)
         if view is None and selection.rows is None and selection.projection is not None:
             return self._streamed(name, selection, int(rows[0]), int(rows[-1]) + 1)
-        view = view or self.view(name, selection.version)
+        view = view or self.view(name, selection.epoch, selection.version)
         fitted = rows < len(view.reduced)
         if fitted.all():
             return view.reduced[rows]
@@ -365,12 +372,14 @@ class CatalogService:
             parts.append(selection.projection.transform(self.store.read_raw(name, fitted, stop)))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def cached_view(self, name: str, version: int) -> VersionView | None:
-        """The view of a version if this process holds it already (never loads)."""
+    def cached_view(self, name: str, epoch: str, version: int) -> VersionView | None:
+        """The view of a version if this process holds it already (never loads). Keyed by
+        the catalog's epoch too: a catalog lost and created again numbers its versions
+        from 1 again, and must never be served another catalog's vectors."""
         with self._views_lock:
-            view = self._views.get((name, version))
+            view = self._views.get((name, epoch, version))
             if view is not None:
-                self._views.move_to_end((name, version))
+                self._views.move_to_end((name, epoch, version))
             return view
 
     def _record(self, name: str, version: int) -> VersionRecord:
@@ -379,10 +388,10 @@ class CatalogService:
             raise NotFound(f"catalog {name!r} has no version {version}")
         return record
 
-    def view(self, name: str, version: int) -> VersionView:
+    def view(self, name: str, epoch: str, version: int) -> VersionView:
         """The cached view of a published version (LRU of ``version_cache_size``)."""
-        key = (name, version)
-        cached = self.cached_view(name, version)
+        key = (name, epoch, version)
+        cached = self.cached_view(name, epoch, version)
         if cached is not None:
             return cached
         record = self._record(name, version)
@@ -408,12 +417,10 @@ class CatalogService:
         batches = [PairBatch(*checked) for checked in verify_pair_batches(
             name, blocks, state.item_count, self.limits.max_pairs_per_push
         )]
-        before = self.store.cooccurrence_totals(name)
-        applied, duplicates = self.store.apply_pair_batches(name, batches)
-        after = self.store.cooccurrence_totals(name)
-        return PushResult(
-            applied, duplicates, after.pairs - before.pairs, after.weight - before.weight, after
-        )
+        # This call's own pairs and the totals, from the atomic step that applied them.
+        outcome = self.store.apply_pair_batches(name, batches)
+        return PushResult(outcome.applied, outcome.duplicates, outcome.pairs, outcome.weight,
+                          outcome.totals)
 
     # -- RefitProjection --------------------------------------------------------------
     def refit(self, name: str, request: FitRequest, activate: bool, request_id: str = "",
@@ -472,8 +479,8 @@ class CatalogService:
                 log.warning("catalog %s: removed %d unpublished version payload(s) left by "
                             "an interrupted refit", name, collected)
             request_record = self._new_request(lease.request_id, lease.fingerprint, {})
-            return self._refit_locked(lease.state, lease.settings, activate, progress,
-                                      request_record)
+            return self._refit_locked(lease.state, lease.settings, activate, lease.owner,
+                                      progress, request_record)
         finally:
             if lease.renewer is not None:
                 lease.renewer.stop()
@@ -490,7 +497,7 @@ class CatalogService:
                 int(done.outcome["previous_active_version"]))
 
     def _refit_locked(
-        self, state: CatalogState, settings: FitSettings, activate: bool,
+        self, state: CatalogState, settings: FitSettings, activate: bool, owner: str,
         progress: RefitProgress, request: RequestRecord | None = None,
     ) -> tuple[VersionRecord, int]:
         name, count = state.name, state.item_count
@@ -509,6 +516,14 @@ class CatalogService:
         except ValueError as error:  # e.g. vectors without variance
             raise FailedPrecondition(f"cannot fit catalog {name!r}: {error}") from error
         check_alive()
+        rank = variance_rank(result.moments.scatter)
+        if settings.dim > rank:  # the other columns would be arbitrary null-space directions
+            raise FailedPrecondition(
+                f"catalog {name!r}: its normalized raw vectors vary in only {rank} directions, "
+                f"so a fit of dim {settings.dim} is not determined by the data (new items "
+                f"would get arbitrary coordinates in {settings.dim - rank} of them); ask for "
+                f"dim <= {rank}"
+            )
         progress.enter("writing")
         reduced = result.projection.transform(raw)
         parameters = {
@@ -531,8 +546,15 @@ class CatalogService:
             reduced=reduced,
         )
         check_alive()
-        previous = self.store.get_catalog(name).active_version  # type: ignore[union-attr]
-        record = self.store.write_version(name, new, activate, request)
+        try:  # published only while this refit still holds the lock (a fencing token)
+            published = self.store.write_version(name, new, activate, request, lock_owner=owner)
+        except ConflictError as error:
+            if request is not None and (
+                    done := self._refit_done(name, request.request_id, request.fingerprint)):
+                return done  # a call with this request_id published first
+            raise Aborted(str(error)) from error
+        # Both from the publish step: an activation during the fit is accounted for.
+        record, previous = published.record, published.previous_active
         log.info(
             "catalog %s: version %d written (%s) in %.2fs, λ=%.4g",
             name,
@@ -564,13 +586,13 @@ class CatalogService:
         if item_id is not None:
             verify_item_id(item_id)
         state = self._catalog(name)
-        view = self.view(name, self._resolve(state, version))
+        view = self.view(name, state.epoch, self._resolve(state, version))
         dim = served_dim(dim, view.record.dim)
         exclude = -1
         if item_id is not None:
             row = int(self.store.find_rows(name, [item_id])[0])
             if row < 0:
-                raise NotFound(f"item {item_id!r} is not in catalog {name!r}")
+                raise NotFound(f"item {shown(item_id)} is not in catalog {name!r}")
             exclude = row
             selection = Selection(
                 view.record.version,
@@ -579,6 +601,7 @@ class CatalogService:
                 None,
                 state.item_count,
                 view.record.encoder,
+                epoch=state.epoch,
             )
             query = prefix(self._vectors(name, selection, np.array([row])), dim)
         else:
@@ -607,6 +630,16 @@ def _fingerprint(method: str, *parts: str | Sequence[str]) -> str:
             digest.update(len(data).to_bytes(8, "little") + data)
         digest.update(b"\xff" * 8)  # ends a part: ("a", "b") + () differs from ("a",) + ("b",)
     return digest.hexdigest()
+
+
+def variance_rank(scatter: np.ndarray) -> int:
+    """Directions with variance: eigenvalues of the scatter ``S`` above its rounding noise.
+    ``S`` is positive semi-definite, so its negative eigenvalues are pure noise (about 1e-7
+    of the largest when moments accumulate float32 blocks); ten times the largest of them,
+    and at least 1e-9 of the largest eigenvalue, separates null directions from variance."""
+    eigenvalues = scipy.linalg.eigvalsh(scatter)
+    noise = max(10 * float(-eigenvalues[0]), 1e-9 * float(eigenvalues[-1]), 0.0)
+    return int(np.sum(eigenvalues > noise))
 
 
 EncodeListener = Callable[[str, int, int, float], None]

@@ -53,6 +53,7 @@ from server.service.watch import (
 from server.stores.base import (
     CatalogState,
     CooccurrenceTotals,
+    DataLostError,
     EncoderIdentity,
     StoreUnavailableError,
     VersionRecord,
@@ -85,6 +86,7 @@ STATUS: dict[type[ServiceError], tuple[grpc.StatusCode, str]] = {
     StoreUnavailableError: (grpc.StatusCode.UNAVAILABLE, "store unavailable: "),
     Unavailable: (grpc.StatusCode.UNAVAILABLE, ""),
     DataLoss: (grpc.StatusCode.DATA_LOSS, "stored data is corrupt: "),
+    DataLostError: (grpc.StatusCode.DATA_LOSS, ""),
 }
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
 CHUNK_OVERHEAD = 1024
@@ -150,10 +152,12 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         """End the call with the status ``STATUS`` gives the error's kind."""
         kind = next(k for k in type(error).__mro__ if k in STATUS)
         code, prefix = STATUS[kind]
-        if kind in (StoreUnavailableError, DataLoss):
+        if kind in (StoreUnavailableError, DataLoss, DataLostError):
             self.metrics.record_store_error(name)
         if kind is DataLoss:  # damaged stored data, not the caller's mistake
             log.error("stored data does not decode: %s", error.message)
+        if kind is DataLostError:  # the store lost what this server served: say so
+            log.error("%s", error.message)
         await context.abort(code, prefix + error.message)
 
     async def _check(self, context: grpc.aio.ServicerContext, check: Callable[..., T],
@@ -506,7 +510,8 @@ class _Pull:
         selection = self.selection
         if selection.rows is not None or selection.kind != "reduced" or stop > selection.fitted:
             return None
-        return (self.request.catalog, selection.version, self.dtype, self.dim, self.budget,
+        return (self.request.catalog, selection.epoch, selection.version, self.dtype, self.dim,
+                self.budget,
                 self.request.omit_item_ids, start, stop)
 
 

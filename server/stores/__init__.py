@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from server.stores.base import (
+    CatalogSnapshot,
     CatalogState,
     CatalogStore,
     ConflictError,
     CooccurrenceTotals,
     CorruptDataError,
+    DataLostError,
     EncoderIdentity,
     ItemChanges,
     NewVersion,
     NotFoundError,
     PairBatch,
+    PublishedVersion,
+    PushOutcome,
     RequestRecord,
     StoreError,
     StoreUnavailableError,
@@ -22,17 +26,21 @@ from server.stores.local_store import LocalStore
 from server.stores.redis_store import RedisStore
 
 __all__ = [
+    "CatalogSnapshot",
     "CatalogState",
     "CatalogStore",
     "ConflictError",
     "CooccurrenceTotals",
     "CorruptDataError",
+    "DataLostError",
     "EncoderIdentity",
     "ItemChanges",
     "LocalStore",
     "NewVersion",
     "NotFoundError",
     "PairBatch",
+    "PublishedVersion",
+    "PushOutcome",
     "RedisStore",
     "RequestRecord",
     "StoreError",

@@ -13,14 +13,18 @@ Invariants every implementation keeps:
   fails with ``ConflictError`` when the item count moved since the caller read it.
 * A version is immutable and becomes visible only when completely written; with
   ``activate`` the active pointer switches in the same atomic step.
-* ``apply_pair_batches`` is exactly-once per ``(worker_id, batch_id)`` and all-or-nothing
-  per call.
+* ``apply_pair_batches`` is exactly-once per ``(worker_id, batch_id)`` (the pair, never a
+  joined string) and all-or-nothing per call; what it reports is decided in that step.
 * The steps that make a call's effects visible (``commit_items``, publishing a version,
   ``activate``, ``apply_pair_batches``) call ``server.call_lifetime.check_commit()`` inside
   their atomic step: a call that was cancelled or passed its deadline commits nothing.
 * A ``RequestRecord`` given to ``commit_items`` or ``write_version`` is stored in the same
   atomic step as the commit, so a retry with the same request id finds it exactly when the
   first call committed.
+* The store is the truth: every catalog carries an epoch written when it is created, and
+  a store that no longer has a catalog it served, or has another one under its name (the
+  backend restarted empty, was flushed, or its file was replaced), raises ``DataLostError``
+  instead of answering from what the process remembers.
 * Nothing read from a store is unpickled or evaluated: vectors are raw little-endian
   bytes, metadata is JSON.
 """
@@ -59,6 +63,12 @@ class ConflictError(StoreError, Aborted):
     """A concurrent writer committed first; nothing was applied (ABORTED)."""
 
 
+class DataLostError(StoreError, DataLoss):
+    """The store lost or replaced data this process had seen: a catalog vanished or came
+    back with another epoch, or the store itself was replaced (maps to DATA_LOSS; health
+    turns NOT_SERVING). Sticky: the process keeps refusing until it is restarted."""
+
+
 @dataclass(frozen=True)
 class EncoderIdentity:
     name: str
@@ -72,6 +82,7 @@ class CatalogState:
     item_count: int
     active_version: int  # 0: no version active yet
     raw_dtype: str  # numpy dtype string of stored raw vectors: "<f4" or "<f2"
+    epoch: str = ""  # written when the catalog was created; another epoch is another catalog
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,17 @@ class CooccurrenceTotals:
     pairs: int = 0  # pairs applied (each unordered pair of each applied batch counts once)
     weight: float = 0.0  # sum of applied pair weights
     batches: int = 0  # distinct batches applied
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """What one ``apply_pair_batches`` call did, decided in its atomic step."""
+
+    applied: int  # batches applied by this call
+    duplicates: int  # batches already applied before (or earlier in this call)
+    pairs: int  # pairs of the batches this call applied
+    weight: float  # their summed weight
+    totals: CooccurrenceTotals  # the catalog's totals right after the step
 
 
 @dataclass(frozen=True)
@@ -136,6 +158,23 @@ class RequestRecord:
 
 
 @dataclass(frozen=True)
+class PublishedVersion:
+    """A version as its atomic publish step left it, with the active version it replaced."""
+
+    record: VersionRecord
+    previous_active: int  # the active version just before the publish (0 if none)
+
+
+@dataclass(frozen=True)
+class CatalogSnapshot:
+    """A catalog's state, versions and totals, read in one consistent snapshot."""
+
+    state: CatalogState
+    versions: list[VersionRecord]
+    totals: CooccurrenceTotals
+
+
+@dataclass(frozen=True)
 class NewVersion:
     """A fitted version to write; the store assigns its number and status."""
 
@@ -161,6 +200,12 @@ class CatalogStore(abc.ABC):
         """Raise ``StoreUnavailableError`` unless the store answers."""
 
     @abc.abstractmethod
+    def probe(self) -> None:
+        """What health reports: raise ``StoreUnavailableError`` unless the store answers and
+        accepts a small write (a full disk or a full Redis refuses writes while reads still
+        work), ``DataLostError`` if the store lost or replaced data this process has seen."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
 
     # -- catalogs and items -------------------------------------------------------------
@@ -176,6 +221,12 @@ class CatalogStore(abc.ABC):
     @abc.abstractmethod
     def catalog_names(self) -> list[str]:
         """Every catalog's name, sorted (the web console's list)."""
+
+    @abc.abstractmethod
+    def describe(self, name: str) -> CatalogSnapshot | None:
+        """The catalog's state, published versions and totals from one snapshot (its
+        ``active_version`` is the version the list marks active); None if it does not
+        exist."""
 
     @abc.abstractmethod
     def find_rows(self, name: str, ids: Sequence[str]) -> np.ndarray:
@@ -200,11 +251,13 @@ class CatalogStore(abc.ABC):
         """External ids of rows ``[start, stop)`` (clipped to the item count)."""
 
     @abc.abstractmethod
-    def commit_items(
-        self, name: str, changes: ItemChanges, request: RequestRecord | None = None
-    ) -> int:
-        """Apply one upsert atomically (with ``request``'s record, which fails the commit
-        with ``ConflictError`` if its id is already recorded); returns the new item count."""
+    def commit_items(self, name: str, changes: ItemChanges, request: RequestRecord | None = None,
+                     *, create: tuple[EncoderIdentity, str] | None = None) -> int:
+        """Apply one upsert atomically; returns the new item count. ``request``'s record is
+        stored in the same step (the commit fails with ``ConflictError`` if its id is
+        already recorded). With ``create`` (encoder, raw dtype), a catalog that does not
+        exist yet is created in the same atomic step, so an upsert that dies before its
+        commit leaves no empty catalog."""
 
     @abc.abstractmethod
     def find_request(self, name: str, request_id: str) -> RequestRecord | None:
@@ -235,12 +288,15 @@ class CatalogStore(abc.ABC):
 
     # -- versions -----------------------------------------------------------------------
     @abc.abstractmethod
-    def write_version(
-        self, name: str, new: NewVersion, activate: bool, request: RequestRecord | None = None
-    ) -> VersionRecord:
+    def write_version(self, name: str, new: NewVersion, activate: bool,
+                      request: RequestRecord | None = None, *,
+                      lock_owner: str | None = None) -> PublishedVersion:
         """Write a complete version, then publish it (and, with ``activate``, make it the
-        active one) in one atomic step, together with ``request``'s record. A crash before
-        that step leaves nothing visible."""
+        active one) in one atomic step, together with ``request``'s record (whose outcome
+        gets the version and the active version the step replaced). A crash before that
+        step leaves nothing visible. With ``lock_owner``, that step also checks that the
+        owner still holds the refit lock (a fencing token): a refit whose lease ran out
+        publishes nothing and gets ``ConflictError``."""
 
     @abc.abstractmethod
     def versions(self, name: str) -> list[VersionRecord]:
@@ -269,8 +325,9 @@ class CatalogStore(abc.ABC):
 
     # -- co-occurrence ------------------------------------------------------------------
     @abc.abstractmethod
-    def apply_pair_batches(self, name: str, batches: Sequence[PairBatch]) -> tuple[int, int]:
-        """Apply all batches not seen before, atomically; returns ``(applied, duplicates)``."""
+    def apply_pair_batches(self, name: str, batches: Sequence[PairBatch]) -> PushOutcome:
+        """Apply all batches not seen before, atomically; what this call applied (and the
+        totals after it) come from that same step, whatever other pushers do meanwhile."""
 
     @abc.abstractmethod
     def read_counts(self, name: str, n_items: int) -> sp.csr_matrix:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from server.quoting import shown
 from server.stores.base import ItemChanges, NewVersion, PairBatch
 from server.validation import verify_pairs
 
@@ -62,4 +63,5 @@ def check_new_version(new: NewVersion, encoder_dim: int, item_count: int) -> Non
 def check_pair_batch(batch: PairBatch, item_count: int) -> None:
     """The batch merges cleanly into a catalog of ``item_count`` items (a bad batch in the
     log would break every later ``read_counts``)."""
-    verify_pairs(f"batch {batch.batch_id!r}", batch.rows, batch.cols, batch.weights, item_count)
+    verify_pairs(f"batch {shown(batch.batch_id)}", batch.rows, batch.cols, batch.weights,
+                 item_count)

@@ -8,7 +8,7 @@ queue on a lock, writers of other processes on SQLite's file lock (``timeout``).
 Schema::
 
     catalogs(name PK, encoder_name, encoder_dim, raw_dtype, block_rows, item_count,
-             active_version, last_version, pairs, weight, batches, created_at)
+             active_version, last_version, pairs, weight, batches, created_at, epoch)
     items(catalog, row, item_id, text_hash)        PK (catalog, row), UNIQUE (catalog, item_id)
     raw_blocks(catalog, block, data)                raw vectors of rows [b·B, (b+1)·B)
     versions(catalog, version, published, started_at, record, activated_at, components, mean)
@@ -17,11 +17,17 @@ Schema::
     pair_log(seq, catalog, pairs)                   packed pair blobs of applied batches
     refit_locks(catalog PK, owner, expires_at)      expiry in unix seconds (this machine's clock)
     requests(catalog, request_id, fingerprint, outcome, expires_at)   PK (catalog, request_id)
+    store_info(key PK, value)                       "probe": the last health probe's write
+
+The store is the truth: a handle remembers the file it opened (device and inode) and every
+catalog's epoch it has read, and raises ``DataLostError`` when the file at its path was
+replaced or removed, or a catalog vanished or came back with another epoch.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -34,9 +40,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from server.call_lifetime import check_commit
+from server.call_lifetime import CallEnded, check_commit
 from server.cooccurrence_merge import counts_from_pairs
+from server.quoting import shown
 from server.stores.base import (
+    CatalogSnapshot,
     CatalogState,
     CatalogStore,
     ConflictError,
@@ -46,6 +54,8 @@ from server.stores.base import (
     NewVersion,
     NotFoundError,
     PairBatch,
+    PublishedVersion,
+    PushOutcome,
     RequestRecord,
     StoreUnavailableError,
     VersionRecord,
@@ -56,6 +66,7 @@ from server.stores.checks import (
     check_pair_batch,
     check_raw_dtype,
 )
+from server.stores.epochs import EpochWatch, new_epoch
 from server.stores.packing import pack_array, pack_pairs, pair_arrays, unpack_array
 from server.stores.records import parse_record, record_json
 from server.validation import verify_catalog
@@ -95,7 +106,12 @@ CREATE TABLE IF NOT EXISTS refit_locks (
 CREATE TABLE IF NOT EXISTS requests (
     catalog TEXT NOT NULL, request_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
     outcome TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (catalog, request_id));
+CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Databases written before catalogs had epochs get the column, and an epoch per catalog.
+_MIGRATIONS = (
+    ("catalogs", "epoch", "ALTER TABLE catalogs ADD COLUMN epoch TEXT"),
+)
 
 _IN_CHUNK = 900  # bound parameters per IN (...) query
 
@@ -131,12 +147,35 @@ class LocalStore(CatalogStore):
         self._write_lock = threading.Lock()
         self._connections_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        self._epochs = EpochWatch()
         conn = self._connection()
         with self._write_lock:
             try:
                 conn.executescript(_SCHEMA)  # outside any transaction: it commits
+                for table, column, statement in _MIGRATIONS:
+                    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                    if column not in columns:
+                        conn.execute(statement)
+                conn.execute("UPDATE catalogs SET epoch = lower(hex(randomblob(16))) "
+                             "WHERE epoch IS NULL")
             except sqlite3.OperationalError as error:
                 raise StoreUnavailableError(f"{self._path}: {error}") from error
+        self._file = self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self._path)
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def _check_file(self) -> None:
+        """The file at the path must still be the one this handle opened: an open
+        connection would otherwise go on reading (and writing) a deleted or replaced file
+        while every new connection and process sees another one."""
+        if self._file_identity() != self._file:
+            self._epochs.lose_store(f"the database file {self._path} was removed or replaced")
+            self._epochs.raise_if_lost()
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -161,6 +200,7 @@ class LocalStore(CatalogStore):
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One consistent snapshot for several SELECTs."""
+        self._check_file()
         conn = self._connection()
         try:
             conn.execute("BEGIN")
@@ -176,6 +216,7 @@ class LocalStore(CatalogStore):
         """One write transaction: everything in it is applied, or nothing. With
         ``commits_call`` (the transaction publishes a call's effects) the call's liveness
         is checked last, inside the transaction: a dead call rolls back."""
+        self._check_file()
         with self._write_lock:
             conn = self._connection()
             try:
@@ -191,18 +232,31 @@ class LocalStore(CatalogStore):
             except sqlite3.OperationalError as error:
                 raise StoreUnavailableError(f"{self._path}: {error}") from error
 
-    @staticmethod
-    def _catalog(conn: sqlite3.Connection, name: str) -> sqlite3.Row:
+    def _catalog(self, conn: sqlite3.Connection, name: str) -> sqlite3.Row:
         verify_catalog(name)
-        row = conn.execute("SELECT * FROM catalogs WHERE name = ?", (name,)).fetchone()
+        row = self._catalog_row(conn, name)
         if row is None:
             raise NotFoundError(f"catalog {name!r} does not exist")
+        return row
+
+    def _catalog_row(self, conn: sqlite3.Connection, name: str) -> sqlite3.Row | None:
+        """The catalog's row, its epoch checked against what this handle saw before."""
+        verify_catalog(name)
+        row = conn.execute("SELECT * FROM catalogs WHERE name = ?", (name,)).fetchone()
+        self._epochs.check(name, None if row is None else row["epoch"])
         return row
 
     # -- lifecycle ----------------------------------------------------------------------
     def ping(self) -> None:
         with self._read() as conn:
             conn.execute("SELECT 1 FROM catalogs LIMIT 1").fetchall()
+
+    def probe(self) -> None:
+        self._epochs.raise_if_lost()
+        # A write: a full disk refuses it ("database or disk is full") while reads work.
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO store_info (key, value) VALUES ('probe', ?)",
+                         (repr(time.time()),))
 
     def close(self) -> None:
         with self._connections_lock:
@@ -216,28 +270,38 @@ class LocalStore(CatalogStore):
         self, name: str, encoder: EncoderIdentity, raw_dtype: str = "<f4"
     ) -> CatalogState:
         verify_catalog(name)
-        check_raw_dtype(raw_dtype)
         with self._write() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO catalogs (name, encoder_name, encoder_dim, raw_dtype, "
-                "block_rows, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (name, encoder.name, encoder.dim, raw_dtype, self._block_rows, time.time()),
-            )
+            self._insert_catalog(conn, name, encoder, raw_dtype)
             return self._state(self._catalog(conn, name))
+
+    def _insert_catalog(self, conn: sqlite3.Connection, name: str, encoder: EncoderIdentity,
+                        raw_dtype: str) -> None:
+        check_raw_dtype(raw_dtype)
+        conn.execute(
+            "INSERT OR IGNORE INTO catalogs (name, encoder_name, encoder_dim, raw_dtype, "
+            "block_rows, created_at, epoch) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (name, encoder.name, encoder.dim, raw_dtype, self._block_rows, time.time(),
+             new_epoch()),
+        )
 
     @staticmethod
     def _state(row: sqlite3.Row) -> CatalogState:
         encoder = EncoderIdentity(row["encoder_name"], row["encoder_dim"])
-        return CatalogState(
-            row["name"], encoder, row["item_count"], row["active_version"], row["raw_dtype"]
-        )
+        return CatalogState(row["name"], encoder, row["item_count"], row["active_version"],
+                            row["raw_dtype"], row["epoch"])
 
     def get_catalog(self, name: str) -> CatalogState | None:
         with self._read() as conn:
-            try:
-                return self._state(self._catalog(conn, name))
-            except NotFoundError:
+            row = self._catalog_row(conn, name)
+            return None if row is None else self._state(row)
+
+    def describe(self, name: str) -> CatalogSnapshot | None:
+        with self._read() as conn:
+            row = self._catalog_row(conn, name)
+            if row is None:
                 return None
+            return CatalogSnapshot(self._state(row), self._versions(conn, row),
+                                   self._totals(row))
 
     def find_rows(self, name: str, ids: Sequence[str]) -> np.ndarray:
         with self._read() as conn:
@@ -285,11 +349,18 @@ class LocalStore(CatalogStore):
             )
             return [id_ for (id_,) in cursor.fetchall()]
 
-    def commit_items(
-        self, name: str, changes: ItemChanges, request: RequestRecord | None = None
-    ) -> int:
+    def commit_items(self, name: str, changes: ItemChanges, request: RequestRecord | None = None,
+                     *, create: tuple[EncoderIdentity, str] | None = None) -> int:
         with self._write(commits_call=True) as conn:
-            catalog = self._catalog(conn, name)
+            catalog = self._catalog_row(conn, name)
+            if catalog is None and create is not None:
+                # Created with its first items, atomically; its epoch is recorded as seen
+                # by the next read, once the transaction has committed.
+                self._insert_catalog(conn, name, *create)
+                catalog = conn.execute("SELECT * FROM catalogs WHERE name = ?",
+                                       (name,)).fetchone()
+            if catalog is None:
+                raise NotFoundError(f"catalog {name!r} does not exist")
             count = catalog["item_count"]
             if count != changes.base_count:
                 raise ConflictError(
@@ -309,7 +380,7 @@ class LocalStore(CatalogStore):
                     ),
                 )
             except sqlite3.IntegrityError as error:
-                raise ValueError(f"an item id of the upsert already has a row: {error}") from error
+                raise ValueError("an item id of the upsert already has a row") from error
             rows = np.asarray(changes.changed_rows, dtype=np.int64)
             conn.executemany(
                 "UPDATE items SET text_hash = ? WHERE catalog = ? AND row = ?",
@@ -339,7 +410,7 @@ class LocalStore(CatalogStore):
                  request.expires_at),
             )
         except sqlite3.IntegrityError as error:
-            raise ConflictError(f"request {request.request_id[:40]!r} was committed by a "
+            raise ConflictError(f"request {shown(request.request_id)} was committed by a "
                                 "concurrent call") from error
 
     def find_request(self, name: str, request_id: str) -> RequestRecord | None:
@@ -428,9 +499,9 @@ class LocalStore(CatalogStore):
             return self._raw(conn, name, unique)[inverse]
 
     # -- versions -----------------------------------------------------------------------
-    def write_version(
-        self, name: str, new: NewVersion, activate: bool, request: RequestRecord | None = None
-    ) -> VersionRecord:
+    def write_version(self, name: str, new: NewVersion, activate: bool,
+                      request: RequestRecord | None = None, *,
+                      lock_owner: str | None = None) -> PublishedVersion:
         with self._read() as conn:
             catalog = self._catalog(conn, name)
             check_new_version(new, catalog["encoder_dim"], catalog["item_count"])
@@ -438,8 +509,21 @@ class LocalStore(CatalogStore):
         record = record_json(new, created_at)
         version = self._write_payload(name, new, created_at)
         activated_at = time.time() if activate else None
-        self._publish(name, version, record, activated_at, request)
-        return parse_record(version, record, version if activate else 0, activated_at)
+        try:
+            previous = self._publish(name, version, record, activated_at, request, lock_owner)
+        except (ConflictError, CallEnded):  # nothing published: drop the payload now
+            with self._write() as conn:
+                self._drop_payload(conn, name, version)
+            raise
+        return PublishedVersion(
+            parse_record(version, record, version if activate else 0, activated_at), previous)
+
+    @staticmethod
+    def _drop_payload(conn: sqlite3.Connection, name: str, version: int) -> None:
+        conn.execute("DELETE FROM reduced_blocks WHERE catalog = ? AND version = ?",
+                     (name, version))
+        conn.execute("DELETE FROM versions WHERE catalog = ? AND version = ? AND published = 0",
+                     (name, version))
 
     def _write_payload(self, name: str, new: NewVersion, started: float) -> int:
         """Allocate a version number and write W, μ and the reduced vectors, unpublished."""
@@ -469,14 +553,19 @@ class LocalStore(CatalogStore):
             )
         return version
 
-    def _publish(
-        self, name: str, version: int, record: str, activated_at: float | None,
-        request: RequestRecord | None = None,
-    ) -> int:
-        """Make the version visible (and active, with ``activated_at``) in one transaction;
+    def _publish(self, name: str, version: int, record: str, activated_at: float | None,
+                 request: RequestRecord | None, lock_owner: str | None) -> int:
+        """Make the version visible (and active, with ``activated_at``) in one transaction
+        that also checks the lock owner and the call's liveness, with ``request``'s record;
         returns the previously active version."""
         with self._write(commits_call=True) as conn:
             previous = self._catalog(conn, name)["active_version"]
+            if lock_owner is not None and conn.execute(
+                    "SELECT 1 FROM refit_locks WHERE catalog = ? AND owner = ? "
+                    "AND expires_at > ?", (name, lock_owner, time.time())).fetchone() is None:
+                raise ConflictError(
+                    f"the refit of {name!r} no longer holds the refit lock (its lease ran out "
+                    "and another refit may have taken it): nothing was published; refit again")
             published = conn.execute(
                 "UPDATE versions SET published = 1, record = ?, activated_at = ? "
                 "WHERE catalog = ? AND version = ? AND published = 0",
@@ -499,12 +588,16 @@ class LocalStore(CatalogStore):
 
     def versions(self, name: str) -> list[VersionRecord]:
         with self._read() as conn:
-            active = self._catalog(conn, name)["active_version"]
-            rows = conn.execute(
-                "SELECT version, record, activated_at FROM versions "
-                "WHERE catalog = ? AND published = 1 ORDER BY version",
-                (name,),
-            ).fetchall()
+            return self._versions(conn, self._catalog(conn, name))
+
+    @staticmethod
+    def _versions(conn: sqlite3.Connection, catalog: sqlite3.Row) -> list[VersionRecord]:
+        rows = conn.execute(
+            "SELECT version, record, activated_at FROM versions "
+            "WHERE catalog = ? AND published = 1 ORDER BY version",
+            (catalog["name"],),
+        ).fetchall()
+        active = catalog["active_version"]
         return [parse_record(v, record, active, at) for v, record, at in rows]
 
     def activate(self, name: str, version: int) -> int:
@@ -566,16 +659,11 @@ class LocalStore(CatalogStore):
                 ).fetchall()
             ]
             for version in stale:
-                conn.execute(
-                    "DELETE FROM reduced_blocks WHERE catalog = ? AND version = ?", (name, version)
-                )
-                conn.execute(
-                    "DELETE FROM versions WHERE catalog = ? AND version = ?", (name, version)
-                )
+                self._drop_payload(conn, name, version)
         return len(stale)
 
     # -- co-occurrence ------------------------------------------------------------------
-    def apply_pair_batches(self, name: str, batches: Sequence[PairBatch]) -> tuple[int, int]:
+    def apply_pair_batches(self, name: str, batches: Sequence[PairBatch]) -> PushOutcome:
         applied = pairs = 0
         weight = 0.0
         with self._write(commits_call=True) as conn:
@@ -600,7 +688,8 @@ class LocalStore(CatalogStore):
                 "batches = batches + ? WHERE name = ?",
                 (pairs, weight, applied, name),
             )
-        return applied, len(batches) - applied
+            totals = self._totals(self._catalog(conn, name))
+        return PushOutcome(applied, len(batches) - applied, pairs, weight, totals)
 
     def _log(self, name: str) -> tuple[int, list[bytes]]:
         """The co-occurrence log: its last sequence number and its blobs."""
@@ -644,7 +733,10 @@ class LocalStore(CatalogStore):
 
     def cooccurrence_totals(self, name: str) -> CooccurrenceTotals:
         with self._read() as conn:
-            catalog = self._catalog(conn, name)
+            return self._totals(self._catalog(conn, name))
+
+    @staticmethod
+    def _totals(catalog: sqlite3.Row) -> CooccurrenceTotals:
         return CooccurrenceTotals(catalog["pairs"], catalog["weight"], catalog["batches"])
 
     # -- refit lock ---------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Key layout (``P`` the key prefix; every key of catalog ``c`` carries the hash tag ``{c}``, so
 a catalog lives in one slot and every MULTI/EXEC or script touches one catalog only)::
 
-    P:{c}:meta              JSON {encoder, raw_dtype, block_rows, created_at}, written once
+    P:store                 epoch of the whole store (a restarted-empty Redis has none)
+    P:{c}:meta              JSON {encoder, raw_dtype, block_rows, created_at, epoch}, written
+                            once; every call reads it, so no process trusts a cached copy
     P:{c}:count             item count; commit_items WATCHes it
     P:{c}:ids               hash  item id -> row
     P:{c}:rowids            list  row -> item id
@@ -17,7 +19,10 @@ a catalog lives in one slot and every MULTI/EXEC or script touches one catalog o
     P:{c}:versions          hash  version -> immutable record JSON (published versions only)
     P:{c}:active            active version number
     P:{c}:activated         hash  version -> last activation time (unix seconds)
-    P:{c}:batches           set of "worker\\0batch" ids applied
+    P:{c}:batch_keys        set of applied batch keys "<bytes of worker>:<worker>:<batch>"
+                            (length-prefixed: two (worker, batch) pairs never share a key)
+    P:{c}:batches           the same as "worker\\0batch", written before that format
+                            existed; read only, for ids without NUL (where it is exact)
     P:{c}:pairs             list of packed pair blobs (the co-occurrence log)
     P:{c}:pairs_gen         compaction generation of that log
     P:{c}:cooc              hash  pairs, weight, batches
@@ -51,17 +56,22 @@ from redis.retry import Retry
 
 from server.call_lifetime import CallEnded, check_commit, commit_deadline_ms, deadline_passed
 from server.cooccurrence_merge import counts_from_pairs
+from server.quoting import shown
 from server.stores.base import (
+    CatalogSnapshot,
     CatalogState,
     CatalogStore,
     ConflictError,
     CooccurrenceTotals,
     CorruptDataError,
+    DataLostError,
     EncoderIdentity,
     ItemChanges,
     NewVersion,
     NotFoundError,
     PairBatch,
+    PublishedVersion,
+    PushOutcome,
     RequestRecord,
     StoreUnavailableError,
     VersionRecord,
@@ -72,6 +82,7 @@ from server.stores.checks import (
     check_pair_batch,
     check_raw_dtype,
 )
+from server.stores.epochs import EpochWatch, new_epoch
 from server.stores.packing import (
     decoding,
     pack_array,
@@ -116,24 +127,33 @@ end
 """
 
 # Applies the batches not seen before and updates the totals: one script for the whole
-# call, so a call is all-or-nothing and a retried batch is counted once. ARGV[1]: deadline.
+# call, so a call is all-or-nothing and a retried batch is counted once. Returns which
+# batches it applied ("1"/"0" per batch) and the totals right after: what the caller is told
+# comes from this step, not from reads around it. ARGV[1] is the catalog header the caller
+# read (its epoch): a catalog lost or re-created since is not written to (-1). ARGV[2]: the
+# commit deadline (-3 once passed).
 _APPLY_BATCHES = _PAST_DEADLINE + """
-if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
-if past_deadline(ARGV[1]) then return -3 end
-local applied, pairs = 0, 0
-for i = 2, #ARGV, 4 do
-  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
-    redis.call('RPUSH', KEYS[2], ARGV[i + 1])
-    redis.call('HINCRBYFLOAT', KEYS[3], 'weight', ARGV[i + 3])
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then return -1 end
+if past_deadline(ARGV[2]) then return -3 end
+local applied, pairs, flags = 0, 0, {}
+for i = 3, #ARGV, 5 do
+  local old = ARGV[i + 1] ~= '' and redis.call('SISMEMBER', KEYS[5], ARGV[i + 1]) == 1
+  if not old and redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i + 2])
+    redis.call('HINCRBYFLOAT', KEYS[3], 'weight', ARGV[i + 4])
     applied = applied + 1
-    pairs = pairs + tonumber(ARGV[i + 2])
+    pairs = pairs + tonumber(ARGV[i + 3])
+    flags[#flags + 1] = '1'
+  else
+    flags[#flags + 1] = '0'
   end
 end
 if applied > 0 then
   redis.call('HINCRBY', KEYS[3], 'batches', applied)
   redis.call('HINCRBY', KEYS[3], 'pairs', pairs)
 end
-return applied
+local totals = redis.call('HMGET', KEYS[3], 'pairs', 'weight', 'batches')
+return {table.concat(flags), totals[1] or '0', totals[2] or '0', totals[3] or '0'}
 """
 
 # Replaces the first ARGV[2] log entries by one merged blob unless another compaction ran
@@ -146,11 +166,17 @@ redis.call('INCR', KEYS[2])
 return 1
 """
 
-# Publishes a written payload (and optionally activates it); -1 if it was collected, -2 if
-# the request id (KEYS[5], when ARGV[5] holds its fingerprint) is already recorded. The
-# request's record is written in the same step, with the previous active version.
+# Publishes a written payload (and optionally activates it) and returns the active version
+# it replaced, or refuses: -5 if the catalog was lost or re-created (KEYS[7] is no longer the
+# header ARGV[10] the caller read), -3 once the commit deadline ARGV[8] passed, -4 if ARGV[9]
+# (the refit's lock owner, a fencing token) no longer holds the refit lock KEYS[6], -2 if the
+# request id (KEYS[5], when ARGV[5] holds its fingerprint) is already recorded, -1 if the
+# payload was collected. The request's record is written in the same step, with the active
+# version it replaced.
 _PUBLISH = _PAST_DEADLINE + """
+if redis.call('GET', KEYS[7]) ~= ARGV[10] then return -5 end
 if past_deadline(ARGV[8]) then return -3 end
+if ARGV[9] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[9] then return -4 end
 if ARGV[5] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then return -2 end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
@@ -210,21 +236,28 @@ def _unavailable_as_store_error(method: Callable[P, T]) -> Callable[P, T]:
 
 @dataclass(frozen=True)
 class _Meta:
-    """A catalog's immutable settings (cached per process: they never change)."""
+    """A catalog's immutable settings, as its header key holds them (``raw``)."""
 
     encoder: EncoderIdentity
     raw_dtype: str
     block_rows: int
+    epoch: str
+    raw: bytes
 
     @property
     def raw_row_bytes(self) -> int:
         return self.encoder.dim * np.dtype(self.raw_dtype).itemsize
 
 
+@functools.lru_cache(maxsize=1024)
 @decoding("catalog header")
 def _parse_meta(text: bytes | str) -> _Meta:
     fields = json.loads(text)
-    meta = _Meta(EncoderIdentity(**fields["encoder"]), fields["raw_dtype"], fields["block_rows"])
+    # Headers written before epochs existed: their bytes (with created_at) identify them.
+    raw = text if isinstance(text, bytes) else text.encode()
+    epoch = fields.get("epoch") or hashlib.sha256(raw).hexdigest()[:32]
+    meta = _Meta(EncoderIdentity(**fields["encoder"]), fields["raw_dtype"], fields["block_rows"],
+                 str(epoch), raw)
     check_raw_dtype(meta.raw_dtype)
     if not isinstance(meta.block_rows, int) or meta.block_rows < 1:
         raise ValueError(f"block_rows {meta.block_rows!r}")
@@ -239,6 +272,34 @@ def _parse_json(text: bytes | str) -> dict[str, Any]:
     if not isinstance(fields, dict):
         raise TypeError("not a JSON object")
     return fields
+
+
+def batch_key(worker_id: str, batch_id: str) -> str:
+    """The exactly-once key of a batch: the worker id's length in bytes first, so no two
+    (worker_id, batch_id) pairs share a key whatever bytes they hold."""
+    return f"{len(worker_id.encode())}:{worker_id}:{batch_id}"
+
+
+def legacy_batch_key(worker_id: str, batch_id: str) -> str:
+    """The key the store used before ``batch_key`` ("worker\\0batch"), looked up so that
+    retries of batches applied before an upgrade stay duplicates. Only where it is exact:
+    with a NUL in either id, the old key may belong to another pair, so it is not used (a
+    retry of such a batch from before the upgrade counts again)."""
+    if "\0" in worker_id or "\0" in batch_id:
+        return ""
+    return f"{worker_id}\0{batch_id}"
+
+
+def _totals(pairs: bytes | str | None, weight: bytes | str | None,
+            batches: bytes | str | None) -> CooccurrenceTotals:
+    return CooccurrenceTotals(int(pairs or 0), float(weight or 0.0), int(batches or 0))
+
+
+def _records(records: dict[bytes, bytes], active: int, activated: dict[bytes, bytes]
+             ) -> list[VersionRecord]:
+    times = {int(v): float(t) for v, t in activated.items()}
+    versions = sorted(int(v) for v in records)
+    return [parse_record(v, records[str(v).encode()], active, times.get(v)) for v in versions]
 
 
 class RedisStore(CatalogStore):
@@ -284,7 +345,8 @@ class RedisStore(CatalogStore):
         self._prefix = key_prefix
         self._block_rows = block_rows
         self._compact_after = compact_after
-        self._metas: dict[str, _Meta] = {}
+        self._epochs = EpochWatch()
+        self._store_epoch: bytes | str | None = None
         scripts = {
             "apply": _APPLY_BATCHES,
             "compact": _COMPACT,
@@ -300,16 +362,25 @@ class RedisStore(CatalogStore):
         return ":".join((self._prefix, f"{{{name}}}", *map(str, parts)))
 
     def _meta(self, name: str) -> _Meta:
-        """The catalog's settings; ``NotFoundError`` for an unknown catalog."""
-        meta = self._metas.get(name)
+        """The catalog's settings, read from the store on every call (never a cached copy:
+        the store may have lost them); ``NotFoundError`` for an unknown catalog."""
+        verify_catalog(name)
+        meta = self._checked_meta(name, self._client.get(self._key(name, "meta")))
         if meta is None:
-            verify_catalog(name)
-            text = self._client.get(self._key(name, "meta"))
-            if text is None:
-                raise NotFoundError(f"catalog {name!r} does not exist")
-            meta = _parse_meta(text)
-            self._metas[name] = meta
+            raise NotFoundError(f"catalog {name!r} does not exist")
         return meta
+
+    def _checked_meta(self, name: str, text: bytes | str | None) -> _Meta | None:
+        """Parse a header read from the store and check its epoch against what this handle
+        saw before (``DataLostError`` if the catalog vanished or was replaced)."""
+        meta = None if text is None else _parse_meta(text)
+        self._epochs.check(name, None if meta is None else meta.epoch)
+        return meta
+
+    def _state(self, name: str, meta: _Meta, count: bytes | None,
+               active: bytes | None) -> CatalogState:
+        return CatalogState(name, meta.encoder, int(count or 0), int(active or 0),
+                            meta.raw_dtype, meta.epoch)
 
     def _count(self, name: str) -> int:
         return int(self._client.get(self._key(name, "count")) or 0)
@@ -337,6 +408,21 @@ class RedisStore(CatalogStore):
     def ping(self) -> None:
         self._client.ping()
 
+    @_unavailable_as_store_error
+    def probe(self) -> None:
+        self._epochs.raise_if_lost()
+        key = f"{self._prefix}:store"
+        # SET NX is a write: a Redis that refuses writes (maxmemory, read-only replica)
+        # fails here even though PING still answers.
+        self._client.set(key, new_epoch(), nx=True)
+        epoch = self._client.get(key)
+        if self._store_epoch is None:
+            self._store_epoch = epoch
+        elif epoch != self._store_epoch:
+            self._epochs.lose_store(
+                "its epoch key vanished or changed (Redis restarted empty or was flushed)")
+            self._epochs.raise_if_lost()
+
     def close(self) -> None:
         self._client.close()
 
@@ -346,32 +432,52 @@ class RedisStore(CatalogStore):
         self, name: str, encoder: EncoderIdentity, raw_dtype: str = "<f4"
     ) -> CatalogState:
         verify_catalog(name)
-        check_raw_dtype(raw_dtype)
-        meta = {
-            "encoder": {"name": encoder.name, "dim": encoder.dim},
-            "raw_dtype": raw_dtype,
-            "block_rows": self._block_rows,
-            "created_at": time.time(),
-        }
         with self._client.pipeline(transaction=True) as pipe:
-            pipe.set(self._key(name, "meta"), json.dumps(meta), nx=True)
+            pipe.set(self._key(name, "meta"), self._new_meta(encoder, raw_dtype), nx=True)
             pipe.set(self._key(name, "count"), 0, nx=True)
             pipe.execute()
         state = self.get_catalog(name)
         assert state is not None  # created above or before; catalogs are never deleted
         return state
 
+    def _new_meta(self, encoder: EncoderIdentity, raw_dtype: str) -> bytes:
+        """The header of a new catalog, with a fresh epoch."""
+        check_raw_dtype(raw_dtype)
+        return json.dumps({
+            "encoder": {"name": encoder.name, "dim": encoder.dim},
+            "raw_dtype": raw_dtype,
+            "block_rows": self._block_rows,
+            "created_at": time.time(),
+            "epoch": new_epoch(),
+        }).encode()
+
     @_unavailable_as_store_error
     def get_catalog(self, name: str) -> CatalogState | None:
-        try:
-            meta = self._meta(name)
-        except NotFoundError:
-            return None
+        verify_catalog(name)
         with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._key(name, "meta"))
             pipe.get(self._key(name, "count"))
             pipe.get(self._key(name, "active"))
-            count, active = pipe.execute()
-        return CatalogState(name, meta.encoder, int(count or 0), int(active or 0), meta.raw_dtype)
+            text, count, active = pipe.execute()
+        meta = self._checked_meta(name, text)
+        return None if meta is None else self._state(name, meta, count, active)
+
+    @_unavailable_as_store_error
+    def describe(self, name: str) -> CatalogSnapshot | None:
+        verify_catalog(name)
+        with self._client.pipeline(transaction=True) as pipe:
+            for suffix in ("meta", "count", "active"):
+                pipe.get(self._key(name, suffix))
+            pipe.hgetall(self._key(name, "versions"))
+            pipe.hgetall(self._key(name, "activated"))
+            pipe.hmget(self._key(name, "cooc"), ["pairs", "weight", "batches"])
+            text, count, active, records, activated, cooc = pipe.execute()
+        meta = self._checked_meta(name, text)
+        if meta is None:
+            return None
+        state = self._state(name, meta, count, active)
+        return CatalogSnapshot(state, _records(records, state.active_version, activated),
+                               _totals(*cooc))
 
     @_unavailable_as_store_error
     def find_rows(self, name: str, ids: Sequence[str]) -> np.ndarray:
@@ -388,21 +494,21 @@ class RedisStore(CatalogStore):
         self, name: str, ids: Sequence[str]
     ) -> tuple[CatalogState | None, np.ndarray]:
         """One MULTI: the state and the rows come from the same snapshot."""
-        try:
-            meta = self._meta(name)
-        except NotFoundError:
-            return None, np.full(len(ids), -1, dtype=np.int64)
+        verify_catalog(name)
         key = self._key(name, "ids")
         with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._key(name, "meta"))
             pipe.get(self._key(name, "count"))
             pipe.get(self._key(name, "active"))
             for i in range(0, len(ids), _CHUNK):
                 pipe.hmget(key, list(ids[i : i + _CHUNK]))
-            count, active, *chunks = pipe.execute()
+            text, count, active, *chunks = pipe.execute()
+        meta = self._checked_meta(name, text)
+        if meta is None:
+            return None, np.full(len(ids), -1, dtype=np.int64)
         found = [row for chunk in chunks for row in chunk]
         rows = np.array([-1 if row is None else int(row) for row in found], dtype=np.int64)
-        state = CatalogState(name, meta.encoder, int(count or 0), int(active or 0), meta.raw_dtype)
-        return state, rows
+        return self._state(name, meta, count, active), rows
 
     @_unavailable_as_store_error
     @_unavailable_as_store_error
@@ -473,15 +579,22 @@ class RedisStore(CatalogStore):
                              int(expires_ms) / 1000)
 
     @_unavailable_as_store_error
-    def commit_items(
-        self, name: str, changes: ItemChanges, request: RequestRecord | None = None
-    ) -> int:
-        meta = self._meta(name)
+    def commit_items(self, name: str, changes: ItemChanges, request: RequestRecord | None = None,
+                     *, create: tuple[EncoderIdentity, str] | None = None) -> int:
+        verify_catalog(name)
+        meta_key = self._key(name, "meta")
         count_key, ids_key = self._key(name, "count"), self._key(name, "ids")
         request_key = self._request_key(name, request.request_id) if request else None
         try:
             with self._client.pipeline(transaction=True) as pipe:
-                pipe.watch(count_key, *([request_key] if request_key else []))
+                pipe.watch(meta_key, count_key, *([request_key] if request_key else []))
+                meta = self._checked_meta(name, pipe.get(meta_key))
+                header = None
+                if meta is None:
+                    if create is None:
+                        raise NotFoundError(f"catalog {name!r} does not exist")
+                    header = self._new_meta(*create)
+                    meta = _parse_meta(header)
                 if request_key and pipe.exists(request_key):
                     raise ConflictError("the request was committed by a concurrent call")
                 count = int(pipe.get(count_key) or 0)
@@ -496,9 +609,15 @@ class RedisStore(CatalogStore):
                     chunk = changes.new_ids[i : i + _CHUNK]
                     rows = pipe.hmget(ids_key, chunk)
                     taken = [id_ for id_, row in zip(chunk, rows, strict=True) if row is not None]
+                    if taken and int(pipe.get(count_key) or 0) != count:
+                        # A concurrent upsert committed between the two reads: the race was
+                        # lost, nothing is wrong with the request (ABORTED, retry).
+                        raise ConflictError(f"a concurrent upsert of {name!r} committed first")
                     if taken:
-                        raise ValueError(f"item id {taken[0]!r} already has a row")
+                        raise ValueError(f"item id {shown(taken[0])} already has a row")
                 pipe.multi()
+                if header is not None:  # the catalog and its first items in one step
+                    pipe.set(meta_key, header)
                 self._queue_items(pipe, name, meta, changes)
                 if request is not None and request_key is not None:
                     pipe.hset(request_key, mapping={"fingerprint": request.fingerprint,
@@ -583,9 +702,9 @@ class RedisStore(CatalogStore):
 
     # -- versions -----------------------------------------------------------------------
     @_unavailable_as_store_error
-    def write_version(
-        self, name: str, new: NewVersion, activate: bool, request: RequestRecord | None = None
-    ) -> VersionRecord:
+    def write_version(self, name: str, new: NewVersion, activate: bool,
+                      request: RequestRecord | None = None, *,
+                      lock_owner: str | None = None) -> PublishedVersion:
         meta = self._meta(name)
         check_new_version(new, meta.encoder.dim, self._count(name))
         created_at = time.time()
@@ -593,19 +712,17 @@ class RedisStore(CatalogStore):
         version = self._write_payload(name, new, created_at)
         activated_at = time.time() if activate else None
         try:
-            self._publish(name, version, record, activated_at, request)
-        except ConflictError:  # collected meanwhile: drop blocks written after the collection
-            blocks = -(-new.item_count // meta.block_rows)
-            self._client.unlink(*self._payload_keys(name, version, blocks))
-            raise
-        except CallEnded:  # refused before publishing (the call died): nothing is visible
+            previous = self._publish(name, meta, version, record, activated_at, request,
+                                     lock_owner)
+        except (ConflictError, DataLostError, CallEnded):  # nothing published: drop the payload
             blocks = -(-new.item_count // meta.block_rows)
             with self._client.pipeline(transaction=True) as pipe:
                 pipe.hdel(self._key(name, "pending"), str(version))
                 pipe.unlink(*self._payload_keys(name, version, blocks))
                 pipe.execute()
             raise
-        return parse_record(version, record, version if activate else 0, activated_at)
+        return PublishedVersion(
+            parse_record(version, record, version if activate else 0, activated_at), previous)
 
     def _payload_keys(self, name: str, version: int, blocks: int) -> list[str]:
         keys = [self._key(name, "v", version, "W"), self._key(name, "v", version, "mean")]
@@ -632,15 +749,15 @@ class RedisStore(CatalogStore):
             pipe.execute()
         return version
 
-    def _publish(
-        self, name: str, version: int, record: str, activated_at: float | None,
-        request: RequestRecord | None = None,
-    ) -> int:
-        """Make the version visible (and active, with ``activated_at``) in one atomic step,
-        with ``request``'s record; returns the previously active version."""
+    def _publish(self, name: str, meta: _Meta, version: int, record: str,
+                 activated_at: float | None, request: RequestRecord | None,
+                 lock_owner: str | None) -> int:
+        """Make the version visible (and active, with ``activated_at``) in one atomic step
+        that also checks the catalog's epoch, the call's deadline and the lock owner, with
+        ``request``'s record; returns the previously active version."""
         keys = [self._key(name, k) for k in ("pending", "versions", "active", "activated")]
         activate = "1" if activated_at is not None else "0"
-        args: list[str | int | float] = [version, record, activate, activated_at or 0.0]
+        args: list[Any] = [version, record, activate, activated_at or 0.0]
         if request is None:
             keys.append(self._key(name, "req", "-"))  # unused: every key names the catalog
             args += ["", "", 0]
@@ -648,10 +765,20 @@ class RedisStore(CatalogStore):
             keys.append(self._request_key(name, request.request_id))
             args += [request.fingerprint, json.dumps(request.outcome),
                      int(request.expires_at * 1000)]
+        keys += [self._key(name, "refit_lock"), self._key(name, "meta")]
         check_commit()  # the call is alive now; the script checks its deadline again
-        previous = int(self._scripts["publish"](keys=keys, args=[*args, commit_deadline_ms()]))
+        args += [commit_deadline_ms(), lock_owner or "", meta.raw]
+        previous = int(self._scripts["publish"](keys=keys, args=args))
+        if previous == -5:
+            self._meta(name)  # raises DataLostError (vanished) or NotFoundError
+            raise DataLostError(f"catalog {name!r} changed in the store during the refit")
         if previous == -3:
             raise deadline_passed()
+        if previous == -4:
+            raise ConflictError(
+                f"the refit of {name!r} no longer holds the refit lock (its lease ran out and "
+                "another refit may have taken it): nothing was published; refit again"
+            )
         if previous == -2:
             raise ConflictError("the request was committed by a concurrent call")
         if previous < 0:
@@ -663,16 +790,10 @@ class RedisStore(CatalogStore):
 
     @_unavailable_as_store_error
     def versions(self, name: str) -> list[VersionRecord]:
-        self._meta(name)
-        with self._client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self._key(name, "versions"))
-            pipe.get(self._key(name, "active"))
-            pipe.hgetall(self._key(name, "activated"))
-            records, active, activated = pipe.execute()
-        active = int(active or 0)
-        times = {int(v): float(t) for v, t in activated.items()}
-        versions = sorted(int(v) for v in records)
-        return [parse_record(v, records[str(v).encode()], active, times.get(v)) for v in versions]
+        snapshot = self.describe(name)
+        if snapshot is None:
+            raise NotFoundError(f"catalog {name!r} does not exist")
+        return snapshot.versions
 
     @_unavailable_as_store_error
     def activate(self, name: str, version: int) -> int:
@@ -735,25 +856,35 @@ class RedisStore(CatalogStore):
 
     # -- co-occurrence ------------------------------------------------------------------
     @_unavailable_as_store_error
-    def apply_pair_batches(self, name: str, batches: Sequence[PairBatch]) -> tuple[int, int]:
-        self._meta(name)
+    def apply_pair_batches(self, name: str, batches: Sequence[PairBatch]) -> PushOutcome:
+        meta = self._meta(name)
         count = self._count(name)  # counts only grow: a row valid now stays valid
         args: list[Any] = []
+        weights = []
         for batch in batches:
             check_pair_batch(batch, count)
-            weight = float(np.sum(batch.weights, dtype=np.float64))
+            weights.append(float(np.sum(batch.weights, dtype=np.float64)))
             blob = pack_pairs(batch.rows, batch.cols, np.asarray(batch.weights, np.float32))
-            args += [f"{batch.worker_id}\x00{batch.batch_id}", blob, len(batch.rows), repr(weight)]
+            args += [batch_key(batch.worker_id, batch.batch_id),
+                     legacy_batch_key(batch.worker_id, batch.batch_id), blob, len(batch.rows),
+                     repr(weights[-1])]
         if not batches:
-            return 0, 0
-        keys = [self._key(name, k) for k in ("batches", "pairs", "cooc", "meta")]
+            return PushOutcome(0, 0, 0, 0.0, self.cooccurrence_totals(name))
+        keys = [self._key(name, k) for k in ("batch_keys", "pairs", "cooc", "meta", "batches")]
         check_commit()  # the call is alive now; the script checks its deadline again
-        applied = int(self._scripts["apply"](keys=keys, args=[commit_deadline_ms(), *args]))
-        if applied == -3:
+        reply = self._scripts["apply"](keys=keys, args=[meta.raw, commit_deadline_ms(), *args])
+        if reply == -1:
+            self._meta(name)  # raises DataLostError (vanished) or NotFoundError
+            raise DataLostError(f"catalog {name!r} changed in the store during the push")
+        if reply == -3:
             raise deadline_passed()
-        if applied < 0:
-            raise NotFoundError(f"catalog {name!r} does not exist")
-        return applied, len(batches) - applied
+        flags, *totals = reply
+        applied = [flag == ord("1") for flag in bytes(flags)]
+        return PushOutcome(
+            applied=sum(applied), duplicates=len(batches) - sum(applied),
+            pairs=sum(len(b.rows) for b, new in zip(batches, applied, strict=True) if new),
+            weight=sum(w for w, new in zip(weights, applied, strict=True) if new),
+            totals=_totals(*totals))
 
     def _log_snapshot(self, name: str) -> tuple[bytes, list[bytes]]:
         with self._client.pipeline(transaction=True) as pipe:
@@ -791,10 +922,8 @@ class RedisStore(CatalogStore):
     @_unavailable_as_store_error
     def cooccurrence_totals(self, name: str) -> CooccurrenceTotals:
         self._meta(name)
-        pairs, weight, batches = self._client.hmget(
-            self._key(name, "cooc"), ["pairs", "weight", "batches"]
-        )
-        return CooccurrenceTotals(int(pairs or 0), float(weight or 0.0), int(batches or 0))
+        return _totals(*self._client.hmget(self._key(name, "cooc"),
+                                           ["pairs", "weight", "batches"]))
 
     # -- refit lock ---------------------------------------------------------------------
     @_unavailable_as_store_error

@@ -45,10 +45,14 @@ class EmbeddingServiceStub:
     GetItemEmbeddings streams or of queued encoder work (retry with backoff); INVALID_ARGUMENT
     for request bytes that are not a valid message; DEADLINE_EXCEEDED and CANCELLED as set by
     the caller, and DEADLINE_EXCEEDED when a call runs past the server's maximum call duration,
-    a request stream sends nothing (or a reader takes nothing) for the server's idle timeout.
-    A caller's mistake is never INTERNAL, and a call that fails with any status changes
-    nothing: mutating calls commit only while they are alive (not cancelled, inside their
-    deadline), checked in the same atomic step as the commit.
+    a request stream sends nothing (or a reader takes nothing) for the server's idle timeout;
+    DATA_LOSS when the store lost or replaced data this server had served (a catalog vanished,
+    or was created again under its name, because the store restarted empty, was flushed or was
+    restored from elsewhere): health turns NOT_SERVING, and the server keeps refusing until it
+    is restarted after the data is restored or re-ingested. A caller's mistake is never
+    INTERNAL, and a call that fails with any status changes nothing: mutating calls commit only
+    while they are alive (not cancelled, inside their deadline), checked in the same atomic
+    step as the commit. Error messages never quote a caller's value whole.
     """
 
     def __init__(self, channel):
@@ -134,10 +138,14 @@ class EmbeddingServiceServicer:
     GetItemEmbeddings streams or of queued encoder work (retry with backoff); INVALID_ARGUMENT
     for request bytes that are not a valid message; DEADLINE_EXCEEDED and CANCELLED as set by
     the caller, and DEADLINE_EXCEEDED when a call runs past the server's maximum call duration,
-    a request stream sends nothing (or a reader takes nothing) for the server's idle timeout.
-    A caller's mistake is never INTERNAL, and a call that fails with any status changes
-    nothing: mutating calls commit only while they are alive (not cancelled, inside their
-    deadline), checked in the same atomic step as the commit.
+    a request stream sends nothing (or a reader takes nothing) for the server's idle timeout;
+    DATA_LOSS when the store lost or replaced data this server had served (a catalog vanished,
+    or was created again under its name, because the store restarted empty, was flushed or was
+    restored from elsewhere): health turns NOT_SERVING, and the server keeps refusing until it
+    is restarted after the data is restored or re-ingested. A caller's mistake is never
+    INTERNAL, and a call that fails with any status changes nothing: mutating calls commit only
+    while they are alive (not cancelled, inside their deadline), checked in the same atomic
+    step as the commit. Error messages never quote a caller's value whole.
     """
 
     def UpsertItems(self, request_iterator, context):
@@ -167,7 +175,8 @@ class EmbeddingServiceServicer:
 
     def DescribeCatalog(self, request, context):
         """Describes a catalog: items, encoder, active version, every version with its parameters
-        and diagnostics, and the co-occurrence totals (trainer).
+        and diagnostics, and the co-occurrence totals (trainer), all read from one snapshot of
+        the store (active_version is the version the list marks ACTIVE).
 
         Errors: INVALID_ARGUMENT for a bad catalog name; NOT_FOUND for an unknown catalog.
         """
@@ -236,9 +245,12 @@ class EmbeddingServiceServicer:
         encoder's dim, a non-finite or negative lam, a retention_budget outside (0, 1], or a
         top_k with a transform other than GRAPH_TRANSFORM_TOP_K; NOT_FOUND for an unknown
         catalog; FAILED_PRECONDITION when the catalog has fewer than dim + 1 items, when lam > 0
-        is asked for and the catalog has no co-occurrence counts yet, or when its normalized raw
-        vectors have no variance; ABORTED when another refit of this catalog is already running
-        (retry after it finishes).
+        is asked for and the catalog has no co-occurrence counts yet, when its normalized raw
+        vectors have no variance, or when dim exceeds the number of directions in which they
+        vary (the message says the largest dim the data supports); ABORTED when another refit
+        of this catalog is already running (retry after it finishes), or when this refit's lock
+        lease ran out before it published (a fencing check in the publish step: nothing was
+        published; retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -413,10 +425,14 @@ class EmbeddingService:
     GetItemEmbeddings streams or of queued encoder work (retry with backoff); INVALID_ARGUMENT
     for request bytes that are not a valid message; DEADLINE_EXCEEDED and CANCELLED as set by
     the caller, and DEADLINE_EXCEEDED when a call runs past the server's maximum call duration,
-    a request stream sends nothing (or a reader takes nothing) for the server's idle timeout.
-    A caller's mistake is never INTERNAL, and a call that fails with any status changes
-    nothing: mutating calls commit only while they are alive (not cancelled, inside their
-    deadline), checked in the same atomic step as the commit.
+    a request stream sends nothing (or a reader takes nothing) for the server's idle timeout;
+    DATA_LOSS when the store lost or replaced data this server had served (a catalog vanished,
+    or was created again under its name, because the store restarted empty, was flushed or was
+    restored from elsewhere): health turns NOT_SERVING, and the server keeps refusing until it
+    is restarted after the data is restored or re-ingested. A caller's mistake is never
+    INTERNAL, and a call that fails with any status changes nothing: mutating calls commit only
+    while they are alive (not cancelled, inside their deadline), checked in the same atomic
+    step as the commit. Error messages never quote a caller's value whole.
     """
 
     @staticmethod
