@@ -22,6 +22,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.service.handlers import Behavior, Continuation, behavior_of, with_behavior
 from server.service.logging_setup import log_rpc
 
@@ -212,10 +213,20 @@ def _is_dead_call_write(error: BaseException) -> bool:
     return type(error).__name__ == "ExecuteBatchError"
 
 
-def rpc_type(handler: grpc.RpcMethodHandler) -> str:
-    """The grpc-ecosystem ``grpc_type`` label of a handler."""
-    return {(False, False): "unary", (True, False): "client_stream",
-            (False, True): "server_stream", (True, True): "bidi_stream"}[
+_TYPES = {(False, False): "unary", (True, False): "client_stream",
+          (False, True): "server_stream", (True, True): "bidi_stream"}
+# The contract's own streaming kinds: the call guard serves every method of the service
+# through request-stream handlers (raw-bytes parsing), so the handler's kind is not the RPC's.
+_CONTRACT_TYPES = {
+    f"/{method.containing_service.full_name}/{method.name}":
+        _TYPES[(method.client_streaming, method.server_streaming)]
+    for service in pb.DESCRIPTOR.services_by_name.values() for method in service.methods}
+
+
+def rpc_type(method: str, handler: grpc.RpcMethodHandler) -> str:
+    """The grpc-ecosystem ``grpc_type`` label of a call: the contract's kind of the RPC,
+    or (other services) the handler's."""
+    return _CONTRACT_TYPES.get(method) or _TYPES[
         (bool(handler.request_streaming), bool(handler.response_streaming))]
 
 
@@ -242,7 +253,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             return None
         behavior = behavior_of(handler)
         method = handler_call_details.method
-        kind = rpc_type(handler)
+        kind = rpc_type(method, handler)
         if inspect.isasyncgenfunction(behavior):
             return with_behavior(handler, self._observe_stream(method, kind, behavior))
         if inspect.iscoroutinefunction(behavior):
