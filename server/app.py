@@ -17,12 +17,12 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from prometheus_client import make_wsgi_app
 
 from protos.metadata import SERVICE
 from server.call_lifetime import SHUTTING_DOWN
 from server.config import ConfigError, ServerConfig
+from server.console.api import Console, console_authenticator
 from server.encoders.base import Encoder
 from server.service.auth import auth_interceptor
 from server.service.call_limits import CallGuard, CallLimits, LiveCalls
@@ -30,6 +30,7 @@ from server.service.catalog_service import CatalogService, Limits
 from server.service.encoder_executor import EncoderExecutor
 from server.service.metrics import MetricsInterceptor, ServiceMetrics, start_metrics_server
 from server.service.servicer import EmbeddingServicer, add_to_server
+from server.service.standard_services import HealthWithList, add_reflection
 from server.service.tls import add_listening_port
 from server.settings import flag_name
 from server.stores import CatalogStore, DataLostError, StoreError, open_store
@@ -85,7 +86,7 @@ class EmbeddingServer:
         self._store = store
         self._encoder = encoder
         self.metrics = ServiceMetrics()
-        self.health = HealthServicer()
+        self.health = HealthWithList()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
@@ -93,6 +94,7 @@ class EmbeddingServer:
         self._watch_encoder_task: asyncio.Task[None] | None = None
         self._encoders: EncoderExecutor | None = None
         self.guard = CallGuard(build_call_limits(config), LiveCalls())
+        self.servicer: EmbeddingServicer | None = None
 
     async def start(self) -> int:
         """Load the encoder and reach the store, then open the port. Health is NOT_SERVING
@@ -119,17 +121,14 @@ class EmbeddingServer:
                      ("grpc.so_reuseport", 0)],
         )
         self._encoders = EncoderExecutor(encoder, config.encoder_queue_limit)
-        service = CatalogService(store, self._encoders, Limits.from_config(config))
-        add_to_server(
-            EmbeddingServicer(service, self.metrics, config.default_chunk_bytes,
-                              config.max_send_message_bytes, self.guard,
-                              config.pull_buffer_bytes),
-            server,
-        )
+        service = CatalogService(store, self._encoders, Limits.from_config(config),
+                                 encode_listener=self.metrics.record_encode_progress)
+        self.servicer = EmbeddingServicer(service, self.metrics, config.default_chunk_bytes,
+                                          config.max_send_message_bytes, self.guard,
+                                          config.pull_buffer_bytes)
+        add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), server)
+        add_reflection(server, (SERVICE,))
         try:
             self.port = add_listening_port(server, config)
         except RuntimeError as error:  # gRPC's "Failed to bind": in use, or not ours
@@ -138,9 +137,11 @@ class EmbeddingServer:
                               ) from error
         await server.start()
         self._server = server
-        if config.metrics_port:
+        if config.metrics_port:  # /metrics and the web console
+            console = Console(service, console_authenticator(config),
+                              make_wsgi_app(self.metrics.registry))
             self._metrics_http = start_metrics_server(
-                config.metrics_port, config.host, self.metrics.registry)
+                config.metrics_port, config.host, self.metrics.registry, console)
         await self._set_health(True)
         await self.health.set(ENCODER_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._watch = asyncio.create_task(self._watch_store(store))
@@ -210,6 +211,8 @@ class EmbeddingServer:
             if task is not None:
                 task.cancel()
         await self.health.enter_graceful_shutdown()
+        if self.servicer is not None:
+            self.servicer.close()
         grace = self.config.shutdown_grace_seconds if grace is None else grace
         if self._server is not None:
             await self._server.stop(grace)

@@ -105,3 +105,19 @@ class EmptyEmbeddingService(pb_grpc.EmbeddingServiceServicer):
     async def SimilarItems(self, request, context):
         self.roles.append(current_role())
         return pb.SimilarItemsResponse()
+
+    async def WatchCatalog(self, request, context):
+        self.roles.append(current_role())
+        yield pb.WatchCatalogResponse()
+
+    async def StartRefit(self, request, context):
+        self.roles.append(current_role())
+        return pb.StartRefitResponse()
+
+    async def GetRefitOperation(self, request, context):
+        self.roles.append(current_role())
+        return pb.GetRefitOperationResponse()
+
+    async def WatchRefitOperation(self, request, context):
+        self.roles.append(current_role())
+        yield pb.WatchRefitOperationResponse()

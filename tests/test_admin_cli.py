@@ -190,12 +190,50 @@ def test_refit_stage_activate_rollback_and_similar(admin, server, item_file: Pat
     assert code == 0
     lines = out.strip().splitlines()
     assert lines[0] == "life version 1: nearest to '10'"
-    assert lines[1].split() == ["rank", "score", "item"] and len(lines) == 2 + 3
+    assert lines[1].split() == ["rank", "score", "item", "text"] and len(lines) == 2 + 3
     neighbours = [line.split()[2] for line in lines[2:]]
     assert "10" not in neighbours and len(set(neighbours)) == 3
+    titles = {movie[0]: movie[1] for movie in MOVIES}  # each neighbour printed with its text
+    assert all(titles[line.split()[2]] in line for line in lines[2:])
+
+    code, out, _ = admin("similar", "--catalog", "life", "--item", "10", "--k", "3",
+                         "--dim", "4")
+    assert code == 0 and out.startswith("life version 1, first 4 dims: nearest to '10'")
 
     code, out, _ = admin("similar", "--catalog", "life", "--item", "10", "--version", "2")
     assert code == 0 and out.startswith("life version 2:") and len(out.strip().splitlines()) == 12
+
+
+def test_refit_detach_and_reattach_and_the_blocking_form(admin, server, item_file: Path
+                                                        ) -> None:
+    assert admin("ingest", "--catalog", "ops", "--recbole-item", str(item_file))[0] == 0
+    code, out, _ = admin("refit", "--catalog", "ops", "--dim", "4", "--lam", "0", "--detach")
+    name = out.strip()
+    assert code == 0 and name.startswith("refits/") and len(out.splitlines()) == 1
+    code, out, _ = admin("operation", "--name", name)  # re-attach: the outcome
+    assert code == 0 and "ops: version 1 staged" in out and "retained variance" in out
+    code, out, _ = admin("operation", "--name", name)  # again: the same, finished one
+    assert code == 0 and "ops: version 1 staged" in out
+    code, out, _ = admin("refit", "--catalog", "ops", "--dim", "4", "--lam", "0",
+                         "--blocking", "--activate")
+    assert code == 0 and "ops: version 2 active" in out
+
+    code, _, err = admin("refit", "--catalog", "ops", "--dim", "4", "--lam", "0.5")
+    assert code == 1 and "FAILED_PRECONDITION" in err and "co-occurrence" in err
+    code, _, err = admin("operation", "--name", "refits/000000000000/" + "0" * 32)
+    assert code == 1 and err.startswith("error: NOT_FOUND: no refit operation")
+    code, _, err = admin("operation", "--name", "nonsense")
+    assert code == 1 and "INVALID_ARGUMENT" in err
+
+
+def test_a_refit_that_fails_on_the_server_prints_its_error(admin, server) -> None:
+    with server.channel() as channel:  # every item the same text: no variance to fit
+        server.stub(channel).UpsertItems(iter([pb.UpsertItemsRequest(
+            catalog="same", items=[pb.Item(id=str(i), text="one text") for i in range(8)])]),
+            timeout=60)
+    code, out, err = admin("refit", "--catalog", "same", "--dim", "2", "--lam", "0")
+    assert code == 1 and out == ""
+    assert err.splitlines()[-1].startswith("error: FAILED_PRECONDITION: cannot fit catalog")
 
 
 def test_server_errors_print_code_and_details_and_exit_1(admin, item_file: Path) -> None:
@@ -260,13 +298,14 @@ def test_argument_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ("ingest", ["--catalog", "--recbole-item", "--csv", "--id-column", "--text-column",
-                    "--batch", "--per-call"]),
+        ("ingest", ["--catalog", "--recbole-item", "--csv", "--parquet", "--jsonl",
+                    "--id-column", "--text-column", "--batch", "--per-call"]),
         ("refit", ["--catalog", "--dim", "--lam", "--retention", "--transform", "--top-k",
-                   "--activate", "--stage"]),
+                   "--activate", "--stage", "--detach", "--blocking"]),
+        ("operation", ["--name"]),
         ("activate", ["--catalog", "--version"]),
         ("describe", ["--catalog", "--json"]),
-        ("similar", ["--catalog", "--item", "--k", "--version"]),
+        ("similar", ["--catalog", "--item", "--k", "--version", "--dim"]),
     ],
 )
 def test_help_of_each_subcommand_documents_its_options(
@@ -289,7 +328,7 @@ def test_module_help_runs_as_a_subprocess() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m trainer_client.admin")
-    for command in ("ingest", "refit", "activate", "describe", "similar"):
+    for command in ("ingest", "refit", "operation", "activate", "describe", "similar"):
         assert command in result.stdout
 
 
@@ -345,6 +384,64 @@ def test_a_bad_catalog_name_is_invalid_argument(admin) -> None:
     code, _, err = admin("similar", "--catalog", "Bad Name!", "--item", "1")
     assert code == 1 and err.startswith("error: INVALID_ARGUMENT: ")
     assert "Traceback" not in err
+
+
+def test_ingest_reads_parquet_and_json_lines(admin, server, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    movies = {int(m[0]): f"{m[1]} ({m[2]}). Genres: {m[3]}" for m in MOVIES}
+    table = pa.table({"movie_id": list(movies), "title": list(movies.values()),
+                      "extra": [1.5] * len(movies)})
+    pq.write_table(table, tmp_path / "movies.parquet", row_group_size=5)
+    code, out, _ = admin("ingest", "--catalog", "from-parquet", "--parquet",
+                         str(tmp_path / "movies.parquet"), "--id-column", "movie_id",
+                         "--text-column", "title")
+    assert code == 0 and out.splitlines()[1].split() == ["16", "0", "0", "16"]
+
+    lines = [json.dumps({"id": str(i), "text": t, "more": [1]}) for i, t in movies.items()]
+    (tmp_path / "movies.jsonl").write_text("\n".join(lines[:8]) + "\n\n"
+                                           + "\n".join(lines[8:]) + "\n", encoding="utf-8")
+    code, out, _ = admin("ingest", "--catalog", "from-parquet", "--jsonl",
+                         str(tmp_path / "movies.jsonl"))
+    assert code == 0 and out.splitlines()[1].split() == ["0", "0", "16", "16"]  # same texts
+    with server.channel() as channel:
+        described = server.stub(channel).DescribeCatalog(
+            pb.DescribeCatalogRequest(catalog="from-parquet"), timeout=30)
+    assert described.item_count == 16
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"id": "1", "text": "a"}\n{"id": "1", "text": "b"}\n', "(line 2): duplicate id '1'"),
+    ('{"id": "1", "text": "a"}\n[1, 2]\n', ":2: each line must be a JSON object"),
+    ('{"id": "1", "text": "a"}\nnot json\n', ":2: not JSON"),
+    ('{"id": "1", "name": "a"}\n', "no field 'text' (fields: id, name)"),
+    ('{"id": "1", "text": ""}\n', "(line 1): empty or non-text id or text"),
+    ('{"id": 1.5, "text": "a"}\n', "(line 1): empty or non-text id or text"),
+])
+def test_bad_json_lines_are_refused_with_the_line(admin, tmp_path: Path, content: str,
+                                                  message: str) -> None:
+    path = tmp_path / "items.jsonl"
+    path.write_text(content, encoding="utf-8")
+    code, _, err = admin("ingest", "--catalog", "bad-jsonl", "--jsonl", str(path))
+    assert code == 2 and message in err, err
+
+
+def test_bad_parquet_files_are_refused(admin, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "not.parquet").write_bytes(b"PAR1 not really")
+    code, _, err = admin("ingest", "--catalog", "bad-pq", "--parquet",
+                         str(tmp_path / "not.parquet"))
+    assert code == 2 and "not a Parquet file" in err
+    pq.write_table(pa.table({"id": ["a", None], "text": ["x", "y"]}), tmp_path / "null.parquet")
+    code, _, err = admin("ingest", "--catalog", "bad-pq", "--parquet",
+                         str(tmp_path / "null.parquet"))
+    assert code == 2 and "(row 2): empty or non-text id or text" in err
+    code, _, err = admin("ingest", "--catalog", "bad-pq", "--parquet",
+                         str(tmp_path / "null.parquet"), "--text-column", "title")
+    assert code == 2 and "no column 'title' (columns: id, text)" in err
 
 
 class _Unavailable(grpc.RpcError):

@@ -52,6 +52,10 @@ RPCS = (
     Rpc("RefitProjection", pb.RefitProjectionRequest(catalog="c")),
     Rpc("ActivateVersion", pb.ActivateVersionRequest(catalog="c")),
     Rpc("SimilarItems", pb.SimilarItemsRequest(catalog="c")),
+    Rpc("WatchCatalog", pb.WatchCatalogRequest(catalog="c"), server_streaming=True),
+    Rpc("StartRefit", pb.StartRefitRequest()),
+    Rpc("GetRefitOperation", pb.GetRefitOperationRequest(name="n")),
+    Rpc("WatchRefitOperation", pb.WatchRefitOperationRequest(name="n"), server_streaming=True),
 )
 ADMIN_RPCS = tuple(rpc for rpc in RPCS if REQUIRED_ROLE[f"/{SERVICE}/{rpc.name}"] is Role.ADMIN)
 TRAINER_RPCS = tuple(rpc for rpc in RPCS if rpc not in ADMIN_RPCS)

@@ -218,7 +218,7 @@ def test_compose_builds_existing_dockerfiles(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         build = service.get("build")
         if build is None:
-            assert re.search(r":\d+\.\d+", service["image"]), f"{name}: image not pinned"
+            assert re.search(r":v?\d+\.\d+", service["image"]), f"{name}: image not pinned"
             continue
         dockerfile = (ROOT / build["context"] / build["dockerfile"]).resolve()
         assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"

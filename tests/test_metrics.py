@@ -53,14 +53,19 @@ class Server:
     def stub(self) -> pb_grpc.EmbeddingServiceStub:
         return pb_grpc.EmbeddingServiceStub(self.channel)
 
-    def sample(self, name: str, method: str, code: str, service: str = SERVICE) -> float:
-        labels = {"service": service, "method": method, "code": code}
+    def sample(self, name: str, method: str, code: str | None, service: str = SERVICE,
+               kind: str = "unary") -> float:
+        labels = {"grpc_service": service, "grpc_method": method, "grpc_type": kind}
+        if code is not None:
+            labels["grpc_code"] = code
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
-    def handled(self, method: str, code: str, count: int, service: str = SERVICE) -> bool:
+    def handled(self, method: str, code: str, count: int, service: str = SERVICE,
+                kind: str = "unary") -> bool:
         """Whether ``count`` calls ended with ``code``, waiting for late records."""
         return eventually(
-            lambda: self.sample("tfllmer_rpc_handled_total", method, code, service) == count
+            lambda: self.sample("grpc_server_handled_total", method, code, service, kind)
+            == count
         )
 
 
@@ -93,32 +98,30 @@ def test_unary_rpcs_are_counted_and_timed_by_method_and_status(server: Server) -
     expected = {"OK": 2, "NOT_FOUND": 1, "UNKNOWN": 1, "UNAUTHENTICATED": 1}
     for code, count in expected.items():
         assert server.handled("DescribeCatalog", code, count)
-        assert server.sample("tfllmer_rpc_duration_seconds_count", "DescribeCatalog", code) == count
-    started = server.metrics.registry.get_sample_value(
-        "tfllmer_rpc_started_total", {"service": SERVICE, "method": "DescribeCatalog"}
-    )
-    assert started == 5
+    assert server.sample("grpc_server_handling_seconds_count", "DescribeCatalog", None) == 5
+    assert server.sample("grpc_server_started_total", "DescribeCatalog", None) == 5
 
 
 def test_server_stream_is_timed_until_it_ends(server: Server) -> None:
     request = pb.GetItemEmbeddingsRequest(catalog="c")
     responses = list(server.stub.GetItemEmbeddings(request, metadata=AUTHORIZED, timeout=10))
     assert len(responses) == 3
-    seconds = server.sample("tfllmer_rpc_duration_seconds_sum", "GetItemEmbeddings", "OK")
+    seconds = server.sample("grpc_server_handling_seconds_sum", "GetItemEmbeddings", None,
+                            kind="server_stream")
     assert seconds >= 3 * STREAM_PAUSE_SECONDS
 
 
 def test_client_stream_is_counted(server: Server) -> None:
     requests = iter([pb.PushCooccurrenceRequest(catalog="c")] * 3)
     server.stub.PushCooccurrence(requests, metadata=AUTHORIZED, timeout=10)
-    assert server.handled("PushCooccurrence", "OK", 1)
+    assert server.handled("PushCooccurrence", "OK", 1, kind="client_stream")
 
 
 def test_stream_cancelled_by_the_client_is_counted_as_cancelled(server: Server) -> None:
     watch = health_pb2_grpc.HealthStub(server.channel).Watch(health_pb2.HealthCheckRequest())
     next(watch)  # the first status; the stream then waits for changes
     watch.cancel()
-    assert server.handled("Watch", "CANCELLED", 1, service=HEALTH)
+    assert server.handled("Watch", "CANCELLED", 1, service=HEALTH, kind="server_stream")
 
 
 def test_each_rpc_writes_one_access_log_line(
@@ -150,9 +153,10 @@ def test_metrics_endpoint_serves_the_registry(server: Server) -> None:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-    handled = (("code", "OK"), ("method", "DescribeCatalog"), ("service", SERVICE))
-    assert samples[("tfllmer_rpc_handled_total", handled)] == 1
-    assert samples[("tfllmer_rpc_duration_seconds_count", handled)] == 1
+    call = (("grpc_method", "DescribeCatalog"), ("grpc_service", SERVICE), ("grpc_type", "unary"))
+    assert samples[("grpc_server_handled_total", (("grpc_code", "OK"), *call))] == 1
+    assert samples[("grpc_server_handling_seconds_count", call)] == 1
+    assert samples[("grpc_server_started_total", call)] == 1
     served = (("dtype", "float16"), ("kind", "reduced"))
     assert samples[("tfllmer_vectors_served_total", served)] == 10
     assert samples[("tfllmer_served_bytes_total", served)] == 640

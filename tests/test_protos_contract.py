@@ -1,4 +1,4 @@
-"""The tfllmer.v1 wire contract: stubs import, the seven RPCs stream as specified, every
+"""The tfllmer.v1 wire contract: stubs import, the eleven RPCs stream as specified, every
 element of the .proto is documented, and vectors travel as packed bytes."""
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ RPCS = {
     "RefitProjection": (False, False),
     "ActivateVersion": (False, False),
     "SimilarItems": (False, False),
+    "WatchCatalog": (False, True),
+    "StartRefit": (False, False),
+    "GetRefitOperation": (False, False),
+    "WatchRefitOperation": (False, True),
 }
 
 
-def test_the_service_has_the_seven_rpcs_with_their_streaming_kinds() -> None:
+def test_the_service_has_the_eleven_rpcs_with_their_streaming_kinds() -> None:
     assert pb.DESCRIPTOR.package == "tfllmer.v1"
     assert pb.DESCRIPTOR.name == "tfllmer/v1/embedding_service.proto"
     service = pb.DESCRIPTOR.services_by_name["EmbeddingService"]

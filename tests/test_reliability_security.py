@@ -223,9 +223,10 @@ def test_refused_calls_are_access_logged_without_their_token(
                                        if r.name == "tfllmer.access"]) >= 3)
         statuses = [r.status for r in caplog.records if r.name == "tfllmer.access"]
         counted = server.server.metrics.registry.get_sample_value(
-            "tfllmer_rpc_handled_total", {"service": "tfllmer.v1.EmbeddingService",
-                                          "method": "RefitProjection",
-                                          "code": "UNAUTHENTICATED"})
+            "grpc_server_handled_total", {"grpc_service": "tfllmer.v1.EmbeddingService",
+                                          "grpc_method": "RefitProjection",
+                                          "grpc_type": "unary",
+                                          "grpc_code": "UNAUTHENTICATED"})
     assert statuses.count("UNAUTHENTICATED") == 2 and "PERMISSION_DENIED" in statuses
     assert counted == 2
     assert not any(token in caplog.text for token in (admin, trainer, wrong))

@@ -151,6 +151,22 @@ def test_rows_are_appended_in_order_and_never_move(store):
     assert store.text_hashes(CATALOG, np.array([3, 0])) == ["h-d", "h-a"]
 
 
+def test_catalog_names_lists_every_catalog_sorted(store):
+    assert store.catalog_names() == []
+    for name in ("zeta", CATALOG, "a.b-c_9"):
+        store.create_catalog(name, ENCODER)
+    assert store.catalog_names() == sorted(["zeta", CATALOG, "a.b-c_9"])
+
+
+def test_texts_are_kept_by_hash_and_unknown_hashes_are_none(store):
+    add_items(store, ["a", "b"])
+    store.put_texts(CATALOG, ["h-a", "h-b"], ["Toy Story (1995)", "Ünïcode\ntext"])
+    store.put_texts(CATALOG, ["h-a"], ["Toy Story (1995)"])  # idempotent
+    assert store.texts_of(CATALOG, ["h-b", "h-zz", "h-a", "h-b"]) == [
+        "Ünïcode\ntext", None, "Toy Story (1995)", "Ünïcode\ntext"]
+    assert store.texts_of("other", ["h-a"]) == [None]  # texts belong to their catalog
+
+
 def test_find_rows_marks_unknown_ids(store):
     add_items(store, ["a", "b"])
     rows = store.find_rows(CATALOG, ["b", "zz", "a", ""])

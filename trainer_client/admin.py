@@ -4,11 +4,12 @@ It is a client of the wire contract like the trainer worker, and reads catalog f
 the same readers, so it lives on the client side and installs without the server's
 dependencies (an ops machine needs only the base distribution).
 
-Subcommands: ``ingest`` (a RecBole ``.item`` file or a CSV), ``refit``, ``activate`` (also
-rollback), ``describe`` and ``similar``. Connection options (``protos.connection``) may come
-before or after the subcommand. The admin token is read from ``--token`` or
-``TFLLMER_TOKEN`` and is never printed. Exit codes: 0 success, 1 the server refused the call
-(``error: CODE: details``), 2 bad arguments or input files.
+Subcommands: ``ingest`` (a RecBole ``.item`` file, CSV, Parquet or JSON Lines), ``refit``
+(a server-side operation with a progress bar), ``operation`` (re-attach to one),
+``activate`` (also rollback), ``describe`` and ``similar``. Connection options
+(``protos.connection``) may come before or after the subcommand. The admin token is read
+from ``--token`` or ``TFLLMER_TOKEN`` and is never printed. Exit codes: 0 success, 1 the
+server refused the call (``error: CODE: details``), 2 bad arguments or input files.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from protos import connection
 from protos.enums import TRANSFORM, VERSION_STATUS
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from protos.tfllmer.v1 import embedding_service_pb2_grpc as pb_grpc
+from trainer_client import item_files, refit_follow
 from trainer_client.recbole_data import read_catalog
 
 MISSING = "—"
@@ -43,6 +45,13 @@ T = TypeVar("T")
 
 class CliError(Exception):
     """A problem with the arguments or input files: printed, exit code 2."""
+
+
+class OperationFailed(Exception):
+    """A refit operation ended with an error: printed like a refused call, exit code 1."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
 
 
 # ---------------------------------------------------------------- connection
@@ -208,12 +217,20 @@ def _idempotent(send: Callable[[str], T]) -> T:
 
 def cmd_ingest(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
     """Upsert every item of the file, --batch items per message, --per-call items per call."""
-    if args.recbole_item:
-        items = read_recbole_items(args.recbole_item)
-    else:
-        items = read_csv_items(args.csv, args.id_column, args.text_column)
+    source = args.recbole_item or args.csv or args.parquet or args.jsonl
+    try:
+        if args.recbole_item:
+            items = read_recbole_items(args.recbole_item)
+        elif args.parquet:
+            items = item_files.read_parquet_items(args.parquet, args.id_column, args.text_column)
+        elif args.jsonl:
+            items = item_files.read_jsonl_items(args.jsonl, args.id_column, args.text_column)
+        else:
+            items = read_csv_items(args.csv, args.id_column, args.text_column)
+    except item_files.ItemFileError as error:
+        raise CliError(str(error)) from error
     if not items:
-        raise CliError(f"{args.recbole_item or args.csv}: no items")
+        raise CliError(f"{source}: no items")
     totals = dict.fromkeys(("added", "changed", "unchanged", "item_count"), 0)
     # disable=None: a bar on a terminal only, none in logs and pipes.
     with tqdm(total=len(items), unit="item", desc="upload", file=sys.stderr, disable=None) as bar:
@@ -253,7 +270,9 @@ def _upsert_messages(
 
 
 def cmd_refit(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
-    """Fit a new version, staged unless --activate, and show its diagnostics."""
+    """Fit a new version, staged unless --activate, and show its diagnostics. By default the
+    refit runs as a server-side operation followed with a progress bar (--detach: print
+    its name and return; --blocking: one unary call)."""
     parameters = pb.FitParameters(
         dim=args.dim,
         graph=pb.GraphOptions(transform=TRANSFORM.number(args.transform), top_k=args.top_k or 0),
@@ -263,16 +282,48 @@ def cmd_refit(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
         parameters.lam = args.lam
     else:
         parameters.retention_budget = args.retention
-    reply = _idempotent(lambda request_id: stub.RefitProjection(
-        pb.RefitProjectionRequest(
-            catalog=args.catalog, parameters=parameters, activate=args.activate,
-            request_id=request_id,
-        ),
-        **call,
-    ))
+
+    def request(request_id: str) -> pb.RefitProjectionRequest:
+        return pb.RefitProjectionRequest(catalog=args.catalog, parameters=parameters,
+                                         activate=args.activate, request_id=request_id)
+
+    if args.blocking:
+        _print_refit(args.catalog, _idempotent(
+            lambda request_id: stub.RefitProjection(request(request_id), **call)))
+        return
+    started = _idempotent(lambda request_id: stub.StartRefit(
+        pb.StartRefitRequest(refit=request(request_id)), **call)).operation
+    if args.detach:
+        print(started.name)
+        return
+    print(f"refit operation {started.name}", file=sys.stderr)
+    _finish_operation(stub, started.name, call)
+
+
+def cmd_operation(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
+    """Re-attach to a refit operation: its progress bar, then its outcome."""
+    _finish_operation(stub, args.name, call)
+
+
+def _finish_operation(stub: Stub, name: str, call: CallOptions) -> None:
+    try:
+        operation = refit_follow.follow(stub, name, call["metadata"])
+    except KeyboardInterrupt:
+        print(f"the refit goes on on the server; re-attach with: operation --name {name}",
+              file=sys.stderr)
+        raise
+    if operation.WhichOneof("result") == "error":
+        code = grpc.StatusCode
+        names = {status.value[0]: status.name for status in code}
+        raise OperationFailed(names.get(operation.error.code, str(operation.error.code)),
+                              operation.error.message)
+    _print_refit(operation.catalog, operation.response)
+
+
+def _print_refit(catalog: str, reply: pb.RefitProjectionResponse) -> None:
     v = reply.version
     print(
-        f"{args.catalog}: version {v.version} {_status(v.status)} "
+        f"{catalog}: version {v.version} {_status(v.status)} "
         f"(dim {v.parameters.dim}, {_strength(v.parameters)}, {v.item_count} items, "
         f"fit {v.fit_seconds:.2f} s; previous active {reply.previous_active_version or 'none'})"
     )
@@ -307,16 +358,25 @@ def cmd_describe(stub: Stub, args: argparse.Namespace, call: CallOptions) -> Non
 
 
 def cmd_similar(stub: Stub, args: argparse.Namespace, call: CallOptions) -> None:
-    """The k nearest items of one item in a version's served space."""
+    """The k nearest items of one item in a version's served space, with their texts."""
     reply = stub.SimilarItems(
         pb.SimilarItemsRequest(
-            catalog=args.catalog, version=args.version, item_id=args.item, k=args.k
+            catalog=args.catalog, version=args.version, item_id=args.item, k=args.k,
+            dim=args.dim, include_texts=True,
         ),
         **call,
     )
-    print(f"{args.catalog} version {reply.version}: nearest to {args.item!r}")
-    rows = [[str(r), f"{n.score:.4f}", n.item_id] for r, n in enumerate(reply.items, start=1)]
-    print(_table(["rank", "score", "item"], rows))
+    space = f", first {args.dim} dims" if args.dim else ""
+    print(f"{args.catalog} version {reply.version}{space}: nearest to {args.item!r}")
+    rows = [[str(r), f"{n.score:.4f}", n.item_id, _clip(n.text)]
+            for r, n in enumerate(reply.items, start=1)]
+    print(_table(["rank", "score", "item", "text"], rows))
+
+
+def _clip(text: str, width: int = 80) -> str:
+    """One line of at most ``width`` characters (texts may be long or multi-line)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 # ---------------------------------------------------------------- parser
@@ -362,10 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Callable, help_text: str, timeout: float = 60.0):
+    def command(name: str, handler: Callable, help_text: str, timeout: float = 60.0,
+                catalog: bool = True):
         sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
         sub.set_defaults(handler=handler, default_timeout=timeout)
-        sub.add_argument("--catalog", required=True, help="catalog name, e.g. ml-1m")
+        if catalog:
+            sub.add_argument("--catalog", required=True, help="catalog name, e.g. ml-1m")
         return sub
 
     ingest = command(
@@ -374,8 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
     source = ingest.add_mutually_exclusive_group(required=True)
     source.add_argument("--recbole-item", type=Path, metavar="PATH", help="RecBole .item file")
     source.add_argument("--csv", type=Path, metavar="PATH", help="CSV file with a header row")
-    ingest.add_argument("--id-column", default="id", help="CSV column of item ids [id]")
-    ingest.add_argument("--text-column", default="text", help="CSV column of item texts [text]")
+    source.add_argument("--parquet", type=Path, metavar="PATH",
+                        help="Parquet file (needs pyarrow: the parquet extra)")
+    source.add_argument("--jsonl", type=Path, metavar="PATH",
+                        help="JSON Lines file: one object per line")
+    ingest.add_argument("--id-column", default="id",
+                        help="CSV/Parquet column or JSON field of item ids [id]")
+    ingest.add_argument("--text-column", default="text",
+                        help="CSV/Parquet column or JSON field of item texts [text]")
     ingest.add_argument("--batch", type=_positive, default=1000, help="items per message [1000]")
     ingest.add_argument(
         "--per-call",
@@ -409,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="neighbours kept per item with --transform topk [server default 50]",
     )
+    follow = refit.add_mutually_exclusive_group()
+    follow.add_argument("--detach", action="store_true",
+                        help="start the refit, print its operation name and return "
+                        "(follow it later with `operation --name NAME`)")
+    follow.add_argument("--blocking", action="store_true",
+                        help="one unary RefitProjection call, no progress (small catalogs)")
     refit.add_argument(
         "--whitening",
         type=float,
@@ -426,6 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only stage it (the default)",
     )
 
+    operation = command("operation", cmd_operation,
+                        "Re-attach to a refit operation: progress, then its outcome.",
+                        timeout=3600, catalog=False)
+    operation.add_argument("--name", required=True, metavar="NAME",
+                           help="operation name, as refit --detach printed it")
+
     activate = command("activate", cmd_activate, "Activate a version; an older one rolls back.")
     activate.add_argument("--version", type=_positive, required=True, help="version to activate")
 
@@ -436,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("--item", required=True, metavar="ID", help="item id to query")
     similar.add_argument("--k", type=_positive, default=10, help="neighbours [10]")
     similar.add_argument("--version", type=_natural, default=0, help="version [0 = active]")
+    similar.add_argument("--dim", type=_natural, default=0,
+                         help="search the first DIM components only [0 = the version's dim]")
     return parser
 
 
@@ -455,6 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except grpc.RpcError as error:
         print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except OperationFailed as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

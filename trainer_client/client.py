@@ -22,7 +22,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -289,6 +289,46 @@ class EmbeddingClient:
         requests = [_pair_request(catalog, worker_id, batch) for batch in batches]
         return self._retrying("PushCooccurrence", lambda: self._stub.PushCooccurrence(
             iter(requests), **self._options()))
+
+    def watch_catalog(self, catalog: str, timeout_s: float | None = None
+                      ) -> Iterator[pb.WatchCatalogResponse]:
+        """The catalog's version events: a snapshot, then every new version and activation,
+        until ``timeout_s`` (None: forever) or the caller stops iterating. The stream is not
+        resumed after a failure: ``wait_for_version`` is the resuming form."""
+        stream = self._stub.WatchCatalog(pb.WatchCatalogRequest(catalog=catalog),
+                                         timeout=timeout_s, metadata=self._metadata)
+        try:
+            yield from stream
+        finally:
+            stream.cancel()
+
+    def wait_for_version(self, catalog: str, version: int, timeout_s: float = 3600.0) -> int:
+        """Block until the catalog's active version is ``version`` or a later one, and return
+        it. Follows WatchCatalog, reconnecting with backoff when the server is unavailable
+        (a restart, a rolling update). ``TimeoutError`` after ``timeout_s``; ``ServiceError``
+        for a refusal (an unknown catalog, a bad token)."""
+        give_up = time.monotonic() + timeout_s
+        retry = 0
+        while (left := give_up - time.monotonic()) > 0:
+            try:
+                for event in self.watch_catalog(catalog, timeout_s=left):
+                    retry = 0
+                    if event.active_version >= version:
+                        return event.active_version
+            except grpc.RpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and (
+                        give_up - time.monotonic() < 1.0):
+                    break  # our own timeout (the server also ends watches after its maximum
+                    # call duration: then reconnect)
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise ServiceError("WatchCatalog", code, error.details() or "") from error
+                delay = min(self._retry.backoff_s(retry), max(give_up - time.monotonic(), 0))
+                log.warning("WatchCatalog unavailable (%s); reconnecting in %.2f s",
+                            error.details(), delay)
+                time.sleep(delay)
+                retry += 1
+        raise TimeoutError(f"{catalog}: version {version} was not active within {timeout_s} s")
 
     def _options(self) -> dict[str, Any]:
         return {"timeout": self._deadline_s, "metadata": self._metadata}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from dataclasses import asdict
@@ -30,6 +31,7 @@ from trainer_client.pusher import CooccurrencePusher
 from trainer_client.recbole_data import read_interactions
 from trainer_client.sequences import UserSequences, leave_one_out
 
+log = logging.getLogger(__name__)
 BACKBONES = ("sasrec", "gru4rec")
 MODES = ("id", "init", "frozen")
 
@@ -44,6 +46,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     service.add_argument("--catalog", required=True, help="catalog name on the service")
     service.add_argument("--version", type=int, default=0,
                          help="catalog version to pin (default 0: the active one)")
+    service.add_argument("--wait-version", type=int, default=0, metavar="N",
+                         help="first wait (WatchCatalog) until version N or a later one is "
+                         "active, then pin the active version")
+    service.add_argument("--wait-timeout", type=float, default=3600.0, metavar="SECONDS",
+                         help="give up waiting for --wait-version after this long (3600)")
+    service.add_argument("--pin-active", action="store_true",
+                         help="pin the version active when the worker started: every rank "
+                         "trains on the one rank 0 saw, even if another is activated meanwhile")
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, required=True,
                       help="RecBole dataset folder (with <name>.inter) or a CSV of interactions")
@@ -117,6 +127,30 @@ def distributed_context() -> tuple[int, int, Any]:
     return dist.get_rank(), world, dist
 
 
+def resolve_version(client: EmbeddingClient, args: argparse.Namespace, rank: int,
+                    dist: Any) -> int:
+    """The version every rank pulls: ``--version``; or, with ``--wait-version`` or
+    ``--pin-active``, the active one that rank 0 waited for or found at start, broadcast so
+    that all ranks agree."""
+    if args.version or not (args.wait_version or args.pin_active):
+        return int(args.version)
+    version = 0
+    if rank == 0:
+        if args.wait_version:
+            version = client.wait_for_version(args.catalog, args.wait_version,
+                                              args.wait_timeout)
+        else:
+            version = client.describe(args.catalog).active_version
+            if not version:
+                raise SystemExit(f"error: catalog {args.catalog!r} has no active version to pin")
+        log.info("catalog %s: pinned version %d", args.catalog, version)
+    if dist is not None:
+        shared = [version]
+        dist.broadcast_object_list(shared, src=0)
+        version = int(shared[0])
+    return version
+
+
 def fetch_table(client: EmbeddingClient, args: argparse.Namespace) -> EmbeddingTable:
     """The served vectors (modes init/frozen) or just the catalog's ids and rows (mode id)."""
     if args.mode == "id" and args.version == 0:
@@ -135,6 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rank, world, dist = distributed_context()
     client = EmbeddingClient.from_connection(connection.Connection.from_args(args))
     with client:
+        args.version = resolve_version(client, args, rank, dist)
         table = fetch_table(client, args)
         row_of = {item_id: int(row) for item_id, row in zip(table.item_ids, table.rows,
                                                               strict=True)}

@@ -15,6 +15,7 @@ because the scales of ``S`` and ``G`` differ; ρ does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
@@ -166,14 +167,20 @@ def fit_recpca(
     progress: ProgressCallback | None = None,
     alignment_k: int = 10,
     alignment_sample: int | None = 2000,
+    phase: Callable[[str], None] | None = None,
 ) -> FitResult:
-    """Fit Rec-PCA on ``raw`` (n × D) and co-occurrence ``counts`` (n × n, or None)."""
+    """Fit Rec-PCA on ``raw`` (n × D) and co-occurrence ``counts`` (n × n, or None).
+    ``phase`` hears "solve" and "diagnostics" as those steps start (after the moments)."""
     n_items = getattr(raw, "shape", (0,))[0]
     graph = build_graph(counts, n_items, settings.graph) if counts is not None else None
     moments = compute_moments(
         raw, graph, block_rows=block_rows, backend=backend, device=device, progress=progress
     )
+    if phase is not None:
+        phase("solve")
     projection = fit_projection(moments, settings)
+    if phase is not None:
+        phase("diagnostics")
     validated = sp.csr_matrix(counts) if counts is not None else None
     diagnostics = diagnose(
         moments, projection, raw, validated, settings, alignment_k, alignment_sample,

@@ -59,6 +59,10 @@ REQUIRED_ROLE: Mapping[str, Role] = MappingProxyType(
         f"/{SERVICE}/RefitProjection": Role.ADMIN,
         f"/{SERVICE}/ActivateVersion": Role.ADMIN,
         f"/{SERVICE}/SimilarItems": Role.TRAINER,
+        f"/{SERVICE}/WatchCatalog": Role.TRAINER,
+        f"/{SERVICE}/StartRefit": Role.ADMIN,
+        f"/{SERVICE}/GetRefitOperation": Role.ADMIN,
+        f"/{SERVICE}/WatchRefitOperation": Role.ADMIN,
     }
 )
 

@@ -256,8 +256,10 @@ class CallGuard:
 
         return handle
 
-    def _server_stream(self, behavior: Callable[..., Any], message_type: type[Message]
-                       ) -> Callable:
+    def _server_stream(self, behavior: Callable[..., Any], message_type: type[Message],
+                       pull: bool = True) -> Callable:
+        """``pull``: a GetItemEmbeddings stream, counted against ``max_open_pulls`` (the
+        watch streams hold no prepared chunks and are not)."""
         guard = self
         limits = self.limits
 
@@ -279,13 +281,14 @@ class CallGuard:
 
             try:
                 request = await guard._single(requests, message_type, context)
-                if guard.open_pulls >= limits.max_open_pulls:
+                if pull and guard.open_pulls >= limits.max_open_pulls:
                     await context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"{limits.max_open_pulls} response streams are open, the server's "
                         "limit; retry with backoff")
-                guard.open_pulls += 1
-                opened = True
+                if pull:
+                    guard.open_pulls += 1
+                    opened = True
                 with running(lifetime):
                     async for message in behavior(request, context):
                         if time.monotonic() > ends_at:
@@ -332,9 +335,10 @@ class CallGuard:
         for name, handler in handlers.items():
             message_type = request_types[name]
             if handler.response_streaming:
-                assert handler.unary_stream is not None  # the only streaming RPC is unary-stream
+                assert handler.unary_stream is not None  # streaming RPCs are unary-stream
                 out[name] = grpc.stream_stream_rpc_method_handler(
-                    self._server_stream(handler.unary_stream, message_type),
+                    self._server_stream(handler.unary_stream, message_type,
+                                        pull=name == "GetItemEmbeddings"),
                     response_serializer=handler.response_serializer)
             else:
                 behavior = handler.stream_unary or handler.unary_unary

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,6 +26,8 @@ from server.encoders.base import Encoder
 from server.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from server.quoting import shown
 from server.recpca import FitSettings, Projection, fit_recpca
+from server.service.dim_prefix import prefix, served_dim
+from server.service.refit_progress import RefitProgress
 from server.stores.base import (
     CatalogState,
     CatalogStore,
@@ -115,6 +117,28 @@ class CatalogDescription:
 
 
 @dataclass(frozen=True)
+class RefitLease:
+    """A checked refit request holding its catalog's refit lock (see ``begin_refit``), or,
+    for a request_id that already published, that refit's outcome (``done``, no lock)."""
+
+    state: CatalogState
+    settings: FitSettings
+    owner: str
+    renewer: _LeaseRenewer | None
+    request_id: str = ""
+    fingerprint: str = ""
+    done: tuple[VersionRecord, int] | None = None
+
+
+@dataclass(frozen=True)
+class SimilarHit:
+    item_id: str
+    row: int
+    score: float
+    text: str = ""  # set when the caller asked for texts
+
+
+@dataclass(frozen=True)
 class Selection:
     """What a GetItemEmbeddings call serves, fixed when it starts."""
 
@@ -139,17 +163,24 @@ class VersionView:
         self.record = record
         self.projection = Projection(components, mean, float(record.diagnostics.get("lam", 0)))
         self.reduced = reduced
-        self._index: Any = None
+        self._indexes: dict[int, Any] = {}
         self._lock = threading.Lock()
 
-    def index(self) -> Any:
+    def index(self, dim: int | None = None) -> Any:
+        """An exact inner-product index over the served vectors, or over their first
+        ``dim`` components renormalized (built on first use; the latest two kept)."""
+        dim = dim or self.record.dim
         with self._lock:
-            if self._index is None:
+            found = self._indexes.pop(dim, None)
+            if found is None:
                 import faiss
 
-                self._index = faiss.IndexFlatIP(self.reduced.shape[1])
-                self._index.add(np.ascontiguousarray(self.reduced))
-            return self._index
+                found = faiss.IndexFlatIP(dim)
+                found.add(np.ascontiguousarray(prefix(self.reduced, dim)))
+            self._indexes[dim] = found  # most recently used last
+            while len(self._indexes) > 2:
+                self._indexes.pop(next(iter(self._indexes)))
+            return found
 
 
 def text_hash(text: str) -> str:
@@ -157,10 +188,11 @@ def text_hash(text: str) -> str:
 
 
 class CatalogService:
-    def __init__(self, store: CatalogStore, encoder: Encoder,
-                 limits: Limits | None = None) -> None:
+    def __init__(self, store: CatalogStore, encoder: Encoder, limits: Limits | None = None,
+                 encode_listener: EncodeListener | None = None) -> None:
         """``limits`` default to those of the default configuration."""
         self.store = store
+        self.encode_listener = encode_listener
         self.encoder = encoder
         self.limits = limits or Limits.from_config(ServerConfig())
         self.identity = EncoderIdentity(encoder.name, encoder.dim)
@@ -222,7 +254,8 @@ class CatalogService:
         to_encode = [texts[i] for i in new + changed]
         started = time.perf_counter()
         vectors = (
-            self.encoder.encode(to_encode, progress=_ProgressLog(name, len(to_encode)))
+            self.encoder.encode(to_encode, progress=_ProgressLog(name, len(to_encode),
+                                                                 self.encode_listener))
             if to_encode
             else np.empty((0, self.identity.dim), dtype=np.float32)
         )
@@ -240,6 +273,8 @@ class CatalogService:
         # A new catalog is created by the commit itself: an upsert that fails or dies before
         # it leaves no empty catalog behind.
         create = None if state is not None else (self.identity, self.limits.raw_dtype)
+        if to_encode:  # before the commit: a committed item's text is always there
+            self.store.put_texts(name, [hashes[i] for i in new + changed], to_encode)
         unchanged = len(ids) - len(new) - len(changed)
         outcome = {"added": len(new), "changed": len(changed), "unchanged": unchanged,
                    "item_count": base_count + len(new)}
@@ -369,6 +404,13 @@ class CatalogService:
                 self._views.popitem(last=False)
         return view
 
+    def texts(self, name: str, rows: Sequence[int]) -> list[str]:
+        """Current texts of rows ("" for items ingested before texts were kept)."""
+        if not len(rows):
+            return []
+        found = self.store.texts_of(name, self.store.text_hashes(name, np.asarray(rows)))
+        return [text or "" for text in found]
+
     # -- PushCooccurrence -------------------------------------------------------------
     def push(self, name: str, blocks: Sequence[PairBlock]) -> PushResult:
         state = self._catalog(name)
@@ -381,39 +423,68 @@ class CatalogService:
                           outcome.totals)
 
     # -- RefitProjection --------------------------------------------------------------
-    def refit(self, name: str, request: FitRequest, activate: bool, request_id: str = ""
-              ) -> tuple[VersionRecord, int]:
+    def refit(self, name: str, request: FitRequest, activate: bool, request_id: str = "",
+              progress: RefitProgress | None = None) -> tuple[VersionRecord, int]:
+        """The blocking form: check, take the catalog's refit lock, fit, write."""
+        progress = progress or RefitProgress()
+        lease = self.begin_refit(name, request, activate, request_id)
+        outcome = lease.done or self.run_refit(lease, activate, progress)
+        progress.enter("done")
+        return outcome
+
+    def begin_refit(self, name: str, request: FitRequest, activate: bool,
+                    request_id: str = "") -> RefitLease:
+        """Check a refit request completely and take the catalog's refit lock (renewed until
+        ``run_refit`` ends): every error a caller can cause is raised here, before any work
+        starts, so StartRefit reports it as RefitProjection does. A request_id whose refit
+        already published gives a lease holding that outcome (``done``) and no lock."""
         state = self._catalog(name)
         settings = verify_fit(request, state.encoder.dim)
         fingerprint = _fingerprint("RefitProjection", repr(asdict(request)), str(activate))
         if (done := self._refit_done(name, request_id, fingerprint)) is not None:
-            return done
+            return RefitLease(state, settings, "", None, request_id, fingerprint, done)
         if state.item_count < settings.dim + 1:
             raise FailedPrecondition(
                 f"catalog {name!r} has {state.item_count} items; a fit of dim {settings.dim} "
                 f"needs at least {settings.dim + 1}"
             )
+        if settings.lam and not self.store.cooccurrence_totals(name).pairs:
+            raise FailedPrecondition(
+                f"lam > 0 needs co-occurrence counts and catalog {name!r} has none yet"
+            )
         owner = uuid.uuid4().hex
         lease = self.limits.refit_lock_lease_seconds
         if not self.store.acquire_refit_lock(name, owner, lease):
             raise Aborted(f"a refit of {name!r} is already running; retry after it finishes")
-        renewer = _LeaseRenewer(self.store, name, owner, lease)
+        return RefitLease(state, settings, owner, _LeaseRenewer(self.store, name, owner, lease),
+                          request_id, fingerprint)
+
+    def run_refit(self, lease: RefitLease, activate: bool,
+                  progress: RefitProgress | None = None) -> tuple[VersionRecord, int]:
+        """Fit and write under a lease from ``begin_refit``; releases the lock at the end."""
+        if lease.done is not None:
+            return lease.done
+        name, progress = lease.state.name, progress or RefitProgress()
         try:
             # The first call of this request_id may have published while this one waited.
-            if (done := self._refit_done(name, request_id, fingerprint)) is not None:
+            done = self._refit_done(name, lease.request_id, lease.fingerprint)
+            if done is not None:
                 return done
             # Payloads a refit wrote but never published (its process died before the
             # atomic publish) are invisible; collect those older than a lease, so crashed
             # refits do not leak their arrays. A live refit holding the lock is this one.
-            collected = self.store.collect_garbage(name, min_age_seconds=lease)
+            collected = self.store.collect_garbage(
+                name, min_age_seconds=self.limits.refit_lock_lease_seconds)
             if collected:
                 log.warning("catalog %s: removed %d unpublished version payload(s) left by "
                             "an interrupted refit", name, collected)
-            request_record = self._new_request(request_id, fingerprint, {})
-            return self._refit_locked(state, settings, activate, owner, request_record)
+            request_record = self._new_request(lease.request_id, lease.fingerprint, {})
+            return self._refit_locked(lease.state, lease.settings, activate, lease.owner,
+                                      progress, request_record)
         finally:
-            renewer.stop()
-            self.store.release_refit_lock(name, owner)
+            if lease.renewer is not None:
+                lease.renewer.stop()
+            self.store.release_refit_lock(name, lease.owner)
 
     def _refit_done(self, name: str, request_id: str, fingerprint: str
                     ) -> tuple[VersionRecord, int] | None:
@@ -427,22 +498,21 @@ class CatalogService:
 
     def _refit_locked(
         self, state: CatalogState, settings: FitSettings, activate: bool, owner: str,
-        request: RequestRecord | None = None,
+        progress: RefitProgress, request: RequestRecord | None = None,
     ) -> tuple[VersionRecord, int]:
         name, count = state.name, state.item_count
+        progress.enter("reading")
         totals = self.store.cooccurrence_totals(name)
-        if settings.lam and not totals.pairs:
-            raise FailedPrecondition(
-                f"lam > 0 needs co-occurrence counts and catalog {name!r} has none yet"
-            )
         started = time.perf_counter()
         # Counts first: their merge's temporaries are freed before the vectors arrive. The
         # vectors stay in their stored dtype (float16 halves them); the fit converts blocks.
         counts = self.store.read_counts(name, count) if totals.pairs else None
         raw = self.store.read_raw_stored(name, 0, count)
         check_alive()  # each phase below takes a while: a dead call stops between them
+        progress.enter("moments")
         try:
-            result = fit_recpca(raw, counts, settings)
+            result = fit_recpca(raw, counts, settings, phase=progress.enter,
+                                progress=lambda rows: progress.within(rows, count))
         except ValueError as error:  # e.g. vectors without variance
             raise FailedPrecondition(f"cannot fit catalog {name!r}: {error}") from error
         check_alive()
@@ -454,6 +524,7 @@ class CatalogService:
                 f"would get arbitrary coordinates in {settings.dim - rank} of them); ask for "
                 f"dim <= {rank}"
             )
+        progress.enter("writing")
         reduced = result.projection.transform(raw)
         parameters = {
             "dim": settings.dim,
@@ -507,14 +578,16 @@ class CatalogService:
 
     # -- SimilarItems -----------------------------------------------------------------
     def similar(
-        self, name: str, version: int, item_id: str | None, vector: bytes | None, k: int
-    ) -> tuple[int, list[tuple[str, int, float]]]:
+        self, name: str, version: int, item_id: str | None, vector: bytes | None, k: int,
+        dim: int = 0, include_texts: bool = False,
+    ) -> tuple[int, list[SimilarHit]]:
         verify_version(version)
         k = verify_similar(k, self.limits.max_similar_k)
         if item_id is not None:
             verify_item_id(item_id)
         state = self._catalog(name)
         view = self.view(name, state.epoch, self._resolve(state, version))
+        dim = served_dim(dim, view.record.dim)
         exclude = -1
         if item_id is not None:
             row = int(self.store.find_rows(name, [item_id])[0])
@@ -530,17 +603,20 @@ class CatalogService:
                 view.record.encoder,
                 epoch=state.epoch,
             )
-            query = self._vectors(name, selection, np.array([row]))
+            query = prefix(self._vectors(name, selection, np.array([row])), dim)
         else:
-            query = _query_vector(vector or b"", view.record.dim)
-        scores, found = view.index().search(query, min(k + 1, len(view.reduced)))
+            query = _query_vector(vector or b"", dim)
+        scores, found = view.index(dim).search(query, min(k + 1, len(view.reduced)))
         hits = [
             (int(r), float(s))
             for r, s in zip(found[0], scores[0], strict=True)
             if r >= 0 and r != exclude
         ][:k]
+        rows = [row for row, _ in hits]
+        texts = self.texts(name, rows) if include_texts else [""] * len(rows)
         return view.record.version, [
-            (self.store.item_ids(name, row, row + 1)[0], row, score) for row, score in hits
+            SimilarHit(self.store.item_ids(name, row, row + 1)[0], row, score, text)
+            for (row, score), text in zip(hits, texts, strict=True)
         ]
 
 
@@ -566,15 +642,24 @@ def variance_rank(scatter: np.ndarray) -> int:
     return int(np.sum(eigenvalues > noise))
 
 
-class _ProgressLog:
-    """Logs an ingest's encoding progress about every 10 % (long ingests take minutes)."""
+EncodeListener = Callable[[str, int, int, float], None]
 
-    def __init__(self, catalog: str, total: int) -> None:
+
+class _ProgressLog:
+    """Logs an ingest's encoding progress about every 10 % (long ingests take minutes) and
+    tells ``listener`` (catalog, encoded, total, texts per second) after every batch."""
+
+    def __init__(self, catalog: str, total: int, listener: EncodeListener | None = None
+                 ) -> None:
         self.catalog, self.total, self.done, self.next_report = catalog, total, 0, 0.1
         self.started = time.perf_counter()
+        self.listener = listener
 
     def __call__(self, encoded: int) -> None:
         self.done += encoded
+        if self.listener is not None:
+            seconds = max(time.perf_counter() - self.started, 1e-9)
+            self.listener(self.catalog, self.done, self.total, self.done / seconds)
         if self.done >= self.next_report * self.total:
             rate = self.done / max(time.perf_counter() - self.started, 1e-9)
             log.info(

@@ -7,6 +7,7 @@ errors to status codes in one place (``_run``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections import deque
@@ -36,8 +37,21 @@ from server.errors import (
 from server.service.call_limits import CallGuard
 from server.service.catalog_service import CatalogService, Selection
 from server.service.chunk_cache import ChunkCache, Messages
+from server.service.dim_prefix import prefix, served_dim
 from server.service.metrics import ServiceMetrics
+from server.service.operations import OperationState, RefitOperations
+from server.service.refit_progress import PHASE_NAMES, RefitProgress
+from server.service.watch import (
+    ACTIVATED,
+    CREATED,
+    SNAPSHOT,
+    CatalogEvent,
+    CatalogWatches,
+    WatchClosed,
+    active_record,
+)
 from server.stores.base import (
+    CatalogState,
     CooccurrenceTotals,
     DataLostError,
     EncoderIdentity,
@@ -77,6 +91,7 @@ STATUS: dict[type[ServiceError], tuple[grpc.StatusCode, str]] = {
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
 CHUNK_OVERHEAD = 1024
 PREFETCH_GROUPS = 1  # groups prepared ahead of the one being sent
+OPERATION_POLL_SECONDS = 0.1  # WatchRefitOperation looks at its operation this often
 
 
 class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
@@ -94,6 +109,16 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         self.pull_buffer_bytes = pull_buffer_bytes
         limits = service.limits
         self.chunk_cache = ChunkCache(limits.chunk_cache_bytes if limits.version_cache_size else 0)
+        self.watches = CatalogWatches(
+            service.describe, lambda found: self._record_catalog(found.state, found.versions))
+        self.operations = RefitOperations(service, self._record_refit_progress,
+                                          self._refit_done)
+
+    def close(self) -> None:
+        """Shutdown: end the endless streams (watches) so the grace period is not spent on
+        them."""
+        self.watches.close()
+        self.operations.stop()
 
     async def _run(self, context: grpc.aio.ServicerContext, function: Callable[..., T],
                    *args: Any) -> T:
@@ -187,12 +212,18 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     async def DescribeCatalog(self, request: pb.DescribeCatalogRequest,
                               context: grpc.aio.ServicerContext) -> pb.DescribeCatalogResponse:
         found = await self._run(context, self.service.describe, request.catalog)
+        self._record_catalog(found.state, found.versions)
         return pb.DescribeCatalogResponse(
             catalog=found.state.name, item_count=found.state.item_count,
             encoder=_encoder(found.state.encoder), active_version=found.state.active_version,
             versions=[_version(record) for record in found.versions],
             cooccurrence=_totals(found.totals),
         )
+
+    def _record_catalog(self, state: CatalogState, versions: list[VersionRecord]) -> None:
+        active = next((v for v in versions if v.version == state.active_version), None)
+        self.metrics.record_catalog(state.name, state.item_count, state.active_version,
+                                    active.activated_at if active is not None else None)
 
     async def GetItemEmbeddings(self, request: pb.GetItemEmbeddingsRequest,
                                 context: grpc.aio.ServicerContext
@@ -205,7 +236,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         pull: _Pull = await self._run(context, self._open, request, kind, dtype)
         selection = pull.selection
         header = pb.EmbeddingHeader(
-            version=selection.version, dim=selection.dim, dtype=DTYPE.number(dtype),
+            version=selection.version, dim=pull.dim, dtype=DTYPE.number(dtype),
             kind=KIND.number(kind),
             item_count=selection.item_count, encoder=_encoder(selection.encoder),
         )
@@ -218,19 +249,26 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         messages = pull.first_group
         # The next groups are read and serialized in worker threads while one is sent.
         pending: deque[asyncio.Future[Messages]] = deque()
+        inflight, held = self.metrics.stream_inflight_bytes, 0
         try:
             for group in range(pull.groups):
                 for ahead in range(group + 1 + len(pending),
                                    min(group + 1 + PREFETCH_GROUPS, pull.groups)):
                     pending.append(self._prefetch(pull, ahead))
+                held = sum(len(data) for data, _, _ in messages)
+                inflight.inc(held)
                 for data, items, vector_bytes in messages:
+                    size = len(data)
                     if first is not None:
                         data, first = first + data, None
                     self.metrics.record_served(kind, dtype, items, vector_bytes)
                     yield data
+                    inflight.dec(size)
+                    held -= size
                 if pending:
                     messages = await self._outcome(context, pending.popleft(), self._group)
         finally:
+            inflight.dec(max(held, 0))
             for future in pending:
                 future.cancel()
 
@@ -239,11 +277,12 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         look-up of a few ids is served after this one thread hop."""
         selection = self.service.select(request.catalog, request.version,
                                         list(request.item_ids), kind)
+        dim = served_dim(request.dim, selection.dim, kind)
         budget = min(request.max_chunk_bytes or self.default_chunk_bytes, self.max_send_bytes)
-        row_bytes = selection.dim * bytes_per_value(dtype) + 8
+        row_bytes = dim * bytes_per_value(dtype) + 8
         rows_per_chunk = max(1, (budget - CHUNK_OVERHEAD) // (row_bytes + 40))
         pull = _Pull(request, selection, dtype, budget, rows_per_chunk,
-                     max(1, self.pull_buffer_bytes // budget))
+                     max(1, self.pull_buffer_bytes // budget), dim)
         if selection.item_count:
             pull.first_group = self._group(pull, 0)
         return pull
@@ -278,6 +317,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         spans = pull.spans(group)
         first, last = spans[0][0], spans[-1][1]
         rows, vectors = self.service.chunk(request.catalog, selection, first, last)
+        vectors = prefix(vectors, pull.dim)
         if request.omit_item_ids:
             ids = []
         elif selection.rows is None:  # the whole catalog: one range read of its ids
@@ -344,23 +384,70 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             totals=_totals(result.totals),
         )
 
-    async def RefitProjection(self, request: pb.RefitProjectionRequest,
-                              context: grpc.aio.ServicerContext) -> pb.RefitProjectionResponse:
+    @staticmethod
+    def _fit_request(request: pb.RefitProjectionRequest) -> FitRequest:
+        """The fit a request asks for (checked by the service, like every rule)."""
         params = request.parameters
         strength = params.WhichOneof("strength")
         transform = TRANSFORM.name(params.graph.transform)
+        return FitRequest(
+            dim=params.dim,
+            lam=params.lam if strength == "lam" else None,
+            retention=params.retention_budget if strength == "retention_budget" else None,
+            transform=transform,
+            top_k=params.graph.top_k,
+            whitening=params.whitening if params.HasField("whitening") else None,
+        )
+
+    async def RefitProjection(self, request: pb.RefitProjectionRequest,
+                              context: grpc.aio.ServicerContext) -> pb.RefitProjectionResponse:
+        fit = self._fit_request(request)
+        progress = RefitProgress(self._refit_listener(request.catalog))
         record, previous = await self._run(
-            context, self.service.refit, request.catalog, FitRequest(
-                dim=params.dim,
-                lam=params.lam if strength == "lam" else None,
-                retention=params.retention_budget if strength == "retention_budget" else None,
-                transform=transform,
-                top_k=params.graph.top_k,
-                whitening=params.whitening if params.HasField("whitening") else None,
-            ), request.activate, request.request_id)
-        self.metrics.record_refit(record.fit_seconds)
+            context, self.service.refit, request.catalog, fit, request.activate,
+            request.request_id, progress)
+        self._refit_done(record)
         return pb.RefitProjectionResponse(version=_version(record),
                                           previous_active_version=previous)
+
+    def _record_refit_progress(self, catalog: str, phase: str, fraction: float) -> None:
+        self.metrics.record_refit_progress(catalog, phase, fraction, PHASE_NAMES)
+
+    def _refit_listener(self, catalog: str) -> Callable[[str, float], None]:
+        return functools.partial(self._record_refit_progress, catalog)
+
+    def _refit_done(self, record: VersionRecord) -> None:
+        self.metrics.record_refit(record.fit_seconds)
+
+    async def StartRefit(self, request: pb.StartRefitRequest,
+                         context: grpc.aio.ServicerContext) -> pb.StartRefitResponse:
+        refit = request.refit
+        fit = self._fit_request(refit)
+        state = await self._run(context, self.operations.start, refit.catalog, fit,
+                                refit.activate, refit)
+        return pb.StartRefitResponse(operation=_operation(state))
+
+    async def GetRefitOperation(self, request: pb.GetRefitOperationRequest,
+                                context: grpc.aio.ServicerContext
+                                ) -> pb.GetRefitOperationResponse:
+        state = await self._outcome(context, _returned(self.operations.get, request.name),
+                                    self.operations.get)
+        return pb.GetRefitOperationResponse(operation=_operation(state))
+
+    async def WatchRefitOperation(self, request: pb.WatchRefitOperationRequest,
+                                  context: grpc.aio.ServicerContext
+                                  ) -> AsyncIterator[pb.WatchRefitOperationResponse]:
+        last: tuple[str, float] | None = None
+        while True:
+            state = await self._outcome(context, _returned(self.operations.get, request.name),
+                                        self.operations.get)
+            seen = (state.phase, round(state.fraction, 3))
+            if seen != last or state.done:
+                yield pb.WatchRefitOperationResponse(operation=_operation(state))
+                last = seen
+            if state.done:
+                return
+            await asyncio.sleep(OPERATION_POLL_SECONDS)
 
     async def ActivateVersion(self, request: pb.ActivateVersionRequest,
                               context: grpc.aio.ServicerContext) -> pb.ActivateVersionResponse:
@@ -376,11 +463,28 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         version, hits = await self._run(
             context, self.service.similar, request.catalog, request.version,
             request.item_id if query == "item_id" else None,
-            request.vector if query == "vector" else None, request.k,
+            request.vector if query == "vector" else None, request.k, request.dim,
+            request.include_texts,
         )
         return pb.SimilarItemsResponse(version=version, items=[
-            pb.SimilarItem(item_id=item_id, row=row, score=score) for item_id, row, score in hits
+            pb.SimilarItem(item_id=hit.item_id, row=hit.row, score=hit.score, text=hit.text)
+            for hit in hits
         ])
+
+
+    async def WatchCatalog(self, request: pb.WatchCatalogRequest,
+                           context: grpc.aio.ServicerContext
+                           ) -> AsyncIterator[pb.WatchCatalogResponse]:
+        found = await self._run(context, self.service.describe, request.catalog)
+        self._record_catalog(found.state, found.versions)
+        yield _event(CatalogEvent(SNAPSHOT, found, active_record(found)))
+        try:
+            async for event in self.watches.follow(request.catalog, found):
+                yield _event(event)
+        except WatchClosed as closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{closed}; reconnect")
+        except Exception as error:  # a poll failed: end with the status it maps to
+            await self._outcome(context, _raised(error), self.service.describe)
 
 
 class _Pull:
@@ -388,8 +492,8 @@ class _Pull:
     from the store ``group`` chunks at a time."""
 
     def __init__(self, request: pb.GetItemEmbeddingsRequest, selection: Selection, dtype: str,
-                 budget: int, rows_per_chunk: int, group: int) -> None:
-        self.request, self.selection, self.dtype = request, selection, dtype
+                 budget: int, rows_per_chunk: int, group: int, dim: int) -> None:
+        self.request, self.selection, self.dtype, self.dim = request, selection, dtype, dim
         self.budget, self.rows_per_chunk, self.group = budget, rows_per_chunk, group
         chunks = -(-selection.item_count // rows_per_chunk)
         self.groups = -(-chunks // group)
@@ -406,7 +510,8 @@ class _Pull:
         selection = self.selection
         if selection.rows is not None or selection.kind != "reduced" or stop > selection.fitted:
             return None
-        return (self.request.catalog, selection.epoch, selection.version, self.dtype, self.budget,
+        return (self.request.catalog, selection.epoch, selection.version, self.dtype, self.dim,
+                self.budget,
                 self.request.omit_item_ids, start, stop)
 
 
@@ -468,6 +573,52 @@ async def _ensure_half_closed(context: grpc.aio.ServicerContext) -> None:
     one (sending the empty initial metadata now rather than with the response) stops the
     handler before it commits."""
     await context.send_initial_metadata(())
+
+
+async def _raised(error: BaseException) -> None:
+    raise error
+
+
+async def _returned(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` as an awaitable (quick in-memory calls, no thread hop)."""
+    return function(*args)
+
+
+PHASE_ENUM = {name: getattr(pb, f"REFIT_PHASE_{name.upper()}") for name in PHASE_NAMES}
+
+
+def _operation(state: OperationState) -> pb.RefitOperation:
+    message = pb.RefitOperation(
+        name=state.name, catalog=state.catalog, phase=PHASE_ENUM[state.phase],
+        fraction=state.fraction, done=state.done, create_time=_timestamp(state.created_at),
+        update_time=_timestamp(state.updated_at), request=state.request)
+    if state.result is not None:
+        record, previous = state.result
+        message.response.CopyFrom(pb.RefitProjectionResponse(
+            version=_version(record), previous_active_version=previous))
+    elif state.error is not None:
+        kind = next((k for k in type(state.error).__mro__ if k in STATUS), None)
+        code, prefix = STATUS[kind] if kind is not None else (grpc.StatusCode.INTERNAL, "")
+        message.error.CopyFrom(pb.OperationError(code=code.value[0],
+                                                 message=prefix + state.error.message))
+    return message
+
+
+EVENT_KINDS = {SNAPSHOT: pb.CATALOG_EVENT_KIND_SNAPSHOT,
+               CREATED: pb.CATALOG_EVENT_KIND_VERSION_CREATED,
+               ACTIVATED: pb.CATALOG_EVENT_KIND_ACTIVATED}
+
+
+def _event(event: CatalogEvent) -> pb.WatchCatalogResponse:
+    state = event.description.state
+    message = pb.WatchCatalogResponse(
+        kind=EVENT_KINDS[event.kind], active_version=state.active_version,
+        item_count=state.item_count)
+    if event.version is not None:
+        message.version.CopyFrom(_version(event.version))
+    if event.kind == SNAPSHOT:
+        message.versions.extend(_version(record) for record in event.description.versions)
+    return message
 
 
 def _encoder(identity: EncoderIdentity) -> pb.EncoderInfo:

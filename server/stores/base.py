@@ -219,6 +219,10 @@ class CatalogStore(abc.ABC):
     def get_catalog(self, name: str) -> CatalogState | None: ...
 
     @abc.abstractmethod
+    def catalog_names(self) -> list[str]:
+        """Every catalog's name, sorted (the web console's list)."""
+
+    @abc.abstractmethod
     def describe(self, name: str) -> CatalogSnapshot | None:
         """The catalog's state, published versions and totals from one snapshot (its
         ``active_version`` is the version the list marks active); None if it does not
@@ -230,6 +234,17 @@ class CatalogStore(abc.ABC):
 
     @abc.abstractmethod
     def text_hashes(self, name: str, rows: np.ndarray) -> list[str]: ...
+
+    @abc.abstractmethod
+    def put_texts(self, name: str, hashes: Sequence[str], texts: Sequence[str]) -> None:
+        """Keep item texts by their hash. Content-addressed, so an upsert writes them before
+        its items commit: a committed item's text is always there, and the texts of a call
+        that failed are referenced by no item (invisible)."""
+
+    @abc.abstractmethod
+    def texts_of(self, name: str, hashes: Sequence[str]) -> list[str | None]:
+        """The texts of these hashes; None for one never stored (ingested before texts
+        were kept)."""
 
     @abc.abstractmethod
     def item_ids(self, name: str, start: int, stop: int) -> list[str]:

@@ -98,6 +98,9 @@ CREATE TABLE IF NOT EXISTS pair_batches (
 CREATE TABLE IF NOT EXISTS pair_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, catalog TEXT NOT NULL, pairs BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS pair_log_by_catalog ON pair_log (catalog, seq);
+CREATE TABLE IF NOT EXISTS item_texts (
+    catalog TEXT NOT NULL, text_hash TEXT NOT NULL, text TEXT NOT NULL,
+    PRIMARY KEY (catalog, text_hash));
 CREATE TABLE IF NOT EXISTS refit_locks (
     catalog TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS requests (
@@ -315,6 +318,27 @@ class LocalStore(CatalogStore):
         if missing:
             raise ValueError(f"row {missing[0]} is not in catalog {name!r}")
         return [found[row] for row in wanted]
+
+    def catalog_names(self) -> list[str]:
+        with self._read() as conn:
+            return [row[0] for row in conn.execute("SELECT name FROM catalogs ORDER BY name")]
+
+    def put_texts(self, name: str, hashes: Sequence[str], texts: Sequence[str]) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO item_texts (catalog, text_hash, text) VALUES (?, ?, ?)",
+                zip([name] * len(hashes), hashes, texts, strict=True))
+
+    def texts_of(self, name: str, hashes: Sequence[str]) -> list[str | None]:
+        found: dict[str, str] = {}
+        unique = list(dict.fromkeys(hashes))
+        with self._read() as conn:
+            for i in range(0, len(unique), _IN_CHUNK):
+                chunk = unique[i : i + _IN_CHUNK]
+                found.update(conn.execute(
+                    f"SELECT text_hash, text FROM item_texts WHERE catalog = ? AND text_hash "
+                    f"IN ({','.join('?' * len(chunk))})", (name, *chunk)).fetchall())
+        return [found.get(digest) for digest in hashes]
 
     def item_ids(self, name: str, start: int, stop: int) -> list[str]:
         with self._read() as conn:

@@ -10,6 +10,7 @@ a catalog lives in one slot and every MULTI/EXEC or script touches one catalog o
     P:{c}:ids               hash  item id -> row
     P:{c}:rowids            list  row -> item id
     P:{c}:texthash          hash  row -> text hash
+    P:{c}:texts             hash  text hash -> text (content-addressed, written before commit)
     P:{c}:raw:<b>           raw vectors of rows [b·B, (b+1)·B) in the raw dtype (APPEND, SETRANGE)
     P:{c}:vseq              last version number handed out (INCR)
     P:{c}:pending           hash  version -> JSON {started, blocks}: payloads not yet published
@@ -510,6 +511,31 @@ class RedisStore(CatalogStore):
         return self._state(name, meta, count, active), rows
 
     @_unavailable_as_store_error
+    @_unavailable_as_store_error
+    def catalog_names(self) -> list[str]:
+        pattern = f"{self._prefix}:{{*}}:meta"
+        start, stop = len(self._prefix) + 2, -len("}:meta")
+        return sorted({key.decode()[start:stop] for key in self._client.scan_iter(
+            match=pattern, count=1000)})
+
+    @_unavailable_as_store_error
+    def put_texts(self, name: str, hashes: Sequence[str], texts: Sequence[str]) -> None:
+        key = self._key(name, "texts")
+        with self._client.pipeline(transaction=False) as pipe:
+            for i in range(0, len(hashes), _CHUNK):
+                pipe.hset(key, mapping=dict(zip(hashes[i : i + _CHUNK], texts[i : i + _CHUNK],
+                                                strict=True)))
+            pipe.execute()
+
+    @_unavailable_as_store_error
+    def texts_of(self, name: str, hashes: Sequence[str]) -> list[str | None]:
+        key = self._key(name, "texts")
+        with self._client.pipeline(transaction=False) as pipe:
+            for i in range(0, len(hashes), _CHUNK):
+                pipe.hmget(key, list(hashes[i : i + _CHUNK]))
+            found = [value for chunk in pipe.execute() for value in chunk]
+        return [None if value is None else value.decode() for value in found]
+
     def text_hashes(self, name: str, rows: np.ndarray) -> list[str]:
         self._meta(name)
         fields = [int(row) for row in np.asarray(rows).ravel()]

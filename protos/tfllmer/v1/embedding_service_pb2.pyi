@@ -37,6 +37,24 @@ class GraphTransform(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GRAPH_TRANSFORM_LOG1P: _ClassVar[GraphTransform]
     GRAPH_TRANSFORM_TOP_K: _ClassVar[GraphTransform]
     GRAPH_TRANSFORM_PPMI: _ClassVar[GraphTransform]
+
+class CatalogEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CATALOG_EVENT_KIND_UNSPECIFIED: _ClassVar[CatalogEventKind]
+    CATALOG_EVENT_KIND_SNAPSHOT: _ClassVar[CatalogEventKind]
+    CATALOG_EVENT_KIND_VERSION_CREATED: _ClassVar[CatalogEventKind]
+    CATALOG_EVENT_KIND_ACTIVATED: _ClassVar[CatalogEventKind]
+
+class RefitPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REFIT_PHASE_UNSPECIFIED: _ClassVar[RefitPhase]
+    REFIT_PHASE_QUEUED: _ClassVar[RefitPhase]
+    REFIT_PHASE_READING: _ClassVar[RefitPhase]
+    REFIT_PHASE_MOMENTS: _ClassVar[RefitPhase]
+    REFIT_PHASE_SOLVE: _ClassVar[RefitPhase]
+    REFIT_PHASE_DIAGNOSTICS: _ClassVar[RefitPhase]
+    REFIT_PHASE_WRITING: _ClassVar[RefitPhase]
+    REFIT_PHASE_DONE: _ClassVar[RefitPhase]
 DTYPE_UNSPECIFIED: Dtype
 DTYPE_FLOAT32: Dtype
 DTYPE_FLOAT16: Dtype
@@ -53,6 +71,18 @@ GRAPH_TRANSFORM_IDENTITY: GraphTransform
 GRAPH_TRANSFORM_LOG1P: GraphTransform
 GRAPH_TRANSFORM_TOP_K: GraphTransform
 GRAPH_TRANSFORM_PPMI: GraphTransform
+CATALOG_EVENT_KIND_UNSPECIFIED: CatalogEventKind
+CATALOG_EVENT_KIND_SNAPSHOT: CatalogEventKind
+CATALOG_EVENT_KIND_VERSION_CREATED: CatalogEventKind
+CATALOG_EVENT_KIND_ACTIVATED: CatalogEventKind
+REFIT_PHASE_UNSPECIFIED: RefitPhase
+REFIT_PHASE_QUEUED: RefitPhase
+REFIT_PHASE_READING: RefitPhase
+REFIT_PHASE_MOMENTS: RefitPhase
+REFIT_PHASE_SOLVE: RefitPhase
+REFIT_PHASE_DIAGNOSTICS: RefitPhase
+REFIT_PHASE_WRITING: RefitPhase
+REFIT_PHASE_DONE: RefitPhase
 
 class EncoderInfo(_message.Message):
     __slots__ = ("name", "dim")
@@ -201,7 +231,7 @@ class CatalogVersion(_message.Message):
     def __init__(self, version: _Optional[int] = ..., status: _Optional[_Union[VersionStatus, str]] = ..., item_count: _Optional[int] = ..., encoder: _Optional[_Union[EncoderInfo, _Mapping]] = ..., parameters: _Optional[_Union[FitParameters, _Mapping]] = ..., diagnostics: _Optional[_Union[FitDiagnostics, _Mapping]] = ..., cooccurrence: _Optional[_Union[CooccurrenceTotals, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., activate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fit_seconds: _Optional[float] = ...) -> None: ...
 
 class GetItemEmbeddingsRequest(_message.Message):
-    __slots__ = ("catalog", "version", "item_ids", "dtype", "kind", "max_chunk_bytes", "omit_item_ids")
+    __slots__ = ("catalog", "version", "item_ids", "dtype", "kind", "max_chunk_bytes", "omit_item_ids", "dim")
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +239,7 @@ class GetItemEmbeddingsRequest(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     OMIT_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
     catalog: str
     version: int
     item_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -216,7 +247,8 @@ class GetItemEmbeddingsRequest(_message.Message):
     kind: EmbeddingKind
     max_chunk_bytes: int
     omit_item_ids: bool
-    def __init__(self, catalog: _Optional[str] = ..., version: _Optional[int] = ..., item_ids: _Optional[_Iterable[str]] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., kind: _Optional[_Union[EmbeddingKind, str]] = ..., max_chunk_bytes: _Optional[int] = ..., omit_item_ids: _Optional[bool] = ...) -> None: ...
+    dim: int
+    def __init__(self, catalog: _Optional[str] = ..., version: _Optional[int] = ..., item_ids: _Optional[_Iterable[str]] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., kind: _Optional[_Union[EmbeddingKind, str]] = ..., max_chunk_bytes: _Optional[int] = ..., omit_item_ids: _Optional[bool] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class EmbeddingHeader(_message.Message):
     __slots__ = ("version", "dim", "dtype", "kind", "item_count", "encoder")
@@ -315,28 +347,34 @@ class ActivateVersionResponse(_message.Message):
     def __init__(self, previous_active_version: _Optional[int] = ..., active_version: _Optional[int] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
-    __slots__ = ("catalog", "version", "item_id", "vector", "k")
+    __slots__ = ("catalog", "version", "item_id", "vector", "k", "dim", "include_texts")
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_TEXTS_FIELD_NUMBER: _ClassVar[int]
     catalog: str
     version: int
     item_id: str
     vector: bytes
     k: int
-    def __init__(self, catalog: _Optional[str] = ..., version: _Optional[int] = ..., item_id: _Optional[str] = ..., vector: _Optional[bytes] = ..., k: _Optional[int] = ...) -> None: ...
+    dim: int
+    include_texts: bool
+    def __init__(self, catalog: _Optional[str] = ..., version: _Optional[int] = ..., item_id: _Optional[str] = ..., vector: _Optional[bytes] = ..., k: _Optional[int] = ..., dim: _Optional[int] = ..., include_texts: _Optional[bool] = ...) -> None: ...
 
 class SimilarItem(_message.Message):
-    __slots__ = ("item_id", "row", "score")
+    __slots__ = ("item_id", "row", "score", "text")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     ROW_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     row: int
     score: float
-    def __init__(self, item_id: _Optional[str] = ..., row: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+    text: str
+    def __init__(self, item_id: _Optional[str] = ..., row: _Optional[int] = ..., score: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
     __slots__ = ("version", "items")
@@ -345,3 +383,91 @@ class SimilarItemsResponse(_message.Message):
     version: int
     items: _containers.RepeatedCompositeFieldContainer[SimilarItem]
     def __init__(self, version: _Optional[int] = ..., items: _Optional[_Iterable[_Union[SimilarItem, _Mapping]]] = ...) -> None: ...
+
+class WatchCatalogRequest(_message.Message):
+    __slots__ = ("catalog",)
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    catalog: str
+    def __init__(self, catalog: _Optional[str] = ...) -> None: ...
+
+class WatchCatalogResponse(_message.Message):
+    __slots__ = ("kind", "active_version", "version", "item_count", "versions")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    kind: CatalogEventKind
+    active_version: int
+    version: CatalogVersion
+    item_count: int
+    versions: _containers.RepeatedCompositeFieldContainer[CatalogVersion]
+    def __init__(self, kind: _Optional[_Union[CatalogEventKind, str]] = ..., active_version: _Optional[int] = ..., version: _Optional[_Union[CatalogVersion, _Mapping]] = ..., item_count: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[CatalogVersion, _Mapping]]] = ...) -> None: ...
+
+class OperationError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RefitOperation(_message.Message):
+    __slots__ = ("name", "catalog", "phase", "fraction", "done", "response", "error", "create_time", "update_time", "request")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    catalog: str
+    phase: RefitPhase
+    fraction: float
+    done: bool
+    response: RefitProjectionResponse
+    error: OperationError
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    request: RefitProjectionRequest
+    def __init__(self, name: _Optional[str] = ..., catalog: _Optional[str] = ..., phase: _Optional[_Union[RefitPhase, str]] = ..., fraction: _Optional[float] = ..., done: _Optional[bool] = ..., response: _Optional[_Union[RefitProjectionResponse, _Mapping]] = ..., error: _Optional[_Union[OperationError, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request: _Optional[_Union[RefitProjectionRequest, _Mapping]] = ...) -> None: ...
+
+class StartRefitRequest(_message.Message):
+    __slots__ = ("refit",)
+    REFIT_FIELD_NUMBER: _ClassVar[int]
+    refit: RefitProjectionRequest
+    def __init__(self, refit: _Optional[_Union[RefitProjectionRequest, _Mapping]] = ...) -> None: ...
+
+class StartRefitResponse(_message.Message):
+    __slots__ = ("operation",)
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    operation: RefitOperation
+    def __init__(self, operation: _Optional[_Union[RefitOperation, _Mapping]] = ...) -> None: ...
+
+class GetRefitOperationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetRefitOperationResponse(_message.Message):
+    __slots__ = ("operation",)
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    operation: RefitOperation
+    def __init__(self, operation: _Optional[_Union[RefitOperation, _Mapping]] = ...) -> None: ...
+
+class WatchRefitOperationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class WatchRefitOperationResponse(_message.Message):
+    __slots__ = ("operation",)
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    operation: RefitOperation
+    def __init__(self, operation: _Optional[_Union[RefitOperation, _Mapping]] = ...) -> None: ...

@@ -34,7 +34,7 @@ class EmbeddingServiceStub:
     Authentication: when the server has tokens configured, every call carries the metadata
     `authorization: Bearer <token>`. A missing, malformed or unknown token is
     UNAUTHENTICATED. Trainer tokens may call DescribeCatalog, GetItemEmbeddings,
-    PushCooccurrence and SimilarItems; admin tokens may call every RPC. A trainer token on an
+    PushCooccurrence, SimilarItems and WatchCatalog; admin tokens may call every RPC. A trainer token on an
     admin-only RPC is PERMISSION_DENIED.
 
     Errors common to every RPC: UNAVAILABLE when the store or the encoder does not answer or
@@ -96,6 +96,26 @@ class EmbeddingServiceStub:
                 request_serializer=tfllmer_dot_v1_dot_embedding__service__pb2.SimilarItemsRequest.SerializeToString,
                 response_deserializer=tfllmer_dot_v1_dot_embedding__service__pb2.SimilarItemsResponse.FromString,
                 _registered_method=True)
+        self.WatchCatalog = channel.unary_stream(
+                '/tfllmer.v1.EmbeddingService/WatchCatalog',
+                request_serializer=tfllmer_dot_v1_dot_embedding__service__pb2.WatchCatalogRequest.SerializeToString,
+                response_deserializer=tfllmer_dot_v1_dot_embedding__service__pb2.WatchCatalogResponse.FromString,
+                _registered_method=True)
+        self.StartRefit = channel.unary_unary(
+                '/tfllmer.v1.EmbeddingService/StartRefit',
+                request_serializer=tfllmer_dot_v1_dot_embedding__service__pb2.StartRefitRequest.SerializeToString,
+                response_deserializer=tfllmer_dot_v1_dot_embedding__service__pb2.StartRefitResponse.FromString,
+                _registered_method=True)
+        self.GetRefitOperation = channel.unary_unary(
+                '/tfllmer.v1.EmbeddingService/GetRefitOperation',
+                request_serializer=tfllmer_dot_v1_dot_embedding__service__pb2.GetRefitOperationRequest.SerializeToString,
+                response_deserializer=tfllmer_dot_v1_dot_embedding__service__pb2.GetRefitOperationResponse.FromString,
+                _registered_method=True)
+        self.WatchRefitOperation = channel.unary_stream(
+                '/tfllmer.v1.EmbeddingService/WatchRefitOperation',
+                request_serializer=tfllmer_dot_v1_dot_embedding__service__pb2.WatchRefitOperationRequest.SerializeToString,
+                response_deserializer=tfllmer_dot_v1_dot_embedding__service__pb2.WatchRefitOperationResponse.FromString,
+                _registered_method=True)
 
 
 class EmbeddingServiceServicer:
@@ -107,7 +127,7 @@ class EmbeddingServiceServicer:
     Authentication: when the server has tokens configured, every call carries the metadata
     `authorization: Bearer <token>`. A missing, malformed or unknown token is
     UNAUTHENTICATED. Trainer tokens may call DescribeCatalog, GetItemEmbeddings,
-    PushCooccurrence and SimilarItems; admin tokens may call every RPC. A trainer token on an
+    PushCooccurrence, SimilarItems and WatchCatalog; admin tokens may call every RPC. A trainer token on an
     admin-only RPC is PERMISSION_DENIED.
 
     Errors common to every RPC: UNAVAILABLE when the store or the encoder does not answer or
@@ -264,6 +284,61 @@ class EmbeddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchCatalog(self, request, context):
+        """Streams a catalog's version events (trainer). The first message is a snapshot: the
+        active version now and every version; then one message per activation and per new
+        version, in the order this server observed them, until the caller cancels, the server
+        shuts down (UNAVAILABLE) or the stream reaches the server's maximum call duration
+        (DEADLINE_EXCEEDED): reconnect, and the next snapshot tells what changed meanwhile. Changes made through any server replica are
+        seen: each server polls its store about twice a second, so an event may lag the change
+        by up to a poll interval, and a version that was activated and replaced within one
+        interval is reported as created but not as activated.
+
+        Errors: INVALID_ARGUMENT for a bad catalog name; NOT_FOUND for an unknown catalog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRefit(self, request, context):
+        """Starts RefitProjection as a long-running operation and returns it at once (admin), in
+        phase REFIT_PHASE_QUEUED or later. The work belongs to the server:
+        it holds the catalog's refit lock and goes on when the caller disconnects; follow it with
+        GetRefitOperation or WatchRefitOperation. An operation is kept for an hour after it ends
+        and lives in the memory of the replica that runs it: address that replica (its name
+        says which, see RefitOperation.name). A fit that fails after the start (e.g. vectors
+        without variance) ends the operation with OperationError; nothing is written.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND and FAILED_PRECONDITION as for RefitProjection,
+        checked before anything starts; ABORTED when another refit of the catalog is running
+        (on any replica, in either form).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRefitOperation(self, request, context):
+        """The current state of a refit operation (admin).
+
+        Errors: INVALID_ARGUMENT for a malformed name; NOT_FOUND for an operation this server
+        does not hold (unknown, expired, or run by another replica).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRefitOperation(self, request, context):
+        """Streams a refit operation's state (admin): its state now, then a message whenever its
+        phase or fraction changes (at most about 10 per second), ending after the message with
+        done set. Re-attaching after a dropped connection is calling it again.
+
+        Errors: INVALID_ARGUMENT for a malformed name; NOT_FOUND for an operation this server
+        does not hold (unknown, expired, or run by another replica).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbeddingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -302,6 +377,26 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
                     request_deserializer=tfllmer_dot_v1_dot_embedding__service__pb2.SimilarItemsRequest.FromString,
                     response_serializer=tfllmer_dot_v1_dot_embedding__service__pb2.SimilarItemsResponse.SerializeToString,
             ),
+            'WatchCatalog': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCatalog,
+                    request_deserializer=tfllmer_dot_v1_dot_embedding__service__pb2.WatchCatalogRequest.FromString,
+                    response_serializer=tfllmer_dot_v1_dot_embedding__service__pb2.WatchCatalogResponse.SerializeToString,
+            ),
+            'StartRefit': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRefit,
+                    request_deserializer=tfllmer_dot_v1_dot_embedding__service__pb2.StartRefitRequest.FromString,
+                    response_serializer=tfllmer_dot_v1_dot_embedding__service__pb2.StartRefitResponse.SerializeToString,
+            ),
+            'GetRefitOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRefitOperation,
+                    request_deserializer=tfllmer_dot_v1_dot_embedding__service__pb2.GetRefitOperationRequest.FromString,
+                    response_serializer=tfllmer_dot_v1_dot_embedding__service__pb2.GetRefitOperationResponse.SerializeToString,
+            ),
+            'WatchRefitOperation': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRefitOperation,
+                    request_deserializer=tfllmer_dot_v1_dot_embedding__service__pb2.WatchRefitOperationRequest.FromString,
+                    response_serializer=tfllmer_dot_v1_dot_embedding__service__pb2.WatchRefitOperationResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tfllmer.v1.EmbeddingService', rpc_method_handlers)
@@ -319,7 +414,7 @@ class EmbeddingService:
     Authentication: when the server has tokens configured, every call carries the metadata
     `authorization: Bearer <token>`. A missing, malformed or unknown token is
     UNAUTHENTICATED. Trainer tokens may call DescribeCatalog, GetItemEmbeddings,
-    PushCooccurrence and SimilarItems; admin tokens may call every RPC. A trainer token on an
+    PushCooccurrence, SimilarItems and WatchCatalog; admin tokens may call every RPC. A trainer token on an
     admin-only RPC is PERMISSION_DENIED.
 
     Errors common to every RPC: UNAVAILABLE when the store or the encoder does not answer or
@@ -519,6 +614,114 @@ class EmbeddingService:
             '/tfllmer.v1.EmbeddingService/SimilarItems',
             tfllmer_dot_v1_dot_embedding__service__pb2.SimilarItemsRequest.SerializeToString,
             tfllmer_dot_v1_dot_embedding__service__pb2.SimilarItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tfllmer.v1.EmbeddingService/WatchCatalog',
+            tfllmer_dot_v1_dot_embedding__service__pb2.WatchCatalogRequest.SerializeToString,
+            tfllmer_dot_v1_dot_embedding__service__pb2.WatchCatalogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRefit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tfllmer.v1.EmbeddingService/StartRefit',
+            tfllmer_dot_v1_dot_embedding__service__pb2.StartRefitRequest.SerializeToString,
+            tfllmer_dot_v1_dot_embedding__service__pb2.StartRefitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRefitOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tfllmer.v1.EmbeddingService/GetRefitOperation',
+            tfllmer_dot_v1_dot_embedding__service__pb2.GetRefitOperationRequest.SerializeToString,
+            tfllmer_dot_v1_dot_embedding__service__pb2.GetRefitOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRefitOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tfllmer.v1.EmbeddingService/WatchRefitOperation',
+            tfllmer_dot_v1_dot_embedding__service__pb2.WatchRefitOperationRequest.SerializeToString,
+            tfllmer_dot_v1_dot_embedding__service__pb2.WatchRefitOperationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""The read-only web console: one static page over a small JSON API (``console.api``)."""
