@@ -219,6 +219,8 @@ class Stack:
             f"REDIS_PASSWORD={secrets.token_urlsafe(24)}",
             f"ADMIN_TOKEN={self.admin_token}",
             f"TRAINER_TOKEN={self.trainer_token}",
+            # Compose interpolates every service, the monitoring profile's Grafana included.
+            f"GRAFANA_ADMIN_PASSWORD={secrets.token_urlsafe(24)}",
             f"CATALOG={CATALOG}",
             "MODEL=/models/all-MiniLM-L6-v2",
             "SERVER_ADDRESS=server-cpu:50051",
