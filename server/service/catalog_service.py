@@ -268,13 +268,12 @@ class CatalogService:
             changed_rows=rows[changed].astype(np.int64),
             changed_text_hashes=[hashes[i] for i in changed],
             changed_vectors=vectors[len(new) :],
+            texts=dict(zip([hashes[i] for i in new + changed], to_encode, strict=True)),
         )
         check_alive()  # a call that died while encoding stops before its commit
         # A new catalog is created by the commit itself: an upsert that fails or dies before
         # it leaves no empty catalog behind.
         create = None if state is not None else (self.identity, self.limits.raw_dtype)
-        if to_encode:  # before the commit: a committed item's text is always there
-            self.store.put_texts(name, [hashes[i] for i in new + changed], to_encode)
         unchanged = len(ids) - len(new) - len(changed)
         outcome = {"added": len(new), "changed": len(changed), "unchanged": unchanged,
                    "item_count": base_count + len(new)}

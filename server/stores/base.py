@@ -97,6 +97,9 @@ class ItemChanges:
     changed_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     changed_text_hashes: list[str] = field(default_factory=list)
     changed_vectors: np.ndarray | None = None
+    # text hash -> text of the new and changed items, written in the commit's atomic step
+    # (content-addressed: a committed item's text is always there, a dead call leaves none).
+    texts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

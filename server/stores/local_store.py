@@ -325,9 +325,13 @@ class LocalStore(CatalogStore):
 
     def put_texts(self, name: str, hashes: Sequence[str], texts: Sequence[str]) -> None:
         with self._write() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO item_texts (catalog, text_hash, text) VALUES (?, ?, ?)",
-                zip([name] * len(hashes), hashes, texts, strict=True))
+            self._insert_texts(conn, name, dict(zip(hashes, texts, strict=True)))
+
+    @staticmethod
+    def _insert_texts(conn: sqlite3.Connection, name: str, texts: dict[str, str]) -> None:
+        conn.executemany(
+            "INSERT OR IGNORE INTO item_texts (catalog, text_hash, text) VALUES (?, ?, ?)",
+            ((name, text_hash, text) for text_hash, text in texts.items()))
 
     def texts_of(self, name: str, hashes: Sequence[str]) -> list[str | None]:
         found: dict[str, str] = {}
@@ -393,6 +397,7 @@ class LocalStore(CatalogStore):
                 vectors = np.asarray(changes.changed_vectors)[order]
                 self._put_rows(conn, name, catalog, rows[order], vectors)
             conn.execute("UPDATE catalogs SET item_count = ? WHERE name = ?", (new_rows.stop, name))
+            self._insert_texts(conn, name, changes.texts)
             if request is not None:
                 self._record_request(conn, name, request)
         return new_rows.stop

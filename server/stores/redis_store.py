@@ -520,12 +520,14 @@ class RedisStore(CatalogStore):
 
     @_unavailable_as_store_error
     def put_texts(self, name: str, hashes: Sequence[str], texts: Sequence[str]) -> None:
-        key = self._key(name, "texts")
         with self._client.pipeline(transaction=False) as pipe:
-            for i in range(0, len(hashes), _CHUNK):
-                pipe.hset(key, mapping=dict(zip(hashes[i : i + _CHUNK], texts[i : i + _CHUNK],
-                                                strict=True)))
+            self._queue_texts(pipe, name, dict(zip(hashes, texts, strict=True)))
             pipe.execute()
+
+    def _queue_texts(self, pipe: Any, name: str, texts: dict[str, str]) -> None:
+        key, pairs = self._key(name, "texts"), list(texts.items())
+        for i in range(0, len(pairs), _CHUNK):
+            pipe.hset(key, mapping=dict(pairs[i : i + _CHUNK]))
 
     @_unavailable_as_store_error
     def texts_of(self, name: str, hashes: Sequence[str]) -> list[str | None]:
@@ -619,6 +621,7 @@ class RedisStore(CatalogStore):
                 if header is not None:  # the catalog and its first items in one step
                     pipe.set(meta_key, header)
                 self._queue_items(pipe, name, meta, changes)
+                self._queue_texts(pipe, name, changes.texts)
                 if request is not None and request_key is not None:
                     pipe.hset(request_key, mapping={"fingerprint": request.fingerprint,
                                                     "outcome": json.dumps(request.outcome)})
