@@ -323,15 +323,18 @@ class FreezingProxy:
         held = bytearray()
         try:
             while data := source.recv(1 << 16):
+                # One critical section per read: the bytes before a match reach Redis before
+                # anything ``release`` forwards (sending them after the lock let a fast
+                # release overtake them, and Redis read a command cut in two), and no
+                # connection slips a read past a freeze set between two sections.
                 with self._lock:
                     if self.tripped.is_set():  # frozen: hold everything
                         if not held:
                             self._held.append((sink, held))
                         held += data
                         continue
-                window = tail + data
-                forward = len(data)
-                with self._lock:
+                    window = tail + data
+                    forward = len(data)
                     matches = self._pattern.finditer(window) if self._pattern else ()
                     for match in matches:
                         if match.end() <= len(tail):
@@ -343,7 +346,7 @@ class FreezingProxy:
                             self._held.append((sink, held))
                             self.tripped.set()
                             break
-                sink.sendall(data[:forward])
+                    sink.sendall(data[:forward])
                 tail = window[-512:]
         except OSError:
             pass
