@@ -27,6 +27,8 @@ from server.recpca import (
     compute_moments,
     diagnose,
     fit_projection,
+    plain_pca,
+    transform_together,
 )
 from server.recpca.graph import TRANSFORMS
 from trainer_client.cooccurrence import count_cooccurrences
@@ -83,8 +85,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings += [(f"ρ = {rho:g}", replace(base, lam=None, retention=rho)) for rho in RETENTIONS]
     rows, fits = [], []
     for label, setting in settings:
-        projection = fit_projection(moments, setting)
-        report = diagnose(moments, projection, raw, counts, setting, args.k, None, graph.n_edges)
+        projection, pca = fit_projection(moments, setting), plain_pca(moments, setting)
+        vectors, pca_vectors = transform_together(raw, [projection, pca])
+        report = diagnose(moments, projection, pca, (vectors, pca_vectors), counts, setting,
+                          args.k, None, graph.n_edges)
         fits.append({"setting": label, **report.to_dict()})
         rows.append({
             "setting": label,

@@ -13,7 +13,15 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.recpca import FitSettings, GraphOptions, Projection, fit_recpca
+from server.recpca import (
+    FitSettings,
+    GraphOptions,
+    Projection,
+    fit_recpca,
+    plain_pca,
+    transform_together,
+)
+from server.recpca.diagnostics import alignment_at_k
 from server.recpca.graph import positive_pmi, transform_counts, validate_counts
 from server.recpca.moments import compute_moments
 from server.recpca.solve import whitener
@@ -156,3 +164,28 @@ def test_a_ppmi_fit_keeps_the_engine_properties() -> None:
     np.testing.assert_allclose(components.T @ components, np.eye(4), atol=1e-10)
     diagnostics = result.diagnostics
     assert diagnostics.retained_variance >= 0.8 * diagnostics.pca_retained_variance - 1e-9
+
+
+@PROPERTY
+@given(cases(), st.floats(0.0, 1.0))
+def test_a_fit_serves_its_projection_and_scores_plain_pca_in_the_same_pass(
+        case: Case, whitening: float) -> None:
+    settings_ = FitSettings(dim=case.dim, retention=0.8, whitening=whitening)
+    result = fit_recpca(case.raw, case.counts, settings_, alignment_sample=None)
+    projection = result.projection
+    np.testing.assert_allclose(result.served, projection.transform(case.raw), atol=1e-6)
+    pca = plain_pca(result.moments, settings_)
+    together = transform_together(case.raw, [projection, pca], block_rows=3)
+    np.testing.assert_allclose(together[0], projection.transform(case.raw), atol=1e-6)
+    np.testing.assert_allclose(together[1], pca.transform(case.raw), atol=1e-6)
+    # The recorded PCA alignment is the one of the PCA vectors, not of the fitted ones.
+    pca_vectors = transform_together(case.raw, [projection, pca])[1]
+    assert result.diagnostics.pca_alignment == alignment_at_k(pca_vectors, case.counts, 10, None)
+
+
+def test_only_projections_of_one_fit_are_transformed_together() -> None:
+    case = make_case(0, 40, 6, 2)
+    projection = _fit(case)
+    moved = Projection(projection.components, projection.mean + 1.0, projection.lam)
+    with pytest.raises(ValueError, match="share"):
+        transform_together(case.raw, [projection, moved])

@@ -9,10 +9,11 @@ from server.recpca.fit import (
     diagnose,
     fit_projection,
     fit_recpca,
+    plain_pca,
 )
 from server.recpca.graph import GraphOptions, NormalizedGraph, build_graph
 from server.recpca.moments import Moments, compute_moments
-from server.recpca.projection import Projection
+from server.recpca.projection import Projection, transform_together
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -29,4 +30,6 @@ __all__ = [
     "diagnose",
     "fit_projection",
     "fit_recpca",
+    "plain_pca",
+    "transform_together",
 ]

@@ -41,9 +41,9 @@ def alignment_at_k(
     import faiss  # lazy: fitting alone should not load faiss
 
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    _, found = index.search(vectors[queries], min(k + 1, len(vectors)))
+    # knn searches the vectors in place (an index would copy all n of them first).
+    _, found = faiss.knn(vectors[queries], vectors, min(k + 1, len(vectors)),
+                         metric=faiss.METRIC_INNER_PRODUCT)
     overlaps = np.empty(len(queries))
     for i, (query, expected) in enumerate(
         zip(queries, top_neighbours_by_count(counts, queries, k), strict=True)

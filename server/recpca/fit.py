@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
 
+import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
@@ -32,7 +33,7 @@ from server.recpca.moments import (
     ProgressCallback,
     compute_moments,
 )
-from server.recpca.projection import Projection
+from server.recpca.projection import Projection, transform_together
 from server.recpca.solve import lambda_for_retention, scores, solve, whitener
 
 DEFAULT_RETENTION = 0.8
@@ -88,6 +89,7 @@ class FitResult:
     projection: Projection
     moments: Moments
     diagnostics: FitDiagnostics
+    served: np.ndarray  # every fitted item's served vector (n × d float32), what is published
 
 
 @cache
@@ -114,27 +116,31 @@ def fit_projection(moments: Moments, settings: FitSettings) -> Projection:
                           whitener(moments, components, settings.whitening))
 
 
+def plain_pca(moments: Moments, settings: FitSettings) -> Projection:
+    """λ = 0 with the same dim and whitening: what a fit is compared with, so only λ differs."""
+    components = solve(moments, settings.dim, 0.0)
+    return Projection(components, moments.mean, 0.0,
+                      whitener(moments, components, settings.whitening))
+
+
 def diagnose(
     moments: Moments,
     projection: Projection,
-    raw: Any,
+    pca_projection: Projection,
+    served: tuple[np.ndarray, np.ndarray] | None,
     counts: sp.csr_matrix | None,
     settings: FitSettings,
     alignment_k: int = 10,
     alignment_sample: int | None = 2000,
     n_edges: int = 0,
 ) -> FitDiagnostics:
-    # Plain PCA for comparison: λ = 0 and the same whitening, so only λ differs.
-    pca_components = solve(moments, settings.dim, 0.0)
-    pca_projection = Projection(pca_components, moments.mean, 0.0,
-                                whitener(moments, pca_components, settings.whitening))
+    """``served`` holds every item's vectors under ``projection`` and ``pca_projection``
+    (needed for alignment only, so None without counts)."""
     fitted = scores(moments, projection.components)
     pca = scores(moments, pca_projection.components)
-    if counts is not None and counts.nnz:
-        alignment = alignment_at_k(projection.transform(raw), counts, alignment_k, alignment_sample)
-        pca_alignment = alignment_at_k(
-            pca_projection.transform(raw), counts, alignment_k, alignment_sample
-        )
+    if counts is not None and counts.nnz and served is not None:
+        alignment, pca_alignment = (alignment_at_k(vectors, counts, alignment_k, alignment_sample)
+                                    for vectors in served)
     else:
         alignment = pca_alignment = None
     return FitDiagnostics(
@@ -182,8 +188,15 @@ def fit_recpca(
     if phase is not None:
         phase("diagnostics")
     validated = sp.csr_matrix(counts) if counts is not None else None
-    diagnostics = diagnose(
-        moments, projection, raw, validated, settings, alignment_k, alignment_sample,
-        n_edges=graph.n_edges if graph is not None else 0,
-    )
-    return FitResult(projection, moments, diagnostics)
+    pca_projection = plain_pca(moments, settings)
+    n_edges = graph.n_edges if graph is not None else 0
+    if validated is not None and validated.nnz:  # alignment scores both spaces: one pass
+        vectors, pca_vectors = transform_together(raw, [projection, pca_projection], block_rows)
+        diagnostics = diagnose(moments, projection, pca_projection, (vectors, pca_vectors),
+                               validated, settings, alignment_k, alignment_sample, n_edges)
+        del pca_vectors
+    else:
+        vectors = projection.transform(raw, block_rows)
+        diagnostics = diagnose(moments, projection, pca_projection, None, validated, settings,
+                               alignment_k, alignment_sample, n_edges)
+    return FitResult(projection, moments, diagnostics, vectors)

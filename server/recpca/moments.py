@@ -220,29 +220,6 @@ def _resolve_backend(backend: Backend, device: str | None) -> tuple[str, str]:
     return "torch", device or ("cuda" if cuda else "cpu")
 
 
-def _graph_cross_by_strips(
-    ops: _NumpyOps,
-    total: np.ndarray,
-    upper: sp.csr_matrix,
-    inv_norms: np.ndarray,
-    mean: np.ndarray,
-    block_rows: int,
-) -> None:
-    """``total += Z_bᵀ (U_b X)`` summed over row blocks b, computed one column strip of X at
-    a time (X narrower than the compute dtype: only one strip is ever converted)."""
-    n, dim = ops.dense.shape
-    width = max(1, min(dim, STRIP_BYTES // max(1, n * ops.dtype.itemsize)))
-    for first in range(0, dim, width):
-        last = min(first + width, dim)
-        strip = np.ascontiguousarray(ops.dense[:, first:last], dtype=ops.dtype)
-        for start in range(0, n, block_rows):
-            stop = min(start + block_rows, n)
-            centered = ops.rows(start, stop) * inv_norms[start:stop, None]
-            centered -= mean
-            ops.accumulate_graph(total[:, first:last], centered, upper[start:stop], strip)
-        del strip
-
-
 def compute_moments(
     raw: Any,
     graph: NormalizedGraph | None = None,
@@ -292,25 +269,40 @@ def compute_moments(
         else:
             upper = None
             isolated_rows = np.zeros(n, dtype=bool)
-        for start in range(0, n, block_rows):
-            stop = min(start + block_rows, n)
-            centered = ops.rows(start, stop) * inv_dev[start:stop, None]
-            centered -= mean_dev
-            ops.accumulate(scatter, centered, centered)
-            iso = isolated_rows[start:stop]
-            if iso.any():
-                alone = centered[ops.asarray(iso)]
-                ops.accumulate(isolated, alone, alone)
-            if upper is not None:
-                # Z_bᵀ(U X̄)_b = Z_bᵀ(U diag(1/||x||))_b X − Z_bᵀ(U1)_b μᵀ; the second term
-                # is a D-vector times μᵀ, applied once after the pass.
-                if not narrow:
-                    ops.accumulate_graph(upper_cross, centered, upper[start:stop])
-                ops.accumulate(mean_weight, centered, upper_row_sums[start:stop])
-            if progress is not None:
-                progress(stop)
+        # A narrower X is converted one column strip at a time for the sparse product, and
+        # the per-block sums ride along with the first strip: one pass over the blocks per
+        # strip (without a graph, one strip of zero width: just the sums).
         if upper is not None and narrow:
-            _graph_cross_by_strips(ops, upper_cross, upper, inv_dev, mean_dev, block_rows)
+            width = max(1, min(dim, STRIP_BYTES // max(1, n * dtype.itemsize)))
+            strips = [(first, min(first + width, dim)) for first in range(0, dim, width)]
+        else:
+            strips = [(0, dim if upper is not None else 0)]
+        for index, (first, last) in enumerate(strips):
+            strip = (np.ascontiguousarray(ops.dense[:, first:last], dtype=dtype)
+                     if narrow and upper is not None else None)
+            for start in range(0, n, block_rows):
+                stop = min(start + block_rows, n)
+                centered = ops.rows(start, stop) * inv_dev[start:stop, None]
+                centered -= mean_dev
+                if upper is not None:
+                    # Z_bᵀ(U X̄)_b = Z_bᵀ(U diag(1/||x||))_b X − Z_bᵀ(U1)_b μᵀ; the second
+                    # term is a D-vector times μᵀ, applied once after the pass.
+                    if strip is None:
+                        ops.accumulate_graph(upper_cross, centered, upper[start:stop])
+                    else:
+                        ops.accumulate_graph(upper_cross[:, first:last], centered,
+                                             upper[start:stop], strip)
+                if index == 0:
+                    ops.accumulate(scatter, centered, centered)
+                    iso = isolated_rows[start:stop]
+                    if iso.any():
+                        alone = centered[ops.asarray(iso)]
+                        ops.accumulate(isolated, alone, alone)
+                    if upper is not None:
+                        ops.accumulate(mean_weight, centered, upper_row_sums[start:stop])
+                if progress is not None:  # rows' worth of the whole pass, all strips
+                    progress((index * n + stop) // len(strips))
+            del strip
         scatter_h, cross_h, isolated_h, mean_weight_h = (
             ops.to_host(m) for m in (scatter, upper_cross, isolated, mean_weight)
         )

@@ -9,6 +9,7 @@ read back from a store has ``components = W T`` and no separate whitener.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,22 +40,39 @@ class Projection:
 
     def transform(self, raw: Any, block_rows: int = DEFAULT_BLOCK_ROWS) -> np.ndarray:
         """Unit-norm float32 served vectors for any raw rows (n × D)."""
-        if getattr(raw, "ndim", None) != 2 or raw.shape[1] != self.input_dim:
-            raise ValueError(
-                f"raw vectors must be a 2-D array with {self.input_dim} columns, "
-                f"got shape {getattr(raw, 'shape', None)}"
-            )
-        dtype = compute_dtype(raw)
-        components = self.served_map.astype(dtype)
-        mean = self.mean.astype(dtype)
-        out = np.empty((raw.shape[0], self.output_dim), dtype=np.float32)
-        for start in range(0, raw.shape[0], block_rows):
-            block = np.asarray(raw[start : start + block_rows], dtype=dtype)
-            unit = block * (1.0 / row_norms(block, start)).astype(dtype)[:, None]
-            reduced = (unit - mean) @ components
+        return transform_together(raw, [self], block_rows)[0]
+
+
+def transform_together(raw: Any, projections: Sequence[Projection],
+                       block_rows: int = DEFAULT_BLOCK_ROWS) -> list[np.ndarray]:
+    """Served vectors of ``raw`` under several projections of the same fit (one μ), in one
+    pass: the block conversion and row norms, which cost more than the small product, are
+    paid once (a refit serves one projection and scores plain PCA's beside it)."""
+    if not projections:
+        return []
+    first = projections[0]
+    if any(p.input_dim != first.input_dim or not np.array_equal(p.mean, first.mean)
+           for p in projections):
+        raise ValueError("projections transformed together must share their input and mean")
+    if getattr(raw, "ndim", None) != 2 or raw.shape[1] != first.input_dim:
+        raise ValueError(
+            f"raw vectors must be a 2-D array with {first.input_dim} columns, "
+            f"got shape {getattr(raw, 'shape', None)}"
+        )
+    dtype = compute_dtype(raw)
+    maps = np.hstack([p.served_map for p in projections]).astype(dtype)
+    cuts = np.cumsum([0, *(p.output_dim for p in projections)])
+    mean = first.mean.astype(dtype)
+    outs = [np.empty((raw.shape[0], p.output_dim), dtype=np.float32) for p in projections]
+    for start in range(0, raw.shape[0], block_rows):
+        block = np.asarray(raw[start : start + block_rows], dtype=dtype)
+        unit = block * (1.0 / row_norms(block, start)).astype(dtype)[:, None]
+        combined = (unit - mean) @ maps
+        for out, lo, hi in zip(outs, cuts[:-1], cuts[1:], strict=True):
+            reduced = combined[:, lo:hi]
             norms = np.linalg.norm(reduced, axis=1, keepdims=True)
             # An item exactly at the mean has no direction; it is served as the zero vector.
             np.divide(reduced, norms, out=reduced, where=norms > 0)
             reduced[(norms == 0).ravel()] = 0
             out[start : start + len(block)] = reduced
-        return out
+    return outs

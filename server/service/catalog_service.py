@@ -524,7 +524,7 @@ class CatalogService:
                 f"dim <= {rank}"
             )
         progress.enter("writing")
-        reduced = result.projection.transform(raw)
+        reduced = result.served
         parameters = {
             "dim": settings.dim,
             "lam": settings.lam,
