@@ -67,3 +67,6 @@ def test_refit(tmp_path: Path) -> None:
     assert payload["raw"]["pairs"] == 10_000
     assert run["peak_rss_mb"] >= run["baseline_rss_mb"] * 0.5 > 0
     assert run["seconds"] > 0 and run["version"] == 1
+    assert run["floor_seconds"] > 0
+    assert payload["targets"]["refit_vs_floor"]["value"] == pytest.approx(
+        run["seconds"] / run["floor_seconds"])
