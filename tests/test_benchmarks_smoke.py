@@ -70,3 +70,21 @@ def test_refit(tmp_path: Path) -> None:
     assert run["floor_seconds"] > 0
     assert payload["targets"]["refit_vs_floor"]["value"] == pytest.approx(
         run["seconds"] / run["floor_seconds"])
+
+
+def test_scale_gathers_each_target_from_its_benchmark_and_fails_what_was_not_run(
+        tmp_path: Path) -> None:
+    from bench.scale import main
+
+    measured = {"key": "refit_vs_floor", "definition": "ratio", "value": 1.2, "bound": 1.5,
+                "at_most": True, "met": True}
+    (tmp_path / "refit.json").write_text(json.dumps(
+        {"finished_at": "2026-12-03T08:00:00+00:00", "targets": {"refit_vs_floor": measured}}))
+    main(["--results-dir", str(tmp_path)])
+    payload = result(tmp_path, "scale")
+    assert payload["targets"]["refit_vs_floor"] == {**measured, "source": "refit.json"}
+    for key in ("refit_peak_rss_file_store", "ray_fit_agreement", "ray_fit_2_workers_vs_1"):
+        assert payload["targets"][key]["met"] is False
+        assert payload["targets"][key]["value"] is None
+    assert payload["sources"]["scale_ray"]["missing"] == ["ray_fit_agreement",
+                                                          "ray_fit_2_workers_vs_1"]
