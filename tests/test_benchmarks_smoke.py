@@ -81,7 +81,8 @@ def test_scale_gathers_each_target_from_its_benchmark_and_fails_what_was_not_run
     (tmp_path / "refit.json").write_text(json.dumps(
         {"finished_at": "2026-12-03T08:00:00+00:00", "targets": {"refit_vs_floor": measured}}))
     main(["--results-dir", str(tmp_path)])
-    payload = result(tmp_path, "scale")
+    assert (tmp_path / "scale.md").read_text().startswith("# scale\n")
+    payload = json.loads((tmp_path / "scale.json").read_text())
     assert payload["targets"]["refit_vs_floor"] == {**measured, "source": "refit.json"}
     for key in ("refit_peak_rss_file_store", "ray_fit_agreement", "ray_fit_2_workers_vs_1"):
         assert payload["targets"][key]["met"] is False
