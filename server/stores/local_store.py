@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from server.recpca.row_blocks import RowBlocks
 from server.call_lifetime import CallEnded, check_commit
 from server.cooccurrence_merge import counts_from_pairs
 from server.quoting import shown
+from server.recpca.row_blocks import RowBlocks
 from server.stores.base import (
     CatalogSnapshot,
     CatalogState,
@@ -127,6 +127,7 @@ _MIGRATIONS = (
 )
 
 _IN_CHUNK = 900  # bound parameters per IN (...) query
+_FLOAT32 = np.dtype(np.float32)
 
 
 def _blocks_of(rows: np.ndarray, block_rows: int) -> Iterator[tuple[int, slice]]:
@@ -529,7 +530,7 @@ class LocalStore(CatalogStore):
         block_rows: int,
         dim: int,
         dtype: str,
-        out_dtype: np.dtype = np.dtype(np.float32),
+        out_dtype: np.dtype = _FLOAT32,
     ) -> np.ndarray:
         """Vectors of sorted ``rows`` from row blocks (``query`` selects one block's data,
         its last parameter being the block), as ``out_dtype``."""
@@ -559,7 +560,7 @@ class LocalStore(CatalogStore):
             catalog["block_rows"],
             catalog["encoder_dim"],
             catalog["raw_dtype"],
-            np.dtype(catalog["raw_dtype"]) if stored else np.dtype(np.float32),
+            np.dtype(catalog["raw_dtype"]) if stored else _FLOAT32,
         )
 
     def read_raw(self, name: str, start: int, stop: int) -> np.ndarray:

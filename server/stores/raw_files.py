@@ -25,6 +25,7 @@ A block that is missing, truncated or does not match its manifest entry raises
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -243,10 +244,8 @@ class RawFileStore:
         """Best effort: delete files a failed commit wrote (the collector gets any left)."""
         fs, _ = self._filesystem()
         for file in files:
-            try:
+            with contextlib.suppress(OSError):
                 fs.delete_file(f"{self.directory(name, epoch)}/{file}")
-            except OSError:
-                pass
 
     # -- reading --------------------------------------------------------------------------
     def read(self, name: str, epoch: str, entry: BlockEntry, dim: int, dtype: str) -> np.ndarray:
