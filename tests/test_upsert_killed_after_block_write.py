@@ -20,7 +20,7 @@ from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.stores import RawFileStore, RedisStore
 
 CATALOG = "killed"
-LEASE_S = 2.0  # the refit lock's lease: the age guard of the collection
+LEASE_S = 8.0  # the refit lock's lease: the collection's age guard (renewals on a busy host)
 
 
 def upsert(stub, first: int, count: int):
