@@ -23,7 +23,8 @@ import scipy.linalg
 from server.call_lifetime import check_alive
 from server.config import ServerConfig
 from server.encoders.base import Encoder
-from server.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from server.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from server.fit_engines import FitEngineError, fit_engine
 from server.quoting import shown
 from server.recpca import FitSettings, Projection, fit_recpca
 from server.service.dim_prefix import prefix, served_dim
@@ -76,6 +77,8 @@ class Limits:
     # Serialized GetItemEmbeddings chunks of full-catalog pulls kept by the servicer (LRU);
     # 0 disables them. Off whenever version_cache_size is 0.
     chunk_cache_bytes: int = 1 << 30
+    fit_engine: str = "local"  # where refits compute their moments (server.fit_engines)
+    ray_address: str = ""
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> Limits:
@@ -88,6 +91,8 @@ class Limits:
             version_cache_size=config.version_cache_size,
             raw_dtype=RAW_DTYPES[config.raw_vector_dtype],
             request_id_ttl_seconds=config.request_id_ttl_seconds,
+            fit_engine=config.fit_engine,
+            ray_address=config.ray_address,
         )
 
 
@@ -196,6 +201,7 @@ class CatalogService:
         self.encoder = encoder
         self.limits = limits or Limits.from_config(ServerConfig())
         self.identity = EncoderIdentity(encoder.name, encoder.dim)
+        self.fit_run = fit_engine(self.limits.fit_engine, self.limits.ray_address)
         self._views: OrderedDict[tuple[str, str, int], VersionView] = OrderedDict()
         self._views_lock = threading.Lock()
 
@@ -511,9 +517,12 @@ class CatalogService:
         progress.enter("moments")
         try:
             result = fit_recpca(raw, counts, settings, phase=progress.enter,
-                                progress=lambda rows: progress.within(rows, count))
+                                progress=lambda rows: progress.within(rows, count),
+                                run=self.fit_run)
         except ValueError as error:  # e.g. vectors without variance
             raise FailedPrecondition(f"cannot fit catalog {name!r}: {error}") from error
+        except FitEngineError as error:  # the engine, not the data: worth a retry
+            raise Unavailable(f"cannot fit catalog {name!r}: {error}") from error
         check_alive()
         rank = variance_rank(result.moments.scatter)
         if settings.dim > rank:  # the other columns would be arbitrary null-space directions
