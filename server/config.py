@@ -66,6 +66,22 @@ def _check_not_empty(value: str) -> str | None:
     return None if value else "must not be empty"
 
 
+_RAW_STORE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
+def _check_raw_store_url(url: str) -> str | None:
+    """Empty, a directory path or a filesystem URL pyarrow opens; never quoted back."""
+    if not url:
+        return None
+    if "://" not in url:
+        return "is a file; give a directory for raw block files" if Path(url).is_file() else None
+    scheme = urlsplit(url).scheme
+    if scheme not in _RAW_STORE_SCHEMES:
+        return (f"has the unsupported scheme {scheme!r}; use a directory path or one of "
+                + ", ".join(f"{name}://" for name in _RAW_STORE_SCHEMES))
+    return None
+
+
 def _check_store_url(url: str) -> str | None:
     """A local file path or a Redis URL. Messages never quote the URL: it may hold a password."""
     if not url:
@@ -149,6 +165,15 @@ class ServerConfig:
         "(?ssl_ca_certs=…&ssl_certfile=…&ssl_keyfile=…). A password in the URL is redacted "
         "in logs.",
         check=_check_store_url,
+    )
+    raw_store_url: str = setting(
+        "",
+        "Where raw item vectors live, apart from the store: empty keeps them in the store; a "
+        "directory path (or file://) or an object store URL (s3://bucket/prefix, gs://…, any "
+        "filesystem pyarrow opens) keeps them there as immutable Arrow IPC row-block files, "
+        "and the store keeps only their manifest. Applies to catalogs created from then on; "
+        "a refit then streams the blocks instead of holding the whole matrix.",
+        check=_check_raw_store_url,
     )
     raw_vector_dtype: RawVectorDtype = setting(
         "float32", "Element type of stored raw vectors; float16 halves their size."
@@ -454,7 +479,7 @@ def _redact_url(url: str) -> str:
 def _shown(f: Field, value: Any) -> Any:
     if f.metadata["secret"]:
         return [REDACTED] * len(value) if isinstance(value, tuple) else (REDACTED if value else "")
-    if f.name == "store_url":
+    if f.name in ("store_url", "raw_store_url"):
         return _redact_url(value)
     return list(value) if isinstance(value, tuple) else value
 

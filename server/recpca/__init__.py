@@ -6,9 +6,11 @@ from server.recpca.fit import (
     FitDiagnostics,
     FitResult,
     FitSettings,
+    StreamedFit,
     diagnose,
     fit_projection,
     fit_recpca,
+    fit_recpca_streamed,
 )
 from server.recpca.graph import GraphOptions, NormalizedGraph, build_graph
 from server.recpca.moments import Moments, compute_moments
@@ -24,9 +26,11 @@ __all__ = [
     "Moments",
     "NormalizedGraph",
     "Projection",
+    "StreamedFit",
     "build_graph",
     "compute_moments",
     "diagnose",
     "fit_projection",
     "fit_recpca",
+    "fit_recpca_streamed",
 ]

@@ -9,6 +9,8 @@ catalogs are scored on a fixed random sample of query items.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -31,6 +33,19 @@ def alignment_at_k(
     seed: int = 0,
 ) -> float | None:
     """Mean overlap of served-space and co-occurrence neighbours; None without counts."""
+    return alignment_over_blocks([embeddings], counts, k, sample_size, seed)
+
+
+def alignment_over_blocks(
+    embedding_blocks: Iterable[np.ndarray],
+    counts: sp.csr_matrix,
+    k: int = 10,
+    sample_size: int | None = 2000,
+    seed: int = 0,
+) -> float | None:
+    """``alignment_at_k`` of the embeddings that ``embedding_blocks`` yields in row order:
+    the index takes one block at a time, so no full array beside it is needed (a refit of a
+    catalog larger than memory); the same index and search, so the same value."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     queries = np.flatnonzero(np.diff(counts.indptr) > 0)
@@ -40,10 +55,20 @@ def alignment_at_k(
         queries = np.sort(np.random.default_rng(seed).choice(queries, sample_size, replace=False))
     import faiss  # lazy: fitting alone should not load faiss
 
-    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    _, found = index.search(vectors[queries], min(k + 1, len(vectors)))
+    index = None
+    picked: list[np.ndarray] = []
+    first = 0
+    for block in embedding_blocks:
+        vectors = np.ascontiguousarray(block, dtype=np.float32)
+        if index is None:
+            index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+        lo, hi = np.searchsorted(queries, [first, first + len(vectors)])
+        picked.append(vectors[queries[lo:hi] - first])
+        first += len(vectors)
+    if index is None:
+        raise ValueError("alignment needs embeddings")
+    _, found = index.search(np.concatenate(picked), min(k + 1, index.ntotal))
     overlaps = np.empty(len(queries))
     for i, (query, expected) in enumerate(
         zip(queries, top_neighbours_by_count(counts, queries, k), strict=True)

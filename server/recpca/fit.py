@@ -15,15 +15,16 @@ because the scales of ``S`` and ``G`` differ; ρ does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
 
+import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
-from server.recpca.diagnostics import alignment_at_k
+from server.recpca.diagnostics import alignment_over_blocks
 from server.recpca.graph import GraphOptions, build_graph
 from server.recpca.moments import (
     DEFAULT_BLOCK_ROWS,
@@ -34,9 +35,9 @@ from server.recpca.moments import (
     validate_raw,
 )
 from server.recpca.projection import Projection
-from server.recpca.row_blocks import ArrayRowBlocks
+from server.recpca.row_blocks import ArrayRowBlocks, RowBlocks
 from server.recpca.solve import lambda_for_retention, scores, solve, whitener
-from server.recpca.streamed import Run, streamed_moments
+from server.recpca.streamed import Run, run_locally, streamed_moments
 
 DEFAULT_RETENTION = 0.8
 DEFAULT_WHITENING = 0.0  # chosen on validation by bench.value (README, "What TF-LLMER buys")
@@ -126,7 +127,10 @@ def diagnose(
     alignment_k: int = 10,
     alignment_sample: int | None = 2000,
     n_edges: int = 0,
+    served: np.ndarray | None = None,
 ) -> FitDiagnostics:
+    """``raw`` is the matrix (n × D) or its ``RowBlocks`` (then read block by block);
+    ``served``, if given, is ``projection.transform`` of it, already computed."""
     # Plain PCA for comparison: λ = 0 and the same whitening, so only λ differs.
     pca_components = solve(moments, settings.dim, 0.0)
     pca_projection = Projection(pca_components, moments.mean, 0.0,
@@ -134,10 +138,16 @@ def diagnose(
     fitted = scores(moments, projection.components)
     pca = scores(moments, pca_projection.components)
     if counts is not None and counts.nnz:
-        alignment = alignment_at_k(projection.transform(raw), counts, alignment_k, alignment_sample)
-        pca_alignment = alignment_at_k(
-            pca_projection.transform(raw), counts, alignment_k, alignment_sample
-        )
+        def embedded(chosen: Projection) -> Iterable[np.ndarray]:
+            if isinstance(raw, RowBlocks):
+                return chosen.transform_blocks(raw)
+            return [chosen.transform(raw)]
+
+        alignment = alignment_over_blocks(
+            [served] if served is not None else embedded(projection), counts, alignment_k,
+            alignment_sample)
+        pca_alignment = alignment_over_blocks(embedded(pca_projection), counts, alignment_k,
+                                              alignment_sample)
     else:
         alignment = pca_alignment = None
     return FitDiagnostics(
@@ -199,3 +209,42 @@ def fit_recpca(
         n_edges=graph.n_edges if graph is not None else 0,
     )
     return FitResult(projection, moments, diagnostics)
+
+
+@dataclass(frozen=True)
+class StreamedFit:
+    result: FitResult
+    reduced: np.ndarray  # the served vectors of every row (float32, n × d)
+
+
+def fit_recpca_streamed(
+    blocks: RowBlocks,
+    counts: sp.spmatrix | sp.sparray | None,
+    settings: FitSettings = FitSettings(),
+    *,
+    run: Run = run_locally,
+    progress: ProgressCallback | None = None,
+    alignment_k: int = 10,
+    alignment_sample: int | None = 2000,
+    phase: Callable[[str], None] | None = None,
+) -> StreamedFit:
+    """``fit_recpca`` over a ``RowBlocks`` source that is never held whole: the moments as
+    block tasks (``streamed_moments`` on ``run``), then the served vectors and the
+    diagnostics block by block. Besides ``counts`` and the graph, memory is a few blocks
+    plus the n × d served vectors it returns (which a version stores anyway)."""
+    graph = build_graph(counts, blocks.n_rows, settings.graph) if counts is not None else None
+    n_edges = graph.n_edges if graph is not None else 0
+    moments = streamed_moments(blocks, graph, run=run, progress=progress)
+    del graph  # the diagnostics need the counts only
+    if phase is not None:
+        phase("solve")
+    projection = fit_projection(moments, settings)
+    if phase is not None:
+        phase("diagnostics")
+    reduced = projection.transform_all(blocks)
+    validated = sp.csr_matrix(counts) if counts is not None else None
+    diagnostics = diagnose(
+        moments, projection, blocks, validated, settings, alignment_k, alignment_sample,
+        n_edges=n_edges, served=reduced,
+    )
+    return StreamedFit(FitResult(projection, moments, diagnostics), reduced)

@@ -9,12 +9,14 @@ read back from a store has ``components = W T`` and no separate whitener.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from server.recpca.moments import DEFAULT_BLOCK_ROWS, compute_dtype, row_norms
+from server.recpca.row_blocks import RowBlocks
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,10 @@ class Projection:
     def output_dim(self) -> int:
         return self.components.shape[1]
 
-    def transform(self, raw: Any, block_rows: int = DEFAULT_BLOCK_ROWS) -> np.ndarray:
-        """Unit-norm float32 served vectors for any raw rows (n × D)."""
+    def transform(self, raw: Any, block_rows: int = DEFAULT_BLOCK_ROWS,
+                  first_row: int = 0) -> np.ndarray:
+        """Unit-norm float32 served vectors for any raw rows (n × D); ``first_row`` is the
+        row number of ``raw[0]`` in error messages."""
         if getattr(raw, "ndim", None) != 2 or raw.shape[1] != self.input_dim:
             raise ValueError(
                 f"raw vectors must be a 2-D array with {self.input_dim} columns, "
@@ -50,11 +54,24 @@ class Projection:
         out = np.empty((raw.shape[0], self.output_dim), dtype=np.float32)
         for start in range(0, raw.shape[0], block_rows):
             block = np.asarray(raw[start : start + block_rows], dtype=dtype)
-            unit = block * (1.0 / row_norms(block, start)).astype(dtype)[:, None]
+            unit = block * (1.0 / row_norms(block, first_row + start)).astype(dtype)[:, None]
             reduced = (unit - mean) @ components
             norms = np.linalg.norm(reduced, axis=1, keepdims=True)
             # An item exactly at the mean has no direction; it is served as the zero vector.
             np.divide(reduced, norms, out=reduced, where=norms > 0)
             reduced[(norms == 0).ravel()] = 0
             out[start : start + len(block)] = reduced
+        return out
+
+    def transform_blocks(self, blocks: RowBlocks) -> Iterator[np.ndarray]:
+        """``transform`` of each row block in order (one block of raw rows held at a time)."""
+        for index, (start, _) in enumerate(blocks.block_bounds()):
+            yield self.transform(blocks.read_block(index), first_row=start)
+
+    def transform_all(self, blocks: RowBlocks) -> np.ndarray:
+        """The served vectors of every row of ``blocks``, read block by block."""
+        out = np.empty((blocks.n_rows, self.output_dim), dtype=np.float32)
+        for (start, stop), reduced in zip(blocks.block_bounds(), self.transform_blocks(blocks),
+                                          strict=True):
+            out[start:stop] = reduced
         return out

@@ -26,7 +26,8 @@ from server.encoders.base import Encoder
 from server.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from server.fit_engines import FitEngineError, fit_engine
 from server.quoting import shown
-from server.recpca import FitSettings, Projection, fit_recpca
+from server.recpca import FitSettings, Projection, fit_recpca, fit_recpca_streamed
+from server.recpca.streamed import run_locally
 from server.service.dim_prefix import prefix, served_dim
 from server.service.refit_progress import RefitProgress
 from server.stores.base import (
@@ -40,6 +41,7 @@ from server.stores.base import (
     NotFoundError,
     PairBatch,
     RequestRecord,
+    StoredRowBlocks,
     StoreError,
     VersionRecord,
 )
@@ -512,17 +514,30 @@ class CatalogService:
         # Counts first: their merge's temporaries are freed before the vectors arrive. The
         # vectors stay in their stored dtype (float16 halves them); the fit converts blocks.
         counts = self.store.read_counts(name, count) if totals.pairs else None
-        raw = self.store.read_raw_stored(name, 0, count)
+        blocks = self.store.raw_blocks(name, count)
+        # Raw vectors in the store: read whole (in their stored dtype) and fitted in memory.
+        # In a raw file store: streamed block by block, never held whole.
+        raw = (self.store.read_raw_stored(name, 0, count)
+               if isinstance(blocks, StoredRowBlocks) else None)
         check_alive()  # each phase below takes a while: a dead call stops between them
         progress.enter("moments")
         try:
-            result = fit_recpca(raw, counts, settings, phase=progress.enter,
-                                progress=lambda rows: progress.within(rows, count),
-                                run=self.fit_run)
+            if raw is not None:
+                result = fit_recpca(raw, counts, settings, phase=progress.enter,
+                                    progress=lambda rows: progress.within(rows, count),
+                                    run=self.fit_run)
+            else:
+                streamed = fit_recpca_streamed(
+                    blocks, counts, settings, phase=progress.enter,
+                    progress=lambda rows: progress.within(rows, count),
+                    run=self.fit_run or run_locally)
+                result, reduced = streamed.result, streamed.reduced
+                del streamed
         except ValueError as error:  # e.g. vectors without variance
             raise FailedPrecondition(f"cannot fit catalog {name!r}: {error}") from error
         except FitEngineError as error:  # the engine, not the data: worth a retry
             raise Unavailable(f"cannot fit catalog {name!r}: {error}") from error
+        del counts
         check_alive()
         rank = variance_rank(result.moments.scatter)
         if settings.dim > rank:  # the other columns would be arbitrary null-space directions
@@ -533,7 +548,9 @@ class CatalogService:
                 f"dim <= {rank}"
             )
         progress.enter("writing")
-        reduced = result.projection.transform(raw)
+        if raw is not None:
+            reduced = result.projection.transform(raw)
+            del raw
         parameters = {
             "dim": settings.dim,
             "lam": settings.lam,
