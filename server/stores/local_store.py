@@ -582,12 +582,12 @@ class LocalStore(CatalogStore):
     def raw_blocks(self, name: str, count: int) -> RowBlocks:
         with self._read() as conn:
             catalog = self._catalog(conn, name)
-            if not catalog["raw_files"]:
-                return super().raw_blocks(name, count)
-            count = min(count, catalog["item_count"])
-            return self._files(catalog).row_blocks(
-                name, catalog["epoch"], self._manifest(conn, name), count,
-                catalog["encoder_dim"], catalog["raw_dtype"])
+            manifest = self._manifest(conn, name) if catalog["raw_files"] else None
+        if manifest is None:
+            return super().raw_blocks(name, count)
+        return self._files(catalog).row_blocks(
+            name, catalog["epoch"], manifest, min(count, catalog["item_count"]),
+            catalog["encoder_dim"], catalog["raw_dtype"])
 
     def read_raw_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
