@@ -40,6 +40,7 @@ def non_defaults(pem_files: dict[str, str]) -> dict[str, tuple[str, object]]:
         "host": ("0.0.0.0", "0.0.0.0"),
         "port": ("6000", 6000),
         "store_url": ("redis://:hunter2@redis:6379/0", "redis://:hunter2@redis:6379/0"),
+        "raw_store_url": ("s3://bucket/raw", "s3://bucket/raw"),
         "raw_vector_dtype": ("float16", "float16"),
         "encoder_backend": ("openai", "openai"),
         "model": ("BAAI/bge-small-en-v1.5", "BAAI/bge-small-en-v1.5"),
