@@ -22,7 +22,8 @@ from server.fit_engines import FitEngineError
 from server.recpca import FitSettings, build_graph, compute_moments, fit_projection, fit_recpca
 from server.recpca.row_blocks import ArrayRowBlocks, RowBlocks
 from server.recpca.streamed import ProductTask, product_task, streamed_moments
-from server.stores import EncoderIdentity, ItemChanges, LocalStore
+from server.stores import EncoderIdentity, ItemChanges, LocalStore, RawFileStore
+from server.stores.raw_files import FileRowBlocks
 from tests.hash_encoder import HashEncoder
 from tests.recpca_cases import largest_principal_angle
 from tests.service_harness import ServerThread
@@ -88,14 +89,23 @@ def crash_in_the_product_pass(source: RowBlocks, task: ProductTask) -> Any:
 CATALOG, N_ITEMS, DIM = "shop", 20_000, 48  # 3 blocks of DEFAULT_BLOCK_ROWS
 
 
-@pytest.fixture(scope="module")
-def ray_server(engine: RayEngine, tmp_path_factory: pytest.TempPathFactory
+@pytest.fixture(scope="module", params=["in-store", "file-store"])
+def ray_server(request: pytest.FixtureRequest, engine: RayEngine,
+               tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[tuple[ServerThread, LocalStore]]:
+    """Raw vectors in the catalog store (the fit ships the array once), or in a raw file
+    store of 1 MiB blocks (4 blocks; each task reads its blocks from the files)."""
     encoder = HashEncoder(DIM)
-    store = LocalStore(tmp_path_factory.mktemp("ray_refit") / "store.db")
+    where = tmp_path_factory.mktemp("ray_refit")
+    files = (RawFileStore(str(where / "raw"), block_bytes=2**20)
+             if request.param == "file-store" else None)
+    store = LocalStore(where / "store.db", raw_files=files)
     store.create_catalog(CATALOG, EncoderIdentity(encoder.name, encoder.dim))
     ids = [f"i{row}" for row in range(N_ITEMS)]
     store.commit_items(CATALOG, ItemChanges(0, ids, ids, make_vectors(N_ITEMS, DIM, seed=4)))
+    blocks = store.raw_blocks(CATALOG, N_ITEMS)
+    assert isinstance(blocks, FileRowBlocks) is (files is not None)
+    assert files is None or len(blocks.block_bounds()) == 4
     rng = np.random.default_rng(4)
     rows = rng.integers(0, N_ITEMS, 200_000).astype("<u4")
     cols = ((rows + rng.integers(1, 50, rows.size)) % N_ITEMS).astype("<u4")
