@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -159,3 +160,34 @@ def test_a_refit_whose_tasks_fail_is_unavailable_and_publishes_nothing(ray_serve
     assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "a fit task failed on Ray: OSError: block file unreadable" in failure.value.details()
     assert [(v.version, v.status) for v in store.versions(CATALOG)] == before
+
+
+class LoggedBlocks(ArrayRowBlocks):
+    """Each read leaves a file named by when it started and ended (in microseconds)."""
+
+    def __init__(self, array: np.ndarray, block_rows: int, log: str) -> None:
+        super().__init__(array, block_rows)
+        self.log = log
+
+    def read_block(self, index: int) -> np.ndarray:
+        began = time.time_ns() // 1000
+        time.sleep(0.02)
+        block = super().read_block(index)
+        open(os.path.join(self.log, f"{began}-{time.time_ns() // 1000}-{index}"), "w").close()
+        return block
+
+
+def test_at_most_max_in_flight_tasks_run_at_once_and_the_result_is_the_same(
+        engine: RayEngine, tmp_path) -> None:
+    raw = make_vectors(3000, 16, seed=5)
+    graph = build_graph(make_counts(3000, 20_000, seed=5), 3000)
+    one_at_a_time = streamed_moments(LoggedBlocks(raw, 300, str(tmp_path)), graph,
+                                     run=RayEngine(max_in_flight=1))
+    reads = sorted(tuple(map(int, name.split("-")[:2])) for name in os.listdir(tmp_path))
+    assert len(reads) > 20  # both passes, and the pair reads
+    assert all(later[0] >= earlier[1] for earlier, later in zip(reads, reads[1:], strict=False))
+    reference = compute_moments(raw, graph, backend="numpy")
+    np.testing.assert_allclose(one_at_a_time.graph_variation, reference.graph_variation,
+                               atol=2e-5 * np.abs(reference.scatter).max())
+    with pytest.raises(ValueError, match="max_in_flight must be >= 1"):
+        RayEngine(max_in_flight=0)

@@ -34,12 +34,17 @@ def _ray() -> Any:
 
 class RayEngine:
     """``Run`` on a Ray cluster. ``init_options`` go to ``ray.init`` (``num_cpus`` for a local
-    Ray, for example); ``max_retries`` is how often a task lost with its worker is rerun."""
+    Ray, for example); ``max_retries`` is how often a task lost with its worker is rerun;
+    ``max_in_flight`` caps the tasks submitted at once (a fit's share of a shared cluster,
+    and of its object store), None: all of them."""
 
     def __init__(self, address: str | None = None, *, max_retries: int = 3,
-                 **init_options: Any) -> None:
+                 max_in_flight: int | None = None, **init_options: Any) -> None:
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.address = address
         self.max_retries = max_retries
+        self.max_in_flight = max_in_flight
         self.init_options = init_options
 
     def ensure_started(self) -> None:
@@ -58,9 +63,13 @@ class RayEngine:
         self.ensure_started()
         remote = ray.remote(max_retries=self.max_retries)(function)
         source_ref = ray.put(source)
-        pending = [remote.remote(source_ref, task) for task in tasks]
+        waiting = list(reversed(tasks))  # submitted from the end of this list
+        pending: list[Any] = []
         try:
-            while pending:
+            while waiting or pending:
+                while waiting and (self.max_in_flight is None
+                                   or len(pending) < self.max_in_flight):
+                    pending.append(remote.remote(source_ref, waiting.pop()))
                 done, pending = ray.wait(pending, num_returns=1)
                 yield _result(ray, done[0])
         finally:
