@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from bench.recpca_fit import make_counts, make_vectors
 from server.recpca import FitSettings, build_graph, compute_moments, fit_projection
 from server.recpca.graph import strict_upper_triangle
-from server.recpca.row_blocks import ArrayRowBlocks, RowBlocks
+from server.recpca.row_blocks import ArrayRowBlocks, CoarserRowBlocks, RowBlocks
 from server.recpca.streamed import owner, pair_slices, streamed_moments
 from tests.recpca_cases import largest_principal_angle, make_case, random_counts
 
@@ -185,3 +185,16 @@ def test_sparse_pairs_gather_their_rows_and_dense_pairs_take_the_block() -> None
         assert kinds == ({False} if counts is sparse else {True})
         assert_same_moments(streamed_moments(ArrayRowBlocks(case.raw, 100), graph),
                             compute_moments(case.raw, graph, backend="numpy"), rtol=1e-12)
+
+
+@pytest.mark.parametrize("task_rows", [1, 150, 401, 10_000])
+def test_coarser_task_blocks_give_the_same_moments_with_fewer_reads(task_rows: int) -> None:
+    case = make_case(seed=11, n=1000, raw_dim=8, dim=3)
+    graph = build_graph(case.counts, 1000)
+    source = UnevenBlocks(case.raw, [100] * 7 + [50, 250])
+    coarse = CoarserRowBlocks(source, task_rows)
+    sizes = [stop - start for start, stop in coarse.block_bounds()]
+    assert sum(sizes) == 1000 and all(size >= min(task_rows, 100) for size in sizes[:-1])
+    assert len(sizes) == {1: 9, 150: 5, 401: 2, 10_000: 1}[task_rows]
+    assert_same_moments(streamed_moments(source, graph, task_rows=task_rows),
+                        compute_moments(case.raw, graph, backend="numpy"), rtol=1e-12)

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from server.recpca.graph import NormalizedGraph, strict_upper_triangle
 from server.recpca.moments import Moments, ProgressCallback, row_norms
-from server.recpca.row_blocks import RowBlocks
+from server.recpca.row_blocks import CoarserRowBlocks, RowBlocks
 
 Task = TypeVar("Task")
 Result = TypeVar("Result")
@@ -231,9 +231,14 @@ def streamed_moments(
     *,
     run: Run = run_locally,
     progress: ProgressCallback | None = None,
+    task_rows: int | None = None,
 ) -> Moments:
     """``compute_moments`` of the matrix ``blocks`` stands for, computed as block tasks on
-    ``run``. ``progress`` hears the number of rows finished after each product task."""
+    ``run``. ``progress`` hears the number of rows finished after each product task.
+    ``task_rows`` joins consecutive blocks into task blocks of at least that many rows
+    (``CoarserRowBlocks``): fewer, larger blocks mean fewer reads in the graph pass."""
+    if task_rows is not None:
+        blocks = CoarserRowBlocks(blocks, task_rows)
     bounds = validate_blocks(blocks)
     n, dim = blocks.n_rows, blocks.dim
     if graph is not None and graph.adjacency.shape != (n, n):
