@@ -12,6 +12,7 @@ server.config [flags]`` validates a configuration and prints it with secrets red
 # No `from __future__ import annotations`: the parser and validation read the field types
 # (Literal choices, tuple lists) at runtime.
 import argparse
+import importlib.util
 import ipaddress
 import json
 import os
@@ -45,6 +46,7 @@ EncoderOutput = Literal["pooled", "normalized"]
 RawVectorDtype = Literal["float32", "float16"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "text"]
+FitEngine = Literal["local", "ray"]
 Tokens = tuple[str, ...]
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
@@ -123,6 +125,12 @@ def _check_tokens(tokens: Tokens) -> str | None:
                 f"token {position} has characters a bearer token cannot carry; use letters, "
                 "digits and -._~+/ (RFC 6750)"
             )
+    return None
+
+
+def _check_fit_engine(engine: str) -> str | None:
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        return "is ray, but Ray is not installed: pip install 'tfllmer-service[ray]'"
     return None
 
 
@@ -344,6 +352,17 @@ class ServerConfig:
         4,
         "Catalog versions whose vectors each process keeps in memory; 0 disables the cache.",
         at_least=0,
+    )
+    fit_engine: FitEngine = setting(
+        "local",
+        "Where RefitProjection computes the moments: local (this process) or ray (block tasks "
+        "on a Ray cluster, the D × D reduction and the eigensolves here; the `ray` extra).",
+        check=_check_fit_engine,
+    )
+    ray_address: str = setting(
+        "",
+        "With --fit-engine ray: ray://host:10001 (Ray Client), auto, or empty for RAY_ADDRESS "
+        "if set, else a local Ray started on the first refit.",
     )
     # Lifecycle and observability
     shutdown_grace_seconds: float = setting(

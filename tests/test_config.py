@@ -77,6 +77,8 @@ def non_defaults(pem_files: dict[str, str]) -> dict[str, tuple[str, object]]:
         "request_id_ttl_seconds": ("600", 600.0),
         "refit_lock_lease_seconds": ("90", 90.0),
         "version_cache_size": ("0", 0),
+        "fit_engine": ("RAY", "ray"),
+        "ray_address": ("ray://ray-head:10001", "ray://ray-head:10001"),
         "shutdown_grace_seconds": ("5", 5.0),
         "metrics_port": ("9464", 9464),
         "log_level": ("DEBUG", "debug"),
@@ -479,3 +481,18 @@ def test_the_module_prints_the_table_and_checks_a_configuration(
 
     assert config_module.main(["--port", "70000"]) == 2
     assert "--port / TFLLMER_PORT must be between" in capsys.readouterr().err
+
+
+def test_the_ray_fit_engine_without_ray_installed_is_refused_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_find_spec = config_module.importlib.util.find_spec
+    monkeypatch.setattr(config_module.importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "ray" else real_find_spec(name))
+    assert "Ray is not installed: pip install 'tfllmer-service[ray]'" in error_of(
+        ["--fit-engine", "ray"])
+    assert load_config([], {}).fit_engine == "local"  # the default needs nothing
+
+
+def test_an_unknown_fit_engine_is_refused_with_the_choices() -> None:
+    assert "must be one of local, ray, got 'dask'" in error_of([], {env_name("fit_engine"): "dask"})

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from bench.recpca_fit import make_counts, make_vectors
 from server.recpca import FitSettings, build_graph, compute_moments, fit_projection
-from server.recpca.row_blocks import ArrayRowBlocks, RowBlocks
-from server.recpca.streamed import owner, streamed_moments
-from tests.recpca_cases import largest_principal_angle, make_case
+from server.recpca.graph import strict_upper_triangle
+from server.recpca.row_blocks import ArrayRowBlocks, CoarserRowBlocks, RowBlocks
+from server.recpca.streamed import owner, pair_slices, streamed_moments
+from tests.recpca_cases import largest_principal_angle, make_case, random_counts
 
 
 def assert_same_moments(streamed: Any, reference: Any, rtol: float) -> None:
@@ -167,3 +168,33 @@ def test_bad_rows_and_bad_blocks_are_refused_with_the_row() -> None:
     with pytest.raises(ValueError, match="graph covers 7 items"):
         streamed_moments(ArrayRowBlocks(np.ones((50, 4)), 10),
                          build_graph(sp.csr_matrix((7, 7)), 7))
+
+
+def test_sparse_pairs_gather_their_rows_and_dense_pairs_take_the_block() -> None:
+    """Both ways of reading the other block of a pair give the single-process moments."""
+    n = 1200
+    case = make_case(seed=9, n=n, raw_dim=10, dim=3)
+    sparse = random_counts(np.random.default_rng(1), n, pairs=n, isolated=0)
+    dense = random_counts(np.random.default_rng(1), n, pairs=60 * n, isolated=0)
+    for counts in (sparse, dense):
+        graph = build_graph(counts, n)
+        bounds = ArrayRowBlocks(case.raw, 100).block_bounds()
+        owned, _ = pair_slices(strict_upper_triangle(graph.adjacency), bounds,
+                               np.ones(n), np.dtype(np.float64))
+        kinds = {pair.rows is None for pairs in owned for pair in pairs}
+        assert kinds == ({False} if counts is sparse else {True})
+        assert_same_moments(streamed_moments(ArrayRowBlocks(case.raw, 100), graph),
+                            compute_moments(case.raw, graph, backend="numpy"), rtol=1e-12)
+
+
+@pytest.mark.parametrize("task_rows", [1, 150, 401, 10_000])
+def test_coarser_task_blocks_give_the_same_moments_with_fewer_reads(task_rows: int) -> None:
+    case = make_case(seed=11, n=1000, raw_dim=8, dim=3)
+    graph = build_graph(case.counts, 1000)
+    source = UnevenBlocks(case.raw, [100] * 7 + [50, 250])
+    coarse = CoarserRowBlocks(source, task_rows)
+    sizes = [stop - start for start, stop in coarse.block_bounds()]
+    assert sum(sizes) == 1000 and all(size >= min(task_rows, 100) for size in sizes[:-1])
+    assert len(sizes) == {1: 9, 150: 5, 401: 2, 10_000: 1}[task_rows]
+    assert_same_moments(streamed_moments(source, graph, task_rows=task_rows),
+                        compute_moments(case.raw, graph, backend="numpy"), rtol=1e-12)

@@ -32,9 +32,10 @@ from server.recpca.moments import (
     Moments,
     ProgressCallback,
     compute_moments,
+    validate_raw,
 )
 from server.recpca.projection import Projection
-from server.recpca.row_blocks import RowBlocks
+from server.recpca.row_blocks import ArrayRowBlocks, RowBlocks
 from server.recpca.solve import lambda_for_retention, scores, solve, whitener
 from server.recpca.streamed import Run, run_locally, streamed_moments
 
@@ -190,14 +191,23 @@ def fit_recpca(
     alignment_k: int = 10,
     alignment_sample: int | None = 2000,
     phase: Callable[[str], None] | None = None,
+    run: Run | None = None,
 ) -> FitResult:
     """Fit Rec-PCA on ``raw`` (n × D) and co-occurrence ``counts`` (n × n, or None).
-    ``phase`` hears "solve" and "diagnostics" as those steps start (after the moments)."""
+    ``phase`` hears "solve" and "diagnostics" as those steps start (after the moments).
+    ``run`` computes the moments as block tasks on that engine (``streamed_moments``, blocks
+    of ``block_rows``) instead of in this process."""
     n_items = getattr(raw, "shape", (0,))[0]
     graph = build_graph(counts, n_items, settings.graph) if counts is not None else None
-    moments = compute_moments(
-        raw, graph, block_rows=block_rows, backend=backend, device=device, progress=progress
-    )
+    if run is None:
+        moments = compute_moments(
+            raw, graph, block_rows=block_rows, backend=backend, device=device,
+            progress=progress,
+        )
+    else:
+        validate_raw(raw)
+        moments = streamed_moments(ArrayRowBlocks(raw, block_rows), graph, run=run,
+                                   progress=progress)
     if phase is not None:
         phase("solve")
     projection = fit_projection(moments, settings)

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from server.recpca.graph import NormalizedGraph, strict_upper_triangle
 from server.recpca.moments import Moments, ProgressCallback, row_norms
-from server.recpca.row_blocks import RowBlocks
+from server.recpca.row_blocks import CoarserRowBlocks, RowBlocks
 
 Task = TypeVar("Task")
 Result = TypeVar("Result")
@@ -68,11 +68,13 @@ class NormResult:
 @dataclass(frozen=True)
 class PairSlice:
     """The part of ``U`` (or its transpose) between the task's block and block ``other``:
-    rows local to the task's block, columns local to ``other``, each column already scaled by
-    ``1/||x||`` of its row in ``other``."""
+    rows local to the task's block; column ``j`` stands for row ``rows[j]`` of ``other`` (all
+    its rows in order when ``rows`` is None) and is already scaled by that row's ``1/||x||``.
+    A sparse pair converts only the rows it uses to the compute dtype."""
 
     other: int
     matrix: sp.csr_matrix
+    rows: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class ProductTask:
     isolated: np.ndarray | None  # rows of the block without a neighbour (graph only)
     pairs: tuple[PairSlice, ...]  # the block pairs this task owns (graph only)
     pair_row_sums: np.ndarray | None  # Σ over pairs of the unscaled slices' row sums
+    other_bounds: dict[int, tuple[int, int]]  # [start, stop) of each other block it reads
 
 
 @dataclass(frozen=True)
@@ -134,14 +137,13 @@ def product_task(source: RowBlocks, task: ProductTask) -> ProductResult:
         reached = np.zeros_like(centered)  # Σ_pairs S diag(1/||x||) X_other
         for pair in task.pairs:
             if pair.other == task.index:
-                other = np.asarray(raw, dtype=dtype)
+                other = raw
             else:
-                other = np.asarray(source.read_block(pair.other), dtype=dtype)
-                if other.shape != (pair.matrix.shape[1], task.dim):
-                    raise ValueError(f"row block {pair.other} has shape {other.shape}, "
-                                     f"expected ({pair.matrix.shape[1]}, {task.dim})")
-            reached += pair.matrix @ other
-            del other
+                start, stop = task.other_bounds[pair.other]
+                other = _read(source, pair.other, start, stop, task.dim)
+            used = other if pair.rows is None else other[pair.rows]
+            reached += pair.matrix @ np.asarray(used, dtype=dtype)
+            del other, used
         cross = (centered.T @ reached).astype(np.float64)
         mean_weight = (centered.T @ task.pair_row_sums.astype(dtype)).astype(np.float64)
     return ProductResult(task.index, task.stop - task.start, scatter, isolated, cross,
@@ -207,11 +209,19 @@ def pair_slices(
             else:  # U_bcᵀ: rows in c, columns in b
                 target, other = c, b
                 mine, theirs, scaled_by = columns - c_start, local_rows, start + local_rows
-            shape = (len(row_sums[target]), bounds[other][1] - bounds[other][0])
-            row_sums[target] += np.bincount(mine, weights=values, minlength=shape[0])
+            row_sums[target] += np.bincount(mine, weights=values,
+                                            minlength=len(row_sums[target]))
             scaled = (values * inv_norms[scaled_by]).astype(dtype)
-            owned[target].append(PairSlice(other, sp.csr_matrix((scaled, (mine, theirs)),
-                                                                shape=shape)))
+            other_rows = bounds[other][1] - bounds[other][0]
+            used, position = np.unique(theirs, return_inverse=True)
+            if len(used) > other_rows // 2:  # dense enough: convert the whole block
+                matrix = sp.csr_matrix((scaled, (mine, theirs)),
+                                       shape=(len(row_sums[target]), other_rows))
+                owned[target].append(PairSlice(other, matrix, None))
+            else:
+                matrix = sp.csr_matrix((scaled, (mine, position)),
+                                       shape=(len(row_sums[target]), len(used)))
+                owned[target].append(PairSlice(other, matrix, used))
     return owned, [sums.astype(dtype) for sums in row_sums]
 
 
@@ -221,9 +231,14 @@ def streamed_moments(
     *,
     run: Run = run_locally,
     progress: ProgressCallback | None = None,
+    task_rows: int | None = None,
 ) -> Moments:
     """``compute_moments`` of the matrix ``blocks`` stands for, computed as block tasks on
-    ``run``. ``progress`` hears the number of rows finished after each product task."""
+    ``run``. ``progress`` hears the number of rows finished after each product task.
+    ``task_rows`` joins consecutive blocks into task blocks of at least that many rows
+    (``CoarserRowBlocks``): fewer, larger blocks mean fewer reads in the graph pass."""
+    if task_rows is not None:
+        blocks = CoarserRowBlocks(blocks, task_rows)
     bounds = validate_blocks(blocks)
     n, dim = blocks.n_rows, blocks.dim
     if graph is not None and graph.adjacency.shape != (n, n):
@@ -253,6 +268,7 @@ def streamed_moments(
             isolated_rows[start:stop] if with_graph else None,
             tuple(owned[i]) if with_graph else (),
             row_sums[i] if with_graph else None,
+            {pair.other: bounds[pair.other] for pair in owned[i]} if with_graph else {},
         )
         for i, (start, stop) in enumerate(bounds)
     ]

@@ -23,9 +23,11 @@ import scipy.linalg
 from server.call_lifetime import check_alive
 from server.config import ServerConfig
 from server.encoders.base import Encoder
-from server.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from server.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from server.fit_engines import FitEngineError, fit_engine
 from server.quoting import shown
 from server.recpca import FitSettings, Projection, fit_recpca, fit_recpca_streamed
+from server.recpca.streamed import run_locally
 from server.service.dim_prefix import prefix, served_dim
 from server.service.refit_progress import RefitProgress
 from server.stores.base import (
@@ -77,6 +79,8 @@ class Limits:
     # Serialized GetItemEmbeddings chunks of full-catalog pulls kept by the servicer (LRU);
     # 0 disables them. Off whenever version_cache_size is 0.
     chunk_cache_bytes: int = 1 << 30
+    fit_engine: str = "local"  # where refits compute their moments (server.fit_engines)
+    ray_address: str = ""
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> Limits:
@@ -89,6 +93,8 @@ class Limits:
             version_cache_size=config.version_cache_size,
             raw_dtype=RAW_DTYPES[config.raw_vector_dtype],
             request_id_ttl_seconds=config.request_id_ttl_seconds,
+            fit_engine=config.fit_engine,
+            ray_address=config.ray_address,
         )
 
 
@@ -197,6 +203,7 @@ class CatalogService:
         self.encoder = encoder
         self.limits = limits or Limits.from_config(ServerConfig())
         self.identity = EncoderIdentity(encoder.name, encoder.dim)
+        self.fit_run = fit_engine(self.limits.fit_engine, self.limits.ray_address)
         self._views: OrderedDict[tuple[str, str, int], VersionView] = OrderedDict()
         self._views_lock = threading.Lock()
 
@@ -517,15 +524,19 @@ class CatalogService:
         try:
             if raw is not None:
                 result = fit_recpca(raw, counts, settings, phase=progress.enter,
-                                    progress=lambda rows: progress.within(rows, count))
+                                    progress=lambda rows: progress.within(rows, count),
+                                    run=self.fit_run)
             else:
                 streamed = fit_recpca_streamed(
                     blocks, counts, settings, phase=progress.enter,
-                    progress=lambda rows: progress.within(rows, count))
+                    progress=lambda rows: progress.within(rows, count),
+                    run=self.fit_run or run_locally)
                 result, reduced = streamed.result, streamed.reduced
                 del streamed
         except ValueError as error:  # e.g. vectors without variance
             raise FailedPrecondition(f"cannot fit catalog {name!r}: {error}") from error
+        except FitEngineError as error:  # the engine, not the data: worth a retry
+            raise Unavailable(f"cannot fit catalog {name!r}: {error}") from error
         del counts
         check_alive()
         rank = variance_rank(result.moments.scatter)
