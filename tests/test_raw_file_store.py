@@ -350,3 +350,16 @@ def test_an_object_store_url_writes_reads_and_collects_through_its_pyarrow_files
     with pytest.raises(CorruptDataError, match="missing"):
         store.read_raw(CATALOG, 0, 10)
     store.close()
+
+
+def test_a_raw_store_that_refuses_writes_fails_the_health_probe(kind, tmp_path, request):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    healthy = make_store(kind, tmp_path, request, RawFileStore(str(tmp_path / "raw")))
+    healthy.probe()
+    broken = make_store(kind, tmp_path, request, RawFileStore(str(blocked / "raw")),
+                        fresh=False)
+    with pytest.raises(StoreUnavailableError, match="refuses writes"):
+        broken.probe()
+    healthy.close()
+    broken.close()

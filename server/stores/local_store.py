@@ -275,6 +275,8 @@ class LocalStore(CatalogStore):
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO store_info (key, value) VALUES ('probe', ?)",
                          (repr(time.time()),))
+        if self._raw_files is not None:
+            self._raw_files.probe()
 
     def close(self) -> None:
         with self._connections_lock:
