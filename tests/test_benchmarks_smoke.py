@@ -67,3 +67,16 @@ def test_refit(tmp_path: Path) -> None:
     assert payload["raw"]["pairs"] == 10_000
     assert run["peak_rss_mb"] >= run["baseline_rss_mb"] * 0.5 > 0
     assert run["seconds"] > 0 and run["version"] == 1
+
+
+def test_scale_refit_memory(tmp_path: Path) -> None:
+    from bench.scale_refit_memory import main
+
+    main(["--items", "3000", "--dim", "16", "--nnz", "20000", "--components", "4",
+          "--baseline", "1", "--results-dir", str(tmp_path)])
+    payload = result(tmp_path, "scale_refit_memory")
+    assert set(payload["targets"]) == {"refit_peak_rss_file_store"}
+    files, store = payload["raw"]["runs"]
+    assert (files["raw_in"], store["raw_in"]) == ("block files", "the store")
+    assert files["blocks"] >= 1 and files["peak_rss_mb"] >= files["idle_rss_mb"] > 0
+    assert files["lam"] == pytest.approx(store["lam"], rel=1e-5)  # the same fit either way

@@ -40,7 +40,7 @@ def non_defaults(pem_files: dict[str, str]) -> dict[str, tuple[str, object]]:
         "host": ("0.0.0.0", "0.0.0.0"),
         "port": ("6000", 6000),
         "store_url": ("redis://:hunter2@redis:6379/0", "redis://:hunter2@redis:6379/0"),
-        "raw_store_url": ("s3://bucket/raw", "s3://bucket/raw"),
+        "raw_store_url": ("s3://key:hunter2@bucket/raw", "s3://key:hunter2@bucket/raw"),
         "raw_vector_dtype": ("float16", "float16"),
         "encoder_backend": ("openai", "openai"),
         "model": ("BAAI/bge-small-en-v1.5", "BAAI/bge-small-en-v1.5"),
@@ -384,8 +384,24 @@ def test_secrets_never_appear_in_repr_or_redacted_output(
     assert redacted["admin_tokens"] == ["***", "***"]
     assert redacted["openai_api_key"] == "***"
     assert redacted["store_url"] == "redis://:***@redis:6379/0"
+    assert redacted["raw_store_url"] == "s3://key:***@bucket/raw"
     assert redacted["host"] == "0.0.0.0"
     assert redacted["openai_base_url"] == "http://tei:8080/v1"
+
+
+@pytest.mark.parametrize(("url", "complaint"), [
+    ("ftp://user:hunter2@host/raw", "unsupported scheme 'ftp'"),
+    ("__FILE__", "is a file"),
+])
+def test_a_raw_store_url_that_can_not_hold_block_files_is_refused(
+        url: str, complaint: str, tmp_path: Path) -> None:
+    if url == "__FILE__":
+        url = str(tmp_path / "a-file")
+        Path(url).write_text("")
+    with pytest.raises(ConfigError) as refused:
+        load_config([], {"TFLLMER_RAW_STORE_URL": url})
+    assert complaint in str(refused.value)
+    assert "hunter2" not in str(refused.value)
 
 
 def test_unset_secrets_show_as_empty() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 import scipy.linalg
 
@@ -321,3 +322,44 @@ def test_a_refit_streamed_from_block_files_equals_the_refit_in_the_store(kind, t
                                                              abs=1e-6)
     assert info_files.diagnostics.retained_variance == pytest.approx(
         info_store.diagnostics.retained_variance, rel=1e-6)
+
+
+def test_an_object_store_url_writes_reads_and_collects_through_its_pyarrow_filesystem(
+        tmp_path):
+    """``mock://`` is pyarrow's in-memory filesystem: the code path of ``s3://`` and ``gs://``
+    (one PUT per block, listing and deleting through ``pyarrow.fs``), without a bucket."""
+    files = RawFileStore("mock:///bucket/raw", block_bytes=BLOCK_BYTES)
+    assert not files.is_local
+    store = LocalStore(tmp_path / "store.db", raw_files=files)
+    expected = append(store, 10, 0)
+    changed = np.full((1, DIM), 7.0, np.float32)
+    store.commit_items(CATALOG, ItemChanges(10, [], [], np.empty((0, DIM), np.float32),
+                                            np.array([2]), ["x"], changed))
+    expected[2] = changed[0]
+    np.testing.assert_array_equal(store.read_raw(CATALOG, 0, 10), expected)
+    fs, _ = files._filesystem()
+    directory = files.directory(CATALOG, store.get_catalog(CATALOG).epoch)
+
+    def listed() -> set[str]:
+        return {info.base_name for info in fs.get_file_info(pafs.FileSelector(directory))}
+
+    assert listed() > referenced(store)  # the replaced block is retired, not yet deleted
+    store.collect_garbage(CATALOG, min_age_seconds=0)
+    assert listed() == referenced(store)
+    fs.delete_file(f"{directory}/{file_of_row(store, 2)}")
+    with pytest.raises(CorruptDataError, match="missing"):
+        store.read_raw(CATALOG, 0, 10)
+    store.close()
+
+
+def test_a_raw_store_that_refuses_writes_fails_the_health_probe(kind, tmp_path, request):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    healthy = make_store(kind, tmp_path, request, RawFileStore(str(tmp_path / "raw")))
+    healthy.probe()
+    broken = make_store(kind, tmp_path, request, RawFileStore(str(blocked / "raw")),
+                        fresh=False)
+    with pytest.raises(StoreUnavailableError, match="refuses writes"):
+        broken.probe()
+    healthy.close()
+    broken.close()

@@ -281,6 +281,24 @@ def test_whole_tables_read_in_their_stored_dtype(store, raw_dtype, monkeypatch):
         assert store.read_raw_stored(CATALOG, 0, 23).dtype == np.dtype(raw_dtype)
 
 
+@pytest.mark.parametrize("raw_dtype", ["<f4", "<f2"])
+def test_raw_blocks_cover_rows_up_to_the_count_asked_in_the_stored_dtype(store, raw_dtype):
+    store.create_catalog(CATALOG, ENCODER, raw_dtype)
+    raw = np.concatenate([add_items(store, [f"i{i}" for i in range(13)]),
+                          add_items(store, [f"j{i}" for i in range(6)], 1)])
+    for count in (19, 10, 40):
+        blocks = store.raw_blocks(CATALOG, count)
+        shown = min(count, 19)
+        assert (blocks.n_rows, blocks.dim, np.dtype(blocks.dtype)) == (
+            shown, ENCODER.dim, np.dtype(raw_dtype))
+        bounds = blocks.block_bounds()
+        assert bounds[0][0] == 0 and bounds[-1][1] == shown
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+        got = np.concatenate([blocks.read_block(i) for i in range(len(bounds))])
+        assert got.dtype == np.dtype(raw_dtype)
+        np.testing.assert_array_equal(got, raw[:shown].astype(raw_dtype))
+
+
 def test_catalog_and_rows_in_one_call(store):
     assert store.catalog_and_rows(CATALOG, ["i0"])[0] is None
     assert store.catalog_and_rows(CATALOG, ["i0"])[1].tolist() == [-1]

@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
-from server.recpca.diagnostics import alignment_over_blocks
+from server.recpca.diagnostics import alignment_at_k, alignment_over_blocks
 from server.recpca.graph import GraphOptions, build_graph
 from server.recpca.moments import (
     DEFAULT_BLOCK_ROWS,
@@ -137,17 +137,27 @@ def diagnose(
                                 whitener(moments, pca_components, settings.whitening))
     fitted = scores(moments, projection.components)
     pca = scores(moments, pca_projection.components)
-    if counts is not None and counts.nnz:
-        def embedded(chosen: Projection) -> Iterable[np.ndarray]:
-            if isinstance(raw, RowBlocks):
-                return chosen.transform_blocks(raw)
-            return [chosen.transform(raw)]
+    if counts is not None and counts.nnz and isinstance(raw, RowBlocks):
+        blocks = raw
+
+        def embedded(chosen: Projection) -> Callable[[], Iterable[np.ndarray]]:
+            return lambda: chosen.transform_blocks(blocks)
+
+        def slices(served: np.ndarray) -> Callable[[], Iterable[np.ndarray]]:
+            return lambda: (served[start:stop] for start, stop in blocks.block_bounds())
 
         alignment = alignment_over_blocks(
-            [served] if served is not None else embedded(projection), counts, alignment_k,
-            alignment_sample)
+            slices(served) if served is not None else embedded(projection), counts,
+            alignment_k, alignment_sample)
         pca_alignment = alignment_over_blocks(embedded(pca_projection), counts, alignment_k,
                                               alignment_sample)
+    elif counts is not None and counts.nnz:
+        alignment = alignment_at_k(
+            projection.transform(raw) if served is None else served, counts, alignment_k,
+            alignment_sample)
+        pca_alignment = alignment_at_k(
+            pca_projection.transform(raw), counts, alignment_k, alignment_sample
+        )
     else:
         alignment = pca_alignment = None
     return FitDiagnostics(

@@ -127,7 +127,6 @@ _MIGRATIONS = (
 )
 
 _IN_CHUNK = 900  # bound parameters per IN (...) query
-_FLOAT32 = np.dtype(np.float32)
 
 
 def _blocks_of(rows: np.ndarray, block_rows: int) -> Iterator[tuple[int, slice]]:
@@ -276,6 +275,8 @@ class LocalStore(CatalogStore):
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO store_info (key, value) VALUES ('probe', ?)",
                          (repr(time.time()),))
+        if self._raw_files is not None:
+            self._raw_files.probe()
 
     def close(self) -> None:
         with self._connections_lock:
@@ -530,27 +531,25 @@ class LocalStore(CatalogStore):
         block_rows: int,
         dim: int,
         dtype: str,
-        out_dtype: np.dtype = _FLOAT32,
     ) -> np.ndarray:
         """Vectors of sorted ``rows`` from row blocks (``query`` selects one block's data,
-        its last parameter being the block), as ``out_dtype``."""
-        out = np.empty((len(rows), dim), dtype=out_dtype)
+        its last parameter being the block), as float32."""
+        out = np.empty((len(rows), dim), dtype=np.float32)
         for block, part in _blocks_of(rows, block_rows):
             data = conn.execute(query, (*params, block)).fetchone()[0]
             stored = np.frombuffer(data, dtype=dtype).reshape(-1, dim)
             out[part] = stored[rows[part] - block * block_rows]
         return out
 
-    def _raw(self, conn: sqlite3.Connection, name: str, rows: np.ndarray,
-             stored: bool = False) -> np.ndarray:
-        """Vectors of sorted unique ``rows``: float32, or the stored dtype with ``stored``."""
+    def _raw(self, conn: sqlite3.Connection, name: str, rows: np.ndarray) -> np.ndarray:
+        """float32 vectors of sorted unique ``rows``, from the store or its block files."""
         catalog = self._catalog(conn, name)
         if catalog["raw_files"]:
             found = self._files(catalog).read_rows(
                 name, catalog["epoch"], check_manifest(self._manifest(conn, name),
                                                        catalog["item_count"]),
                 rows, catalog["encoder_dim"], catalog["raw_dtype"])
-            return found if stored else found.astype(np.float32)
+            return found.astype(np.float32)
         query = "SELECT data FROM raw_blocks WHERE catalog = ? AND block = ?"
         return self._get_rows(
             conn,
@@ -560,7 +559,6 @@ class LocalStore(CatalogStore):
             catalog["block_rows"],
             catalog["encoder_dim"],
             catalog["raw_dtype"],
-            np.dtype(catalog["raw_dtype"]) if stored else _FLOAT32,
         )
 
     def read_raw(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -568,12 +566,6 @@ class LocalStore(CatalogStore):
             count = self._catalog(conn, name)["item_count"]
             start, stop = max(start, 0), min(stop, count)
             return self._raw(conn, name, np.arange(start, max(start, stop)))
-
-    def read_raw_stored(self, name: str, start: int, stop: int) -> np.ndarray:
-        with self._read() as conn:
-            count = self._catalog(conn, name)["item_count"]
-            start, stop = max(start, 0), min(stop, count)
-            return self._raw(conn, name, np.arange(start, max(start, stop)), stored=True)
 
     @property
     def streams_raw(self) -> bool:

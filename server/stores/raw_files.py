@@ -44,6 +44,7 @@ from server.stores.base import CorruptDataError, ItemChanges, StoreUnavailableEr
 
 BLOCK_SUFFIX = ".arrow"
 TEMP_PREFIX = ".tmp-"
+PROBE_FILE = ".probe"  # at the root, beside the catalogs' directories
 DEFAULT_BLOCK_BYTES = 16 * 2**20  # ~48 blocks for 1M × 384 float16: small enough to stream
 _ARROW_TYPES = {"<f2": pa.float16(), "<f4": pa.float32()}
 
@@ -173,6 +174,19 @@ class RawFileStore:
 
     def block_rows(self, dim: int, dtype: str) -> int:
         return max(1, self.block_bytes // (dim * np.dtype(dtype).itemsize))
+
+    def probe(self) -> None:
+        """What health reports: ``StoreUnavailableError`` unless a small write to the root
+        succeeds (a full disk, a read-only mount or revoked bucket credentials fail here
+        before an upsert does). One small file, overwritten each time."""
+        fs, root = self._filesystem()
+        try:
+            if self.is_local:
+                Path(root).mkdir(parents=True, exist_ok=True)
+            with fs.open_output_stream(f"{root}/{PROBE_FILE}") as out:
+                out.write(repr(time.time()).encode())
+        except OSError as error:
+            raise StoreUnavailableError(f"the raw store refuses writes: {error}") from error
 
     # -- writing --------------------------------------------------------------------------
     def write_block(self, name: str, epoch: str, start: int, vectors: np.ndarray,

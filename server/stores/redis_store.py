@@ -430,6 +430,8 @@ class RedisStore(CatalogStore):
             self._epochs.lose_store(
                 "its epoch key vanished or changed (Redis restarted empty or was flushed)")
             self._epochs.raise_if_lost()
+        if self._raw_files is not None:
+            self._raw_files.probe()
 
     def close(self) -> None:
         self._client.close()
