@@ -347,7 +347,7 @@ def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR)
     rows = [{"fit": "single process (in memory)", "seconds": raw["single_process"]["fit_seconds"]},
             {"fit": "Ray, 1 worker", "seconds": one, "all": raw["ray_seconds"]["1"]},
             {"fit": "Ray, 2 workers", "seconds": two, "all": raw["ray_seconds"]["2"]}]
-    payload = {"name": NAME, "config": asdict(config), "machine": machine_info(),
+    payload = {"benchmark": NAME, "config": asdict(config), "machine": machine_info(),
                "targets": {t.key: t.to_dict() for t in targets}, "raw": raw,
                "sizing": model}
     columns = ["items", "dim", "workers", "task_blocks", "matrix_reads_whole_blocks",
