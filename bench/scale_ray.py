@@ -24,6 +24,7 @@ Targets: ``ray_fit_agreement`` (max principal-angle sine, Ray vs single process,
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -290,37 +291,44 @@ def sizing(costs: dict[str, Any], workers: tuple[int, ...], shapes: tuple[tuple[
     eig = costs["eigensolve_s"]
     largest = max(int(d) for d in eig)
     solves = costs["eigensolves_per_fit"] or 12
-    rows = []
+    rows: list[dict[str, Any]] = []
     for items, dim in shapes:
-        block_rows = max(1, int(task_block_gb * 2**30 / (dim * 2)))  # float16 task blocks
-        n_blocks = -(-items // block_rows)
-        nnz_upper = items * nnz_per_item / 2
-        pairs = min(n_blocks * (n_blocks + 1) / 2, nnz_upper)  # block pairs with non-zeros
-        read_rows = {"whole_blocks": items + (pairs - n_blocks) * block_rows,
-                     "row_reads": items + min(nnz_upper, (pairs - n_blocks) * block_rows)}
-        read_per_row = costs["read_s_per_row"] * dim / costs["measured_at"]["dim"]
-        compute_s = (items * dim * costs["norm_s_per_row_dim"]
-                     + 2 * items * dim**2 * costs["gram_s_per_row_dim2"]
-                     + nnz_upper * dim * costs["pair_sparse_s_per_nnz_dim"])
-        driver_s = (nnz_upper * costs["driver_pair_slicing_s_per_nnz"]
-                    + n_blocks * dim**2 * costs["driver_reduction_s_per_task_dim2"]
-                    + solves * eig[str(largest)] * (dim / largest) ** 3)
-        # stored block, centered and U·X̂ (float32), one other block, a gathered copy, D × D
-        task_gb = (block_rows * dim * (2 + 4 + 4 + 2 + 4) + 3 * dim**2 * 8
-                   + nnz_upper / n_blocks * 16) / 2**30
-        # counts, A_n and U (CSR, 12 B per stored entry), the pair slices, 1/||x||, D × D sums
-        driver_gb = (items * nnz_per_item * 12 * 3 + nnz_upper * 16 + items * 8
-                     + 6 * dim**2 * 8) / 2**30
         for count in workers:
-            row: dict[str, Any] = {"items": items, "dim": dim, "workers": count,
-                                   "task_blocks": n_blocks, "driver_seconds": driver_s,
-                                   "task_memory_gb": task_gb, "driver_memory_gb": driver_gb}
-            for mode, rows_read in read_rows.items():
-                worker_s = compute_s + (items + rows_read) * read_per_row  # both passes
-                row[f"matrix_reads_{mode}"] = (items + rows_read) / items
-                row[f"fit_seconds_{mode}"] = worker_s / count + driver_s
-            rows.append(row)
+            # task blocks of at most task_block_gb (float16), and at least 2 per worker
+            n_blocks = max(-(-items * dim * 2 // int(task_block_gb * 2**30)), 2 * count)
+            block_rows = -(-items // n_blocks)
+            rows.append(_sized(costs, items, dim, count, n_blocks, block_rows, nnz_per_item,
+                               solves, eig[str(largest)] * (dim / largest) ** 3))
     return rows
+
+
+def _sized(costs: dict[str, Any], items: int, dim: int, workers: int, n_blocks: int,
+           block_rows: int, nnz_per_item: float, solves: float, eig_s: float) -> dict[str, Any]:
+    nnz_upper = items * nnz_per_item / 2
+    pairs = min(n_blocks * (n_blocks + 1) / 2, nnz_upper)  # block pairs with non-zeros
+    read_rows = {"whole_blocks": items + (pairs - n_blocks) * block_rows,
+                 "row_reads": items + min(nnz_upper, (pairs - n_blocks) * block_rows)}
+    read_per_row = costs["read_s_per_row"] * dim / costs["measured_at"]["dim"]
+    compute_s = (items * dim * costs["norm_s_per_row_dim"]
+                 + 2 * items * dim**2 * costs["gram_s_per_row_dim2"]
+                 + nnz_upper * dim * costs["pair_sparse_s_per_nnz_dim"])
+    driver_s = (nnz_upper * costs["driver_pair_slicing_s_per_nnz"]
+                + n_blocks * dim**2 * costs["driver_reduction_s_per_task_dim2"]
+                + solves * eig_s)
+    # stored block, centered and U·X̂ (float32), one other block, a gathered copy, D × D
+    task_gb = (block_rows * dim * (2 + 4 + 4 + 2 + 4) + 3 * dim**2 * 8
+               + nnz_upper / n_blocks * 16) / 2**30
+    # counts, A_n and U (CSR, 12 B per stored entry), the pair slices, 1/||x||, D × D sums
+    driver_gb = (items * nnz_per_item * 12 * 3 + nnz_upper * 16 + items * 8
+                 + 6 * dim**2 * 8) / 2**30
+    row: dict[str, Any] = {"items": items, "dim": dim, "workers": workers,
+                           "task_blocks": n_blocks, "driver_seconds": driver_s,
+                           "task_memory_gb": task_gb, "driver_memory_gb": driver_gb}
+    for mode, rows_read in read_rows.items():
+        worker_s = compute_s + (items + rows_read) * read_per_row  # both passes
+        row[f"matrix_reads_{mode}"] = (items + rows_read) / items
+        row[f"fit_seconds_{mode}"] = worker_s / workers + driver_s
+    return row
 
 
 def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR) -> None:
@@ -339,7 +347,7 @@ def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR)
     rows = [{"fit": "single process (in memory)", "seconds": raw["single_process"]["fit_seconds"]},
             {"fit": "Ray, 1 worker", "seconds": one, "all": raw["ray_seconds"]["1"]},
             {"fit": "Ray, 2 workers", "seconds": two, "all": raw["ray_seconds"]["2"]}]
-    payload = {"name": NAME, "config": asdict(config), "machine": machine_info(),
+    payload = {"benchmark": NAME, "config": asdict(config), "machine": machine_info(),
                "targets": {t.key: t.to_dict() for t in targets}, "raw": raw,
                "sizing": model}
     columns = ["items", "dim", "workers", "task_blocks", "matrix_reads_whole_blocks",
@@ -363,7 +371,13 @@ def report(config: Config, raw: dict[str, Any], results_dir: Path = RESULTS_DIR)
 
 def main(argv: list[str] | None = None) -> None:
     parser = config_parser("python -m bench.scale_ray", __doc__, Config())
+    parser.add_argument("--report-from", type=Path, default=None,
+                        help="re-render the tables and the sizing model of a saved JSON")
     args = parser.parse_args(argv)
+    if args.report_from is not None:
+        saved = json.loads(args.report_from.read_text())
+        report(Config(**saved["config"]), saved["raw"], args.results_dir)
+        return
     config = config_from(args, Config)
     workdir = Path(tempfile.mkdtemp(prefix="scale_ray-"))
     try:

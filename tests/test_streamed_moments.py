@@ -198,3 +198,14 @@ def test_coarser_task_blocks_give_the_same_moments_with_fewer_reads(task_rows: i
     assert len(sizes) == {1: 9, 150: 5, 401: 2, 10_000: 1}[task_rows]
     assert_same_moments(streamed_moments(source, graph, task_rows=task_rows),
                         compute_moments(case.raw, graph, backend="numpy"), rtol=1e-12)
+
+
+def test_one_large_task_block_keeps_the_precision_of_small_blocks() -> None:
+    """A float32 product over a whole 120k-row task block would round like one long sum;
+    the task sums 8192-row products in float64, as compute_moments does."""
+    raw = make_vectors(120_000, 16, seed=3)
+    exact = compute_moments(raw.astype(np.float64), None, backend="numpy").scatter
+    single = compute_moments(raw, None, backend="numpy").scatter
+    one_block = streamed_moments(ArrayRowBlocks(raw, 120_000), None).scatter
+    floor = np.abs(single - exact).max()
+    assert np.abs(one_block - exact).max() <= 2 * floor

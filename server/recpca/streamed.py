@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from server.recpca.graph import NormalizedGraph, strict_upper_triangle
-from server.recpca.moments import Moments, ProgressCallback, row_norms
+from server.recpca.moments import DEFAULT_BLOCK_ROWS, Moments, ProgressCallback, row_norms
 from server.recpca.row_blocks import CoarserRowBlocks, RowBlocks
 
 Task = TypeVar("Task")
@@ -111,12 +111,23 @@ def _read(source: RowBlocks, index: int, start: int, stop: int, dim: int) -> np.
     return block
 
 
+def _summed(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``leftᵀ right`` in float64, from products over at most ``DEFAULT_BLOCK_ROWS`` rows at a
+    time in the compute precision: the rounding of ``compute_moments``, whatever the size of
+    a task's block (one float32 product over 10⁵+ rows loses digits the eigensolve needs)."""
+    total = np.zeros((left.shape[1],) + right.shape[1:], dtype=np.float64)
+    for start in range(0, len(left), DEFAULT_BLOCK_ROWS):
+        stop = start + DEFAULT_BLOCK_ROWS
+        total += left[start:stop].T @ right[start:stop]
+    return total
+
+
 def norm_task(source: RowBlocks, task: NormTask) -> NormResult:
     """Pass 1 on one block (the arithmetic of ``normalized_mean``)."""
     block = np.asarray(_read(source, task.index, task.start, task.stop, task.dim),
                        dtype=task.compute_dtype)
     inv = 1.0 / row_norms(block, task.start)
-    total = (inv.astype(task.compute_dtype) @ block).astype(np.float64)
+    total = _summed(inv.astype(task.compute_dtype)[:, None], block)[0]
     return NormResult(task.index, inv, total)
 
 
@@ -126,11 +137,11 @@ def product_task(source: RowBlocks, task: ProductTask) -> ProductResult:
     raw = _read(source, task.index, task.start, task.stop, task.dim)
     centered = np.asarray(raw, dtype=dtype) * task.inv_norms.astype(dtype)[:, None]
     centered -= task.mean.astype(dtype)
-    scatter = (centered.T @ centered).astype(np.float64)
+    scatter = _summed(centered, centered)
     isolated = None
     if task.isolated is not None:
         alone = centered[task.isolated]
-        isolated = (alone.T @ alone).astype(np.float64)
+        isolated = _summed(alone, alone)
     cross = mean_weight = None
     if task.pairs:
         assert task.pair_row_sums is not None
@@ -144,8 +155,8 @@ def product_task(source: RowBlocks, task: ProductTask) -> ProductResult:
             used = other if pair.rows is None else other[pair.rows]
             reached += pair.matrix @ np.asarray(used, dtype=dtype)
             del other, used
-        cross = (centered.T @ reached).astype(np.float64)
-        mean_weight = (centered.T @ task.pair_row_sums.astype(dtype)).astype(np.float64)
+        cross = _summed(centered, reached)
+        mean_weight = _summed(centered, task.pair_row_sums.astype(dtype))
     return ProductResult(task.index, task.stop - task.start, scatter, isolated, cross,
                          mean_weight)
 
