@@ -27,6 +27,11 @@ Invariants every implementation keeps:
   instead of answering from what the process remembers.
 * Nothing read from a store is unpickled or evaluated: vectors are raw little-endian
   bytes, metadata is JSON.
+* With a raw file store (``server.stores.raw_files``, ``--raw-store-url``), a catalog
+  created then keeps its raw vectors in immutable Arrow IPC block files; ``commit_items``
+  writes its files first and changes the block manifest in its atomic step, and a block
+  that is missing or damaged reads as ``CorruptDataError``. ``raw_blocks`` hands out any
+  catalog's raw vectors as ``RowBlocks``, what a refit streams.
 """
 
 from __future__ import annotations
@@ -295,12 +300,6 @@ class CatalogStore(abc.ABC):
         refit streams. Default: ranges of ``read_raw_stored`` (the vectors are in this
         store); a store with a raw file store hands out its block files instead."""
         return StoredRowBlocks(self, name, count)
-
-    @property
-    def streams_raw(self) -> bool:
-        """Whether raw vectors live apart from this store (``--raw-store-url``), so a refit
-        must stream them block by block instead of holding the whole matrix."""
-        return False
 
     # -- versions -----------------------------------------------------------------------
     @abc.abstractmethod

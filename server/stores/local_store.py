@@ -567,10 +567,6 @@ class LocalStore(CatalogStore):
             start, stop = max(start, 0), min(stop, count)
             return self._raw(conn, name, np.arange(start, max(start, stop)))
 
-    @property
-    def streams_raw(self) -> bool:
-        return self._raw_files is not None
-
     def raw_blocks(self, name: str, count: int) -> RowBlocks:
         with self._read() as conn:
             catalog = self._catalog(conn, name)

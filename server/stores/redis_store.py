@@ -769,10 +769,6 @@ class RedisStore(CatalogStore):
             first = last
         return out
 
-    @property
-    def streams_raw(self) -> bool:
-        return self._raw_files is not None
-
     @_unavailable_as_store_error
     def raw_blocks(self, name: str, count: int) -> RowBlocks:
         meta = self._meta(name)
