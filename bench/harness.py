@@ -28,7 +28,13 @@ import numpy as np
 
 from bench.report import RESULTS_DIR
 from harness.server_process import ServerProcess
-from server.stores.base import CooccurrenceTotals, EncoderIdentity, ItemChanges, NewVersion
+from server.stores.base import (
+    CatalogStore,
+    CooccurrenceTotals,
+    EncoderIdentity,
+    ItemChanges,
+    NewVersion,
+)
 from server.stores.redis_store import RedisStore
 
 C = TypeVar("C")
@@ -85,7 +91,7 @@ def synthetic_vectors(rows: int, dim: int, rng: np.random.Generator) -> np.ndarr
     return x
 
 
-def load_synthetic_catalog(store: RedisStore, name: str, n_items: int, encoder: EncoderIdentity,
+def load_synthetic_catalog(store: CatalogStore, name: str, n_items: int, encoder: EncoderIdentity,
                            raw_dtype: str, seed: int = 0, batch: int = 100_000) -> None:
     """``n_items`` items with ids ``item-00000000…`` and random raw vectors, committed in
     batches through ``commit_items`` (what ``UpsertItems`` does after encoding)."""

@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for label, setting in settings:
         projection, pca = fit_projection(moments, setting), plain_pca(moments, setting)
         vectors, pca_vectors = transform_together(raw, [projection, pca])
-        report = diagnose(moments, projection, pca, (vectors, pca_vectors), counts, setting,
+        spaces = (lambda v=vectors: [v], lambda v=pca_vectors: [v])
+        report = diagnose(moments, projection, pca, spaces, counts, setting,
                           args.k, None, graph.n_edges)
         fits.append({"setting": label, **report.to_dict()})
         rows.append({

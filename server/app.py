@@ -193,7 +193,7 @@ class EmbeddingServer:
                     else health_pb2.HealthCheckResponse.NOT_SERVING))
 
     def _dependencies(self) -> tuple[CatalogStore, Encoder]:
-        store = self._store or open_store(self.config.store_url)
+        store = self._store or open_store(self.config.store_url, self.config.raw_store_url)
         store.ping()
         self._store = store
         self._encoder = self._encoder or build_encoder(self.config)

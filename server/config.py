@@ -12,6 +12,7 @@ server.config [flags]`` validates a configuration and prints it with secrets red
 # No `from __future__ import annotations`: the parser and validation read the field types
 # (Literal choices, tuple lists) at runtime.
 import argparse
+import importlib.util
 import ipaddress
 import json
 import os
@@ -45,6 +46,7 @@ EncoderOutput = Literal["pooled", "normalized"]
 RawVectorDtype = Literal["float32", "float16"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "text"]
+FitEngine = Literal["local", "ray"]
 Tokens = tuple[str, ...]
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
@@ -62,6 +64,22 @@ def _check_host(host: str) -> str | None:
 
 def _check_not_empty(value: str) -> str | None:
     return None if value else "must not be empty"
+
+
+_RAW_STORE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
+def _check_raw_store_url(url: str) -> str | None:
+    """Empty, a directory path or a filesystem URL pyarrow opens; never quoted back."""
+    if not url:
+        return None
+    if "://" not in url:
+        return "is a file; give a directory for raw block files" if Path(url).is_file() else None
+    scheme = urlsplit(url).scheme
+    if scheme not in _RAW_STORE_SCHEMES:
+        return (f"has the unsupported scheme {scheme!r}; use a directory path or one of "
+                + ", ".join(f"{name}://" for name in _RAW_STORE_SCHEMES))
+    return None
 
 
 def _check_store_url(url: str) -> str | None:
@@ -110,6 +128,12 @@ def _check_tokens(tokens: Tokens) -> str | None:
     return None
 
 
+def _check_fit_engine(engine: str) -> str | None:
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        return "is ray, but Ray is not installed: pip install 'tfllmer-service[ray]'"
+    return None
+
+
 def _check_readable_file(path: str) -> str | None:
     if path and not (Path(path).is_file() and os.access(path, os.R_OK)):
         return f"is not a readable file: {path!r}"
@@ -141,6 +165,15 @@ class ServerConfig:
         "(?ssl_ca_certs=…&ssl_certfile=…&ssl_keyfile=…). A password in the URL is redacted "
         "in logs.",
         check=_check_store_url,
+    )
+    raw_store_url: str = setting(
+        "",
+        "Where raw item vectors live, apart from the store: empty keeps them in the store; a "
+        "directory path (or file://) or an object store URL (s3://bucket/prefix, gs://…, any "
+        "filesystem pyarrow opens) keeps them there as immutable Arrow IPC row-block files, "
+        "and the store keeps only their manifest. Applies to catalogs created from then on; "
+        "a refit then streams the blocks instead of holding the whole matrix.",
+        check=_check_raw_store_url,
     )
     raw_vector_dtype: RawVectorDtype = setting(
         "float32", "Element type of stored raw vectors; float16 halves their size."
@@ -320,6 +353,17 @@ class ServerConfig:
         "Catalog versions whose vectors each process keeps in memory; 0 disables the cache.",
         at_least=0,
     )
+    fit_engine: FitEngine = setting(
+        "local",
+        "Where RefitProjection computes the moments: local (this process) or ray (block tasks "
+        "on a Ray cluster, the D × D reduction and the eigensolves here; the `ray` extra).",
+        check=_check_fit_engine,
+    )
+    ray_address: str = setting(
+        "",
+        "With --fit-engine ray: ray://host:10001 (Ray Client), auto, or empty for RAY_ADDRESS "
+        "if set, else a local Ray started on the first refit.",
+    )
     # Lifecycle and observability
     shutdown_grace_seconds: float = setting(
         30.0,
@@ -435,7 +479,7 @@ def _redact_url(url: str) -> str:
 def _shown(f: Field, value: Any) -> Any:
     if f.metadata["secret"]:
         return [REDACTED] * len(value) if isinstance(value, tuple) else (REDACTED if value else "")
-    if f.name == "store_url":
+    if f.name in ("store_url", "raw_store_url"):
         return _redact_url(value)
     return list(value) if isinstance(value, tuple) else value
 

@@ -89,3 +89,34 @@ def test_scale_gathers_each_target_from_its_benchmark_and_fails_what_was_not_run
         assert payload["targets"][key]["value"] is None
     assert payload["sources"]["scale_ray"]["missing"] == ["ray_fit_agreement",
                                                           "ray_fit_2_workers_vs_1"]
+
+
+def test_scale_refit_memory(tmp_path: Path) -> None:
+    from bench.scale_refit_memory import main
+
+    main(["--items", "3000", "--dim", "16", "--nnz", "20000", "--components", "4",
+          "--baseline", "1", "--results-dir", str(tmp_path)])
+    payload = result(tmp_path, "scale_refit_memory")
+    assert set(payload["targets"]) == {"refit_peak_rss_file_store"}
+    files, store = payload["raw"]["runs"]
+    assert (files["raw_in"], store["raw_in"]) == ("block files", "the store")
+    assert files["blocks"] >= 1 and files["peak_rss_mb"] >= files["idle_rss_mb"] > 0
+    assert files["lam"] == pytest.approx(store["lam"], rel=1e-5)  # the same fit either way
+
+
+@pytest.mark.ray  # starts a local Ray (10-20 s): run with -m ray
+def test_scale_ray(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from bench.scale_ray import main
+
+    main(["--items", "20000", "--dim", "32", "--nnz", "100000", "--block-mb", "1",
+          "--task-rows", "2000", "--fit-dim", "4", "--repeats", "1", "--cost-blocks", "2",
+          "--eig-dims", "16,32", "--results-dir", str(tmp_path)])
+    payload = result(tmp_path, "scale_ray")
+    assert set(payload["targets"]) == {"ray_fit_agreement", "ray_fit_2_workers_vs_1"}
+    assert payload["targets"]["ray_fit_agreement"]["value"] <= 1e-5
+    raw = payload["raw"]
+    assert raw["file_blocks"] == raw["task_blocks"] == 2 and len(raw["ray_seconds"]["1"]) == 1
+    assert {(row["items"], row["dim"]) for row in payload["sizing"]} == {
+        (10_000_000, 1024), (100_000_000, 4096)}
+    assert (tmp_path / "scale_ray.md").read_text().count("| 100000000 | 4096 |") == 3

@@ -40,6 +40,7 @@ def non_defaults(pem_files: dict[str, str]) -> dict[str, tuple[str, object]]:
         "host": ("0.0.0.0", "0.0.0.0"),
         "port": ("6000", 6000),
         "store_url": ("redis://:hunter2@redis:6379/0", "redis://:hunter2@redis:6379/0"),
+        "raw_store_url": ("s3://key:hunter2@bucket/raw", "s3://key:hunter2@bucket/raw"),
         "raw_vector_dtype": ("float16", "float16"),
         "encoder_backend": ("openai", "openai"),
         "model": ("BAAI/bge-small-en-v1.5", "BAAI/bge-small-en-v1.5"),
@@ -76,6 +77,8 @@ def non_defaults(pem_files: dict[str, str]) -> dict[str, tuple[str, object]]:
         "request_id_ttl_seconds": ("600", 600.0),
         "refit_lock_lease_seconds": ("90", 90.0),
         "version_cache_size": ("0", 0),
+        "fit_engine": ("RAY", "ray"),
+        "ray_address": ("ray://ray-head:10001", "ray://ray-head:10001"),
         "shutdown_grace_seconds": ("5", 5.0),
         "metrics_port": ("9464", 9464),
         "log_level": ("DEBUG", "debug"),
@@ -381,8 +384,24 @@ def test_secrets_never_appear_in_repr_or_redacted_output(
     assert redacted["admin_tokens"] == ["***", "***"]
     assert redacted["openai_api_key"] == "***"
     assert redacted["store_url"] == "redis://:***@redis:6379/0"
+    assert redacted["raw_store_url"] == "s3://key:***@bucket/raw"
     assert redacted["host"] == "0.0.0.0"
     assert redacted["openai_base_url"] == "http://tei:8080/v1"
+
+
+@pytest.mark.parametrize(("url", "complaint"), [
+    ("ftp://user:hunter2@host/raw", "unsupported scheme 'ftp'"),
+    ("__FILE__", "is a file"),
+])
+def test_a_raw_store_url_that_can_not_hold_block_files_is_refused(
+        url: str, complaint: str, tmp_path: Path) -> None:
+    if url == "__FILE__":
+        url = str(tmp_path / "a-file")
+        Path(url).write_text("")
+    with pytest.raises(ConfigError) as refused:
+        load_config([], {"TFLLMER_RAW_STORE_URL": url})
+    assert complaint in str(refused.value)
+    assert "hunter2" not in str(refused.value)
 
 
 def test_unset_secrets_show_as_empty() -> None:
@@ -462,3 +481,18 @@ def test_the_module_prints_the_table_and_checks_a_configuration(
 
     assert config_module.main(["--port", "70000"]) == 2
     assert "--port / TFLLMER_PORT must be between" in capsys.readouterr().err
+
+
+def test_the_ray_fit_engine_without_ray_installed_is_refused_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_find_spec = config_module.importlib.util.find_spec
+    monkeypatch.setattr(config_module.importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "ray" else real_find_spec(name))
+    assert "Ray is not installed: pip install 'tfllmer-service[ray]'" in error_of(
+        ["--fit-engine", "ray"])
+    assert load_config([], {}).fit_engine == "local"  # the default needs nothing
+
+
+def test_an_unknown_fit_engine_is_refused_with_the_choices() -> None:
+    assert "must be one of local, ray, got 'dask'" in error_of([], {env_name("fit_engine"): "dask"})

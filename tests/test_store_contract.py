@@ -1,7 +1,9 @@
 """One contract suite for every store: each test runs on LocalStore (a fresh SQLite file), on
 RedisStore (a real redis-server, flushed before the test) and on RedisStore over a real
-3-node Redis Cluster (``redis+cluster://``, flushed before the test). Blocks of 4 rows make
-small arrays cross block boundaries."""
+3-node Redis Cluster (``redis+cluster://``, flushed before the test), and on LocalStore and
+RedisStore with a raw file store (``local+files``, ``redis+files``: raw vectors in Arrow block
+files, the manifest in the store). Blocks of 4 rows (4 or 8 rows per block file) make small
+arrays cross block boundaries."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from server.stores import (
     NewVersion,
     NotFoundError,
     PairBatch,
+    RawFileStore,
     RedisStore,
     StoreUnavailableError,
     open_store,
@@ -38,10 +41,16 @@ CATALOG = "ml-1m"
 BLOCK_ROWS = 4
 
 
-@pytest.fixture(params=["local", "redis", "cluster"])
+FILE_BLOCK_BYTES = BLOCK_ROWS * ENCODER.dim * 4  # 4 float32 rows, 8 float16 rows per file
+
+
+@pytest.fixture(params=["local", "redis", "cluster", "local+files", "redis+files"])
 def store(request, tmp_path):
-    if request.param == "local":
-        store = LocalStore(tmp_path / "store.sqlite3", block_rows=BLOCK_ROWS)
+    files = None
+    if request.param.endswith("+files"):
+        files = RawFileStore(str(tmp_path / "raw"), block_bytes=FILE_BLOCK_BYTES)
+    if request.param.startswith("local"):
+        store = LocalStore(tmp_path / "store.sqlite3", block_rows=BLOCK_ROWS, raw_files=files)
     elif request.param == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
         cluster.flushall()
@@ -51,7 +60,7 @@ def store(request, tmp_path):
         server = request.getfixturevalue("redis_server")
         with server.client() as client:
             client.flushall()
-        store = RedisStore(server.url, block_rows=BLOCK_ROWS)
+        store = RedisStore(server.url, block_rows=BLOCK_ROWS, raw_files=files)
         store._url_for_tests = server.url
     yield store
     store.close()
@@ -270,6 +279,24 @@ def test_whole_tables_read_in_their_stored_dtype(store, raw_dtype, monkeypatch):
         np.testing.assert_array_equal(got.astype(np.float32), expected[max(start, 0) : stop])
     if isinstance(store, RedisStore):
         assert store.read_raw_stored(CATALOG, 0, 23).dtype == np.dtype(raw_dtype)
+
+
+@pytest.mark.parametrize("raw_dtype", ["<f4", "<f2"])
+def test_raw_blocks_cover_rows_up_to_the_count_asked_in_the_stored_dtype(store, raw_dtype):
+    store.create_catalog(CATALOG, ENCODER, raw_dtype)
+    raw = np.concatenate([add_items(store, [f"i{i}" for i in range(13)]),
+                          add_items(store, [f"j{i}" for i in range(6)], 1)])
+    for count in (19, 10, 40):
+        blocks = store.raw_blocks(CATALOG, count)
+        shown = min(count, 19)
+        assert (blocks.n_rows, blocks.dim, np.dtype(blocks.dtype)) == (
+            shown, ENCODER.dim, np.dtype(raw_dtype))
+        bounds = blocks.block_bounds()
+        assert bounds[0][0] == 0 and bounds[-1][1] == shown
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+        got = np.concatenate([blocks.read_block(i) for i in range(len(bounds))])
+        assert got.dtype == np.dtype(raw_dtype)
+        np.testing.assert_array_equal(got, raw[:shown].astype(raw_dtype))
 
 
 def test_catalog_and_rows_in_one_call(store):
@@ -697,8 +724,8 @@ def lose_everything(store) -> None:
 
 def reopen(store):
     if isinstance(store, LocalStore):
-        return LocalStore(store._path, block_rows=BLOCK_ROWS)
-    return RedisStore(store._url_for_tests, block_rows=BLOCK_ROWS)
+        return LocalStore(store._path, block_rows=BLOCK_ROWS, raw_files=store._raw_files)
+    return RedisStore(store._url_for_tests, block_rows=BLOCK_ROWS, raw_files=store._raw_files)
 
 
 def test_a_catalog_the_store_lost_is_data_loss_never_an_empty_catalog(store):

@@ -9,6 +9,7 @@ from server.recpca.fit import (
     diagnose,
     fit_projection,
     fit_recpca,
+    fit_recpca_streamed,
     plain_pca,
 )
 from server.recpca.graph import GraphOptions, NormalizedGraph, build_graph
@@ -30,6 +31,7 @@ __all__ = [
     "diagnose",
     "fit_projection",
     "fit_recpca",
+    "fit_recpca_streamed",
     "plain_pca",
     "transform_together",
 ]

@@ -15,7 +15,7 @@ because the scales of ``S`` and ``G`` differ; ρ does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
-from server.recpca.diagnostics import alignment_at_k
+from server.recpca.diagnostics import alignment_over_blocks
 from server.recpca.graph import GraphOptions, build_graph
 from server.recpca.moments import (
     DEFAULT_BLOCK_ROWS,
@@ -32,9 +32,12 @@ from server.recpca.moments import (
     Moments,
     ProgressCallback,
     compute_moments,
+    validate_raw,
 )
 from server.recpca.projection import Projection, transform_together
+from server.recpca.row_blocks import ArrayRowBlocks, RowBlocks
 from server.recpca.solve import lambda_for_retention, scores, solve, whitener
+from server.recpca.streamed import Run, run_locally, streamed_moments
 
 DEFAULT_RETENTION = 0.8
 DEFAULT_WHITENING = 0.0  # chosen on validation by bench.value (README, "What TF-LLMER buys")
@@ -123,24 +126,30 @@ def plain_pca(moments: Moments, settings: FitSettings) -> Projection:
                       whitener(moments, components, settings.whitening))
 
 
+# A served space's vectors of every item, yielded in row blocks in order; callable again
+# for a second pass (a streamed fit recomputes them rather than hold them).
+EmbeddingBlocks = Callable[[], Iterable[np.ndarray]]
+
+
 def diagnose(
     moments: Moments,
     projection: Projection,
     pca_projection: Projection,
-    served: tuple[np.ndarray, np.ndarray] | None,
+    spaces: tuple[EmbeddingBlocks, EmbeddingBlocks] | None,
     counts: sp.csr_matrix | None,
     settings: FitSettings,
     alignment_k: int = 10,
     alignment_sample: int | None = 2000,
     n_edges: int = 0,
 ) -> FitDiagnostics:
-    """``served`` holds every item's vectors under ``projection`` and ``pca_projection``
-    (needed for alignment only, so None without counts)."""
+    """``spaces`` yields every item's vectors under ``projection`` and ``pca_projection``
+    (read for alignment only, so None without counts)."""
     fitted = scores(moments, projection.components)
     pca = scores(moments, pca_projection.components)
-    if counts is not None and counts.nnz and served is not None:
-        alignment, pca_alignment = (alignment_at_k(vectors, counts, alignment_k, alignment_sample)
-                                    for vectors in served)
+    if counts is not None and counts.nnz and spaces is not None:
+        alignment, pca_alignment = (
+            alignment_over_blocks(space, counts, alignment_k, alignment_sample)
+            for space in spaces)
     else:
         alignment = pca_alignment = None
     return FitDiagnostics(
@@ -174,14 +183,24 @@ def fit_recpca(
     alignment_k: int = 10,
     alignment_sample: int | None = 2000,
     phase: Callable[[str], None] | None = None,
+    run: Run | None = None,
 ) -> FitResult:
     """Fit Rec-PCA on ``raw`` (n × D) and co-occurrence ``counts`` (n × n, or None).
-    ``phase`` hears "solve" and "diagnostics" as those steps start (after the moments)."""
+    ``phase`` hears "solve" and "diagnostics" as those steps start (after the moments).
+    ``run`` computes the moments as block tasks on that engine (``streamed_moments``, blocks
+    of ``block_rows``) instead of in this process."""
     n_items = getattr(raw, "shape", (0,))[0]
     graph = build_graph(counts, n_items, settings.graph) if counts is not None else None
-    moments = compute_moments(
-        raw, graph, block_rows=block_rows, backend=backend, device=device, progress=progress
-    )
+    n_edges = graph.n_edges if graph is not None else 0
+    if run is None:
+        moments = compute_moments(
+            raw, graph, block_rows=block_rows, backend=backend, device=device,
+            progress=progress,
+        )
+    else:
+        validate_raw(raw)
+        moments = streamed_moments(ArrayRowBlocks(raw, block_rows), graph, run=run,
+                                   progress=progress)
     if phase is not None:
         phase("solve")
     projection = fit_projection(moments, settings)
@@ -189,14 +208,49 @@ def fit_recpca(
         phase("diagnostics")
     validated = sp.csr_matrix(counts) if counts is not None else None
     pca_projection = plain_pca(moments, settings)
-    n_edges = graph.n_edges if graph is not None else 0
     if validated is not None and validated.nnz:  # alignment scores both spaces: one pass
         vectors, pca_vectors = transform_together(raw, [projection, pca_projection], block_rows)
-        diagnostics = diagnose(moments, projection, pca_projection, (vectors, pca_vectors),
-                               validated, settings, alignment_k, alignment_sample, n_edges)
-        del pca_vectors
+        spaces = (lambda: [vectors], lambda: [pca_vectors])
+        diagnostics = diagnose(moments, projection, pca_projection, spaces, validated,
+                               settings, alignment_k, alignment_sample, n_edges)
+        del spaces, pca_vectors
     else:
         vectors = projection.transform(raw, block_rows)
         diagnostics = diagnose(moments, projection, pca_projection, None, validated, settings,
                                alignment_k, alignment_sample, n_edges)
+    return FitResult(projection, moments, diagnostics, vectors)
+
+
+def fit_recpca_streamed(
+    blocks: RowBlocks,
+    counts: sp.spmatrix | sp.sparray | None,
+    settings: FitSettings = FitSettings(),
+    *,
+    run: Run = run_locally,
+    progress: ProgressCallback | None = None,
+    alignment_k: int = 10,
+    alignment_sample: int | None = 2000,
+    phase: Callable[[str], None] | None = None,
+) -> FitResult:
+    """``fit_recpca`` over a ``RowBlocks`` source that is never held whole: the moments as
+    block tasks (``streamed_moments`` on ``run``), then the served vectors and the
+    diagnostics block by block (plain PCA's vectors are recomputed per pass, never held).
+    Besides ``counts`` and the graph, memory is a few blocks plus the n × d served vectors
+    it returns (which a version stores anyway)."""
+    graph = build_graph(counts, blocks.n_rows, settings.graph) if counts is not None else None
+    n_edges = graph.n_edges if graph is not None else 0
+    moments = streamed_moments(blocks, graph, run=run, progress=progress)
+    del graph  # the diagnostics need the counts only
+    if phase is not None:
+        phase("solve")
+    projection = fit_projection(moments, settings)
+    if phase is not None:
+        phase("diagnostics")
+    vectors = projection.transform_all(blocks)
+    validated = sp.csr_matrix(counts) if counts is not None else None
+    pca_projection = plain_pca(moments, settings)
+    spaces = (lambda: (vectors[start:stop] for start, stop in blocks.block_bounds()),
+              lambda: pca_projection.transform_blocks(blocks))
+    diagnostics = diagnose(moments, projection, pca_projection, spaces, validated, settings,
+                           alignment_k, alignment_sample, n_edges)
     return FitResult(projection, moments, diagnostics, vectors)

@@ -9,13 +9,14 @@ read back from a store has ``components = W T`` and no separate whitener.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from server.recpca.moments import DEFAULT_BLOCK_ROWS, compute_dtype, row_norms
+from server.recpca.row_blocks import RowBlocks
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,29 @@ class Projection:
     def output_dim(self) -> int:
         return self.components.shape[1]
 
-    def transform(self, raw: Any, block_rows: int = DEFAULT_BLOCK_ROWS) -> np.ndarray:
-        """Unit-norm float32 served vectors for any raw rows (n × D)."""
-        return transform_together(raw, [self], block_rows)[0]
+    def transform(self, raw: Any, block_rows: int = DEFAULT_BLOCK_ROWS,
+                  first_row: int = 0) -> np.ndarray:
+        """Unit-norm float32 served vectors for any raw rows (n × D); ``first_row`` is the
+        row number of ``raw[0]`` in error messages."""
+        return transform_together(raw, [self], block_rows, first_row)[0]
+
+    def transform_blocks(self, blocks: RowBlocks) -> Iterator[np.ndarray]:
+        """``transform`` of each row block in order (one block of raw rows held at a time)."""
+        for index, (start, _) in enumerate(blocks.block_bounds()):
+            yield self.transform(blocks.read_block(index), first_row=start)
+
+    def transform_all(self, blocks: RowBlocks) -> np.ndarray:
+        """The served vectors of every row of ``blocks``, read block by block."""
+        out = np.empty((blocks.n_rows, self.output_dim), dtype=np.float32)
+        for (start, stop), reduced in zip(blocks.block_bounds(), self.transform_blocks(blocks),
+                                          strict=True):
+            out[start:stop] = reduced
+        return out
 
 
 def transform_together(raw: Any, projections: Sequence[Projection],
-                       block_rows: int = DEFAULT_BLOCK_ROWS) -> list[np.ndarray]:
+                       block_rows: int = DEFAULT_BLOCK_ROWS, first_row: int = 0
+                       ) -> list[np.ndarray]:
     """Served vectors of ``raw`` under several projections of the same fit (one μ), in one
     pass: the block conversion and row norms, which cost more than the small product, are
     paid once (a refit serves one projection and scores plain PCA's beside it)."""
@@ -66,7 +83,7 @@ def transform_together(raw: Any, projections: Sequence[Projection],
     outs = [np.empty((raw.shape[0], p.output_dim), dtype=np.float32) for p in projections]
     for start in range(0, raw.shape[0], block_rows):
         block = np.asarray(raw[start : start + block_rows], dtype=dtype)
-        unit = block * (1.0 / row_norms(block, start)).astype(dtype)[:, None]
+        unit = block * (1.0 / row_norms(block, first_row + start)).astype(dtype)[:, None]
         combined = (unit - mean) @ maps
         for out, lo, hi in zip(outs, cuts[:-1], cuts[1:], strict=True):
             reduced = combined[:, lo:hi]

@@ -69,3 +69,44 @@ class ArrayRowBlocks:
     def read_block(self, index: int) -> np.ndarray:
         start, stop = self.block_bounds()[index]
         return np.asarray(self.array[start:stop])
+
+
+class CoarserRowBlocks:
+    """Consecutive blocks of ``source`` joined into blocks of at least ``min_rows`` rows (the
+    last may be shorter). A streamed fit's graph pass reads about half of all blocks per
+    block, so the number of blocks, not their size, sets how often the matrix is read:
+    a fit can use blocks coarser than the store writes. Pickles as the source + grouping."""
+
+    def __init__(self, source: RowBlocks, min_rows: int) -> None:
+        if min_rows < 1:
+            raise ValueError(f"min_rows must be >= 1, got {min_rows}")
+        self.source = source
+        self.groups: list[tuple[int, int]] = []  # [first, last) source blocks
+        self.bounds: list[tuple[int, int]] = []
+        first, start = 0, 0
+        inner = list(source.block_bounds())
+        for index, (_, stop) in enumerate(inner):
+            if stop - start >= min_rows or index == len(inner) - 1:
+                self.groups.append((first, index + 1))
+                self.bounds.append((start, stop))
+                first, start = index + 1, stop
+
+    @property
+    def n_rows(self) -> int:
+        return self.source.n_rows
+
+    @property
+    def dim(self) -> int:
+        return self.source.dim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.source.dtype
+
+    def block_bounds(self) -> list[tuple[int, int]]:
+        return list(self.bounds)
+
+    def read_block(self, index: int) -> np.ndarray:
+        first, last = self.groups[index]
+        parts = [self.source.read_block(inner) for inner in range(first, last)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)

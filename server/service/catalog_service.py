@@ -23,9 +23,11 @@ import scipy.linalg
 from server.call_lifetime import check_alive
 from server.config import ServerConfig
 from server.encoders.base import Encoder
-from server.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from server.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from server.fit_engines import FitEngineError, fit_engine
 from server.quoting import shown
-from server.recpca import FitSettings, Projection, fit_recpca
+from server.recpca import FitSettings, Projection, fit_recpca, fit_recpca_streamed
+from server.recpca.streamed import run_locally
 from server.service.dim_prefix import prefix, served_dim
 from server.service.refit_progress import RefitProgress
 from server.stores.base import (
@@ -39,6 +41,7 @@ from server.stores.base import (
     NotFoundError,
     PairBatch,
     RequestRecord,
+    StoredRowBlocks,
     StoreError,
     VersionRecord,
 )
@@ -76,6 +79,8 @@ class Limits:
     # Serialized GetItemEmbeddings chunks of full-catalog pulls kept by the servicer (LRU);
     # 0 disables them. Off whenever version_cache_size is 0.
     chunk_cache_bytes: int = 1 << 30
+    fit_engine: str = "local"  # where refits compute their moments (server.fit_engines)
+    ray_address: str = ""
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> Limits:
@@ -88,6 +93,8 @@ class Limits:
             version_cache_size=config.version_cache_size,
             raw_dtype=RAW_DTYPES[config.raw_vector_dtype],
             request_id_ttl_seconds=config.request_id_ttl_seconds,
+            fit_engine=config.fit_engine,
+            ray_address=config.ray_address,
         )
 
 
@@ -196,6 +203,7 @@ class CatalogService:
         self.encoder = encoder
         self.limits = limits or Limits.from_config(ServerConfig())
         self.identity = EncoderIdentity(encoder.name, encoder.dim)
+        self.fit_run = fit_engine(self.limits.fit_engine, self.limits.ray_address)
         self._views: OrderedDict[tuple[str, str, int], VersionView] = OrderedDict()
         self._views_lock = threading.Lock()
 
@@ -506,14 +514,28 @@ class CatalogService:
         # Counts first: their merge's temporaries are freed before the vectors arrive. The
         # vectors stay in their stored dtype (float16 halves them); the fit converts blocks.
         counts = self.store.read_counts(name, count) if totals.pairs else None
-        raw = self.store.read_raw_stored(name, 0, count)
+        blocks = self.store.raw_blocks(name, count)
+        # Raw vectors in the store: read whole (in their stored dtype) and fitted in memory.
+        # In a raw file store: streamed block by block, never held whole.
+        raw = (self.store.read_raw_stored(name, 0, count)
+               if isinstance(blocks, StoredRowBlocks) else None)
         check_alive()  # each phase below takes a while: a dead call stops between them
         progress.enter("moments")
         try:
-            result = fit_recpca(raw, counts, settings, phase=progress.enter,
-                                progress=lambda rows: progress.within(rows, count))
+            if raw is not None:
+                result = fit_recpca(raw, counts, settings, phase=progress.enter,
+                                    progress=lambda rows: progress.within(rows, count),
+                                    run=self.fit_run)
+            else:
+                result = fit_recpca_streamed(
+                    blocks, counts, settings, phase=progress.enter,
+                    progress=lambda rows: progress.within(rows, count),
+                    run=self.fit_run or run_locally)
         except ValueError as error:  # e.g. vectors without variance
             raise FailedPrecondition(f"cannot fit catalog {name!r}: {error}") from error
+        except FitEngineError as error:  # the engine, not the data: worth a retry
+            raise Unavailable(f"cannot fit catalog {name!r}: {error}") from error
+        del counts
         check_alive()
         rank = variance_rank(result.moments.scatter)
         if settings.dim > rank:  # the other columns would be arbitrary null-space directions
@@ -524,6 +546,7 @@ class CatalogService:
                 f"dim <= {rank}"
             )
         progress.enter("writing")
+        del raw
         reduced = result.served
         parameters = {
             "dim": settings.dim,

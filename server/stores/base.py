@@ -27,6 +27,11 @@ Invariants every implementation keeps:
   instead of answering from what the process remembers.
 * Nothing read from a store is unpickled or evaluated: vectors are raw little-endian
   bytes, metadata is JSON.
+* With a raw file store (``server.stores.raw_files``, ``--raw-store-url``), a catalog
+  created then keeps its raw vectors in immutable Arrow IPC block files; ``commit_items``
+  writes its files first and changes the block manifest in its atomic step, and a block
+  that is missing or damaged reads as ``CorruptDataError``. ``raw_blocks`` hands out any
+  catalog's raw vectors as ``RowBlocks``, what a refit streams.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from server.errors import Aborted, DataLoss, NotFound, ServiceError, Unavailable
+from server.recpca.row_blocks import RowBlocks
 
 
 class StoreError(ServiceError):
@@ -289,6 +295,12 @@ class CatalogStore(abc.ABC):
         float16 table (a refit). Default: ``read_raw``."""
         return self.read_raw(name, start, stop)
 
+    def raw_blocks(self, name: str, count: int) -> RowBlocks:
+        """Raw vectors of rows ``[0, count)`` as ``RowBlocks`` in the stored dtype, what a
+        refit streams. Default: ranges of ``read_raw_stored`` (the vectors are in this
+        store); a store with a raw file store hands out its block files instead."""
+        return StoredRowBlocks(self, name, count)
+
     # -- versions -----------------------------------------------------------------------
     @abc.abstractmethod
     def write_version(self, name: str, new: NewVersion, activate: bool,
@@ -356,3 +368,41 @@ class CatalogStore(abc.ABC):
     @abc.abstractmethod
     def release_refit_lock(self, name: str, owner: str) -> None:
         """Release the lock if ``owner`` holds it (never someone else's)."""
+
+
+class StoredRowBlocks:
+    """Rows ``[0, n_rows)`` of a catalog whose raw vectors are in the catalog store, as
+    ``RowBlocks`` of ``block_rows`` read through ``read_raw_stored`` (not picklable: it
+    holds the store's connections)."""
+
+    def __init__(self, store: CatalogStore, name: str, n_rows: int,
+                 block_rows: int = 8192) -> None:
+        state = store.get_catalog(name)
+        if state is None:
+            raise NotFoundError(f"catalog {name!r} does not exist")
+        self.store, self.name, self.block_rows = store, name, block_rows
+        self._n_rows = min(n_rows, state.item_count)
+        self._dim, self._dtype = state.encoder.dim, np.dtype(state.raw_dtype)
+
+    @property
+    def n_rows(self) -> int:
+        return self._n_rows
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    def block_bounds(self) -> list[tuple[int, int]]:
+        return [(start, min(start + self.block_rows, self._n_rows))
+                for start in range(0, self._n_rows, self.block_rows)]
+
+    def read_block(self, index: int) -> np.ndarray:
+        start, stop = self.block_bounds()[index]
+        block = self.store.read_raw_stored(self.name, start, stop)
+        if len(block) != stop - start:
+            raise CorruptDataError(f"rows {start}..{stop} of {self.name!r} are not all stored")
+        return np.asarray(block, dtype=self._dtype)

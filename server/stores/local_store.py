@@ -11,6 +11,9 @@ Schema::
              active_version, last_version, pairs, weight, batches, created_at, epoch)
     items(catalog, row, item_id, text_hash)        PK (catalog, row), UNIQUE (catalog, item_id)
     raw_blocks(catalog, block, data)                raw vectors of rows [b·B, (b+1)·B)
+    raw_files(catalog, start, stop, file, size, crc32)   with a raw file store: the block
+                                                    manifest (catalogs.raw_files = 1)
+    raw_retired(catalog, file, retired_at)          block files a commit replaced
     versions(catalog, version, published, started_at, record, activated_at, components, mean)
     reduced_blocks(catalog, version, block, data)   float32 served vectors, row blocks
     pair_batches(catalog, worker_id, batch_id)      PK: exactly-once batches
@@ -43,6 +46,7 @@ import scipy.sparse as sp
 from server.call_lifetime import CallEnded, check_commit
 from server.cooccurrence_merge import counts_from_pairs
 from server.quoting import shown
+from server.recpca.row_blocks import RowBlocks
 from server.stores.base import (
     CatalogSnapshot,
     CatalogState,
@@ -68,6 +72,7 @@ from server.stores.checks import (
 )
 from server.stores.epochs import EpochWatch, new_epoch
 from server.stores.packing import pack_array, pack_pairs, pair_arrays, unpack_array
+from server.stores.raw_files import BlockEntry, RawFileStore, check_manifest
 from server.stores.records import parse_record, record_json
 from server.validation import verify_catalog
 
@@ -85,6 +90,12 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE TABLE IF NOT EXISTS raw_blocks (
     catalog TEXT NOT NULL, block INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (catalog, block));
+CREATE TABLE IF NOT EXISTS raw_files (
+    catalog TEXT NOT NULL, start INTEGER NOT NULL, stop INTEGER NOT NULL, file TEXT NOT NULL,
+    size INTEGER NOT NULL, crc32 INTEGER NOT NULL, PRIMARY KEY (catalog, start));
+CREATE TABLE IF NOT EXISTS raw_retired (
+    catalog TEXT NOT NULL, file TEXT NOT NULL, retired_at REAL NOT NULL,
+    PRIMARY KEY (catalog, file));
 CREATE TABLE IF NOT EXISTS versions (
     catalog TEXT NOT NULL, version INTEGER NOT NULL, published INTEGER NOT NULL,
     started_at REAL NOT NULL, record TEXT, activated_at REAL,
@@ -111,6 +122,8 @@ CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL
 # Databases written before catalogs had epochs get the column, and an epoch per catalog.
 _MIGRATIONS = (
     ("catalogs", "epoch", "ALTER TABLE catalogs ADD COLUMN epoch TEXT"),
+    ("catalogs", "raw_files",
+     "ALTER TABLE catalogs ADD COLUMN raw_files INTEGER NOT NULL DEFAULT 0"),
 )
 
 _IN_CHUNK = 900  # bound parameters per IN (...) query
@@ -134,7 +147,11 @@ class LocalStore(CatalogStore):
         block_rows: int = 4096,
         compact_after: int = 256,
         timeout: float = 30.0,
+        raw_files: RawFileStore | None = None,
     ) -> None:
+        """With ``raw_files``, catalogs created from now on keep their raw vectors in its
+        block files (this file keeps the manifest); catalogs created before keep theirs
+        here."""
         if str(path) == ":memory:":
             raise ValueError("LocalStore needs a file (every thread opens its own connection)")
         if block_rows < 1:
@@ -143,6 +160,7 @@ class LocalStore(CatalogStore):
         self._block_rows = block_rows
         self._compact_after = compact_after
         self._timeout = timeout
+        self._raw_files = raw_files
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._connections_lock = threading.Lock()
@@ -257,6 +275,8 @@ class LocalStore(CatalogStore):
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO store_info (key, value) VALUES ('probe', ?)",
                          (repr(time.time()),))
+        if self._raw_files is not None:
+            self._raw_files.probe()
 
     def close(self) -> None:
         with self._connections_lock:
@@ -279,9 +299,9 @@ class LocalStore(CatalogStore):
         check_raw_dtype(raw_dtype)
         conn.execute(
             "INSERT OR IGNORE INTO catalogs (name, encoder_name, encoder_dim, raw_dtype, "
-            "block_rows, created_at, epoch) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "block_rows, created_at, epoch, raw_files) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (name, encoder.name, encoder.dim, raw_dtype, self._block_rows, time.time(),
-             new_epoch()),
+             new_epoch(), int(self._raw_files is not None)),
         )
 
     @staticmethod
@@ -355,6 +375,20 @@ class LocalStore(CatalogStore):
 
     def commit_items(self, name: str, changes: ItemChanges, request: RequestRecord | None = None,
                      *, create: tuple[EncoderIdentity, str] | None = None) -> int:
+        written: list[tuple[str, str]] = []  # (epoch, file) of block files this commit wrote
+        try:
+            return self._commit_items(name, changes, request, create, written)
+        except StoreUnavailableError:
+            raise  # the commit may have happened: its files stay (collected if unreferenced)
+        except BaseException:
+            if self._raw_files is not None:
+                for epoch, file in written:
+                    self._raw_files.discard(name, epoch, [file])
+            raise
+
+    def _commit_items(self, name: str, changes: ItemChanges, request: RequestRecord | None,
+                      create: tuple[EncoderIdentity, str] | None,
+                      written: list[tuple[str, str]]) -> int:
         with self._write(commits_call=True) as conn:
             catalog = self._catalog_row(conn, name)
             if catalog is None and create is not None:
@@ -390,9 +424,11 @@ class LocalStore(CatalogStore):
                 "UPDATE items SET text_hash = ? WHERE catalog = ? AND row = ?",
                 zip(changes.changed_text_hashes, [name] * len(rows), rows.tolist(), strict=True),
             )
-            if len(new_rows):
+            if catalog["raw_files"]:
+                self._commit_blocks(conn, catalog, changes, written)
+            elif len(new_rows):
                 self._put_rows(conn, name, catalog, np.asarray(new_rows), changes.new_vectors)
-            if len(rows):
+            if len(rows) and not catalog["raw_files"]:
                 order = np.argsort(rows)
                 vectors = np.asarray(changes.changed_vectors)[order]
                 self._put_rows(conn, name, catalog, rows[order], vectors)
@@ -401,6 +437,36 @@ class LocalStore(CatalogStore):
             if request is not None:
                 self._record_request(conn, name, request)
         return new_rows.stop
+
+    def _files(self, catalog: sqlite3.Row) -> RawFileStore:
+        if self._raw_files is None:
+            raise StoreUnavailableError(
+                f"catalog {catalog['name']!r} keeps its raw vectors in a raw store: start the "
+                "server with its --raw-store-url")
+        return self._raw_files
+
+    @staticmethod
+    def _manifest(conn: sqlite3.Connection, name: str) -> list[BlockEntry]:
+        return [BlockEntry(*row) for row in conn.execute(
+            "SELECT start, stop, file, size, crc32 FROM raw_files WHERE catalog = ? "
+            "ORDER BY start", (name,)).fetchall()]
+
+    def _commit_blocks(self, conn: sqlite3.Connection, catalog: sqlite3.Row,
+                       changes: ItemChanges, written: list[tuple[str, str]]) -> None:
+        """Write the upsert's block files, then change the manifest in this transaction."""
+        name, epoch = catalog["name"], catalog["epoch"]
+        plan = self._files(catalog).plan_commit(
+            name, epoch, self._manifest(conn, name), changes, catalog["encoder_dim"],
+            catalog["raw_dtype"])
+        written.extend((epoch, file) for file in plan.files)
+        now = time.time()
+        conn.executemany("DELETE FROM raw_files WHERE catalog = ? AND start = ?",
+                         [(name, entry.start) for entry in plan.retired])
+        conn.executemany("INSERT INTO raw_files (catalog, start, stop, file, size, crc32) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         [(name, e.start, e.stop, e.file, e.size, e.crc32) for e in plan.added])
+        conn.executemany("INSERT OR REPLACE INTO raw_retired (catalog, file, retired_at) "
+                         "VALUES (?, ?, ?)", [(name, e.file, now) for e in plan.retired])
 
     @staticmethod
     def _record_request(conn: sqlite3.Connection, name: str, request: RequestRecord) -> None:
@@ -476,7 +542,14 @@ class LocalStore(CatalogStore):
         return out
 
     def _raw(self, conn: sqlite3.Connection, name: str, rows: np.ndarray) -> np.ndarray:
+        """float32 vectors of sorted unique ``rows``, from the store or its block files."""
         catalog = self._catalog(conn, name)
+        if catalog["raw_files"]:
+            found = self._files(catalog).read_rows(
+                name, catalog["epoch"], check_manifest(self._manifest(conn, name),
+                                                       catalog["item_count"]),
+                rows, catalog["encoder_dim"], catalog["raw_dtype"])
+            return found.astype(np.float32)
         query = "SELECT data FROM raw_blocks WHERE catalog = ? AND block = ?"
         return self._get_rows(
             conn,
@@ -493,6 +566,16 @@ class LocalStore(CatalogStore):
             count = self._catalog(conn, name)["item_count"]
             start, stop = max(start, 0), min(stop, count)
             return self._raw(conn, name, np.arange(start, max(start, stop)))
+
+    def raw_blocks(self, name: str, count: int) -> RowBlocks:
+        with self._read() as conn:
+            catalog = self._catalog(conn, name)
+            manifest = self._manifest(conn, name) if catalog["raw_files"] else None
+        if manifest is None:
+            return super().raw_blocks(name, count)
+        return self._files(catalog).row_blocks(
+            name, catalog["epoch"], manifest, min(count, catalog["item_count"]),
+            catalog["encoder_dim"], catalog["raw_dtype"])
 
     def read_raw_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
@@ -665,7 +748,23 @@ class LocalStore(CatalogStore):
             ]
             for version in stale:
                 self._drop_payload(conn, name, version)
+        self._collect_files(name, min_age_seconds)
         return len(stale)
+
+    def _collect_files(self, name: str, min_age_seconds: float) -> None:
+        """Delete block files nothing references any more (replaced, or never committed)."""
+        with self._read() as conn:
+            catalog = self._catalog(conn, name)
+            if not catalog["raw_files"] or self._raw_files is None:
+                return
+            referenced = {entry.file for entry in self._manifest(conn, name)}
+            retired = dict(conn.execute("SELECT file, retired_at FROM raw_retired "
+                                        "WHERE catalog = ?", (name,)).fetchall())
+        deleted = self._raw_files.collect(name, catalog["epoch"], referenced, retired,
+                                          min_age_seconds)
+        with self._write() as conn:
+            conn.executemany("DELETE FROM raw_retired WHERE catalog = ? AND file = ?",
+                             [(name, file) for file in deleted])
 
     # -- co-occurrence ------------------------------------------------------------------
     def apply_pair_batches(self, name: str, batches: Sequence[PairBatch]) -> PushOutcome:

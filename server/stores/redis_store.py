@@ -12,6 +12,9 @@ a catalog lives in one slot and every MULTI/EXEC or script touches one catalog o
     P:{c}:texthash          hash  row -> text hash
     P:{c}:texts             hash  text hash -> text (content-addressed, written before commit)
     P:{c}:raw:<b>           raw vectors of rows [b·B, (b+1)·B) in the raw dtype (APPEND, SETRANGE)
+    P:{c}:rawfiles          hash  first row -> JSON block entry: with a raw file store (the
+                            header's "raw_files"), the manifest of the catalog's block files
+    P:{c}:rawretired        hash  block file -> when a commit replaced it (collected later)
     P:{c}:vseq              last version number handed out (INCR)
     P:{c}:pending           hash  version -> JSON {started, blocks}: payloads not yet published
     P:{c}:v:<n>:W           packed float64 W (D × d);  P:{c}:v:<n>:mean  packed float64 μ
@@ -57,6 +60,7 @@ from redis.retry import Retry
 from server.call_lifetime import CallEnded, check_commit, commit_deadline_ms, deadline_passed
 from server.cooccurrence_merge import counts_from_pairs
 from server.quoting import shown
+from server.recpca.row_blocks import RowBlocks
 from server.stores.base import (
     CatalogSnapshot,
     CatalogState,
@@ -91,6 +95,7 @@ from server.stores.packing import (
     row_runs,
     unpack_array,
 )
+from server.stores.raw_files import BlockChanges, BlockEntry, RawFileStore, check_manifest
 from server.stores.records import parse_record, record_json
 from server.validation import verify_catalog
 
@@ -243,6 +248,7 @@ class _Meta:
     block_rows: int
     epoch: str
     raw: bytes
+    raw_files: bool = False  # raw vectors in block files of a raw file store
 
     @property
     def raw_row_bytes(self) -> int:
@@ -257,7 +263,7 @@ def _parse_meta(text: bytes | str) -> _Meta:
     raw = text if isinstance(text, bytes) else text.encode()
     epoch = fields.get("epoch") or hashlib.sha256(raw).hexdigest()[:32]
     meta = _Meta(EncoderIdentity(**fields["encoder"]), fields["raw_dtype"], fields["block_rows"],
-                 str(epoch), raw)
+                 str(epoch), raw, bool(fields.get("raw_files", False)))
     check_raw_dtype(meta.raw_dtype)
     if not isinstance(meta.block_rows, int) or meta.block_rows < 1:
         raise ValueError(f"block_rows {meta.block_rows!r}")
@@ -320,6 +326,7 @@ class RedisStore(CatalogStore):
         key_prefix: str = "tfllmer",
         block_rows: int = 4096,
         compact_after: int = 256,
+        raw_files: RawFileStore | None = None,
         **client_options: Any,
     ) -> None:
         if block_rows < 1:
@@ -345,6 +352,7 @@ class RedisStore(CatalogStore):
         self._prefix = key_prefix
         self._block_rows = block_rows
         self._compact_after = compact_after
+        self._raw_files = raw_files  # catalogs created from now on keep raw vectors there
         self._epochs = EpochWatch()
         self._store_epoch: bytes | str | None = None
         scripts = {
@@ -422,6 +430,8 @@ class RedisStore(CatalogStore):
             self._epochs.lose_store(
                 "its epoch key vanished or changed (Redis restarted empty or was flushed)")
             self._epochs.raise_if_lost()
+        if self._raw_files is not None:
+            self._raw_files.probe()
 
     def close(self) -> None:
         self._client.close()
@@ -449,6 +459,7 @@ class RedisStore(CatalogStore):
             "block_rows": self._block_rows,
             "created_at": time.time(),
             "epoch": new_epoch(),
+            **({"raw_files": True} if self._raw_files is not None else {}),
         }).encode()
 
     @_unavailable_as_store_error
@@ -584,12 +595,28 @@ class RedisStore(CatalogStore):
     def commit_items(self, name: str, changes: ItemChanges, request: RequestRecord | None = None,
                      *, create: tuple[EncoderIdentity, str] | None = None) -> int:
         verify_catalog(name)
+        written: list[tuple[str, str]] = []  # (epoch, file) of block files this commit wrote
+        try:
+            return self._commit_items(name, changes, request, create, written)
+        except StoreUnavailableError:
+            raise  # EXEC may have applied: its files stay (collected if unreferenced)
+        except BaseException:
+            if self._raw_files is not None:
+                for epoch, file in written:
+                    self._raw_files.discard(name, epoch, [file])
+            raise
+
+    def _commit_items(self, name: str, changes: ItemChanges, request: RequestRecord | None,
+                      create: tuple[EncoderIdentity, str] | None,
+                      written: list[tuple[str, str]]) -> int:
         meta_key = self._key(name, "meta")
         count_key, ids_key = self._key(name, "count"), self._key(name, "ids")
+        files_key = self._key(name, "rawfiles")
         request_key = self._request_key(name, request.request_id) if request else None
         try:
             with self._client.pipeline(transaction=True) as pipe:
-                pipe.watch(meta_key, count_key, *([request_key] if request_key else []))
+                pipe.watch(meta_key, count_key, files_key,
+                           *([request_key] if request_key else []))
                 meta = self._checked_meta(name, pipe.get(meta_key))
                 header = None
                 if meta is None:
@@ -617,10 +644,18 @@ class RedisStore(CatalogStore):
                         raise ConflictError(f"a concurrent upsert of {name!r} committed first")
                     if taken:
                         raise ValueError(f"item id {shown(taken[0])} already has a row")
+                blocks = None
+                if meta.raw_files:  # block files first, complete; the manifest in the EXEC
+                    blocks = self._files(name).plan_commit(
+                        name, meta.epoch, self._manifest(pipe, name), changes,
+                        meta.encoder.dim, meta.raw_dtype)
+                    written.extend((meta.epoch, file) for file in blocks.files)
                 pipe.multi()
                 if header is not None:  # the catalog and its first items in one step
                     pipe.set(meta_key, header)
                 self._queue_items(pipe, name, meta, changes)
+                if blocks is not None:
+                    self._queue_manifest(pipe, name, blocks)
                 self._queue_texts(pipe, name, changes.texts)
                 if request is not None and request_key is not None:
                     pipe.hset(request_key, mapping={"fingerprint": request.fingerprint,
@@ -641,7 +676,7 @@ class RedisStore(CatalogStore):
             pipe.rpush(self._key(name, "rowids"), *ids)
             hashes = zip(chunk_rows, changes.new_text_hashes[i : i + _CHUNK], strict=True)
             pipe.hset(self._key(name, "texthash"), mapping=dict(hashes))
-        if len(new_rows):
+        if len(new_rows) and not meta.raw_files:
             data = np.ascontiguousarray(changes.new_vectors, dtype=meta.raw_dtype)
             done = 0
             while done < len(data):
@@ -654,6 +689,7 @@ class RedisStore(CatalogStore):
         if len(rows):
             changed = dict(zip(rows.tolist(), changes.changed_text_hashes, strict=True))
             pipe.hset(self._key(name, "texthash"), mapping=changed)
+        if len(rows) and not meta.raw_files:
             vectors = np.ascontiguousarray(changes.changed_vectors, dtype=meta.raw_dtype)
             for row, vector in zip(rows.tolist(), vectors, strict=True):
                 block, within = divmod(row, block_rows)
@@ -661,7 +697,44 @@ class RedisStore(CatalogStore):
                 pipe.setrange(self._key(name, "raw", block), offset, vector.tobytes())
         pipe.set(self._key(name, "count"), base + len(new_rows))
 
+    def _files(self, name: str) -> RawFileStore:
+        if self._raw_files is None:
+            raise StoreUnavailableError(
+                f"catalog {name!r} keeps its raw vectors in a raw store: start the server "
+                "with its --raw-store-url")
+        return self._raw_files
+
+    def _manifest(self, client: Any, name: str) -> list[BlockEntry]:
+        entries = client.hgetall(self._key(name, "rawfiles"))
+        return [BlockEntry.from_json(text) for text in entries.values()]
+
+    def _queue_manifest(self, pipe: Any, name: str, blocks: BlockChanges) -> None:
+        added = {entry.start for entry in blocks.added}
+        gone = [entry.start for entry in blocks.retired if entry.start not in added]
+        if gone:
+            pipe.hdel(self._key(name, "rawfiles"), *gone)
+        if blocks.added:
+            pipe.hset(self._key(name, "rawfiles"),
+                      mapping={entry.start: entry.to_json() for entry in blocks.added})
+        if blocks.retired:
+            now = time.time()
+            pipe.hset(self._key(name, "rawretired"),
+                      mapping={entry.file: now for entry in blocks.retired})
+
+    def _file_rows(self, name: str, meta: _Meta, rows: np.ndarray) -> np.ndarray:
+        """Sorted unique ``rows`` from the catalog's block files, in the stored dtype."""
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._key(name, "count"))
+            pipe.hgetall(self._key(name, "rawfiles"))
+            count, entries = pipe.execute()
+        manifest = check_manifest([BlockEntry.from_json(text) for text in entries.values()],
+                                  int(count or 0))
+        return self._files(name).read_rows(name, meta.epoch, manifest, rows, meta.encoder.dim,
+                                           meta.raw_dtype)
+
     def _raw(self, name: str, meta: _Meta, rows: np.ndarray) -> np.ndarray:
+        if meta.raw_files:
+            return self._file_rows(name, meta, rows).astype(np.float32)
         data = self._read_rows(
             lambda block: self._key(name, "raw", block), rows, meta.raw_row_bytes, meta.block_rows
         )
@@ -682,6 +755,8 @@ class RedisStore(CatalogStore):
         whose text it changed between two of those reads."""
         meta = self._meta(name)
         start, stop = max(start, 0), min(stop, self._count(name))
+        if meta.raw_files:
+            return self._file_rows(name, meta, np.arange(start, max(start, stop)))
         out = np.empty((max(stop - start, 0), meta.encoder.dim), dtype=meta.raw_dtype)
         first = start
         while first < stop:
@@ -693,6 +768,20 @@ class RedisStore(CatalogStore):
                 last - first, meta.encoder.dim)
             first = last
         return out
+
+    @_unavailable_as_store_error
+    def raw_blocks(self, name: str, count: int) -> RowBlocks:
+        meta = self._meta(name)
+        if not meta.raw_files:
+            return super().raw_blocks(name, count)
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._key(name, "count"))
+            pipe.hgetall(self._key(name, "rawfiles"))
+            stored, entries = pipe.execute()
+        count = min(count, int(stored or 0))
+        return self._files(name).row_blocks(
+            name, meta.epoch, [BlockEntry.from_json(text) for text in entries.values()], count,
+            meta.encoder.dim, meta.raw_dtype)
 
     @_unavailable_as_store_error
     def read_raw_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
@@ -855,7 +944,23 @@ class RedisStore(CatalogStore):
             keys = [self._key(name, "pending")]
             keys += self._payload_keys(name, int(version), int(fields["blocks"]))
             collected += int(self._scripts["collect"](keys=keys, args=[version, text]))
+        self._collect_files(name, min_age_seconds)
         return collected
+
+    def _collect_files(self, name: str, min_age_seconds: float) -> None:
+        """Delete block files nothing references any more (replaced, or never committed)."""
+        meta = self._meta(name)
+        if not meta.raw_files or self._raw_files is None:
+            return
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._key(name, "rawfiles"))
+            pipe.hgetall(self._key(name, "rawretired"))
+            entries, retired = pipe.execute()
+        referenced = {BlockEntry.from_json(text).file for text in entries.values()}
+        since = {file.decode(): float(when) for file, when in retired.items()}
+        deleted = self._raw_files.collect(name, meta.epoch, referenced, since, min_age_seconds)
+        if deleted:
+            self._client.hdel(self._key(name, "rawretired"), *deleted)
 
     # -- co-occurrence ------------------------------------------------------------------
     @_unavailable_as_store_error
