@@ -33,9 +33,11 @@ class RowCache:
                 return None
             self._catalogs.move_to_end(name)
         epoch, rows = held
-        found = np.fromiter((rows.get(item, -1) for item in ids), dtype=np.int64,
-                            count=len(ids))
-        return epoch, found
+        try:  # every id held, the usual case: no per-id Python code
+            return epoch, np.fromiter(map(rows.__getitem__, ids), np.int64, len(ids))
+        except KeyError:
+            return epoch, np.fromiter(map(rows.get, ids, itertools.repeat(-1)), np.int64,
+                                      len(ids))
 
     def add(self, name: str, epoch: str, ids: Sequence[str], rows: np.ndarray) -> None:
         """Remember committed rows (``rows >= 0``) of ``ids`` read from catalog ``name``
