@@ -353,6 +353,12 @@ class ServerConfig:
         "Catalog versions whose vectors each process keeps in memory; 0 disables the cache.",
         at_least=0,
     )
+    row_cache_items: int = setting(
+        2_000_000,
+        "Item id -> row entries each process keeps (about 150 bytes each with short ids) so "
+        "look-ups by id read only the catalog header from the store; 0 disables the cache.",
+        at_least=0,
+    )
     fit_engine: FitEngine = setting(
         "local",
         "Where RefitProjection computes the moments: local (this process) or ray (block tasks "

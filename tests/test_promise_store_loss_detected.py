@@ -47,9 +47,13 @@ def _lose_data(env, how: str) -> None:
         os.replace(path.with_suffix(".new"), path)
 
 
-def _pull(stub, version: int = 0) -> list[pb.GetItemEmbeddingsResponse]:
+def _pull(stub, version: int = 0, ids: tuple[str, ...] = ()
+          ) -> list[pb.GetItemEmbeddingsResponse]:
     return list(stub.GetItemEmbeddings(pb.GetItemEmbeddingsRequest(
-        catalog=CATALOG, version=version), timeout=30))
+        catalog=CATALOG, version=version, item_ids=ids), timeout=30))
+
+
+LOOKED_UP = (f"{CATALOG}-3", f"{CATALOG}-150")  # served from memory once warm
 
 
 @pytest.mark.parametrize(("kind", "how"), [("redis", "flushall"), ("redis", "restarted-empty"),
@@ -61,12 +65,15 @@ def test_a_store_that_lost_its_data_is_detected(kind: str, how: str, tmp_path: P
         stub = env.stub
         version = refit(stub, CATALOG, dim=4)
         assert sum(len(m.rows) // 4 for m in _pull(stub, version)) == 200
+        for _ in range(2):  # the second look-up is answered from the row cache and the view
+            assert sum(len(m.rows) // 4 for m in _pull(stub, ids=LOOKED_UP)) == 2
         _lose_data(env, how)
 
         describe = status_of(lambda: stub.DescribeCatalog(
             pb.DescribeCatalogRequest(catalog=CATALOG), timeout=30))
         pinned = status_of(lambda: _pull(stub, version))
         active = status_of(lambda: _pull(stub))
+        looked_up = status_of(lambda: _pull(stub, ids=LOOKED_UP))
         push = status_of(lambda: stub.PushCooccurrence(iter([pb.PushCooccurrenceRequest(
             catalog=CATALOG, worker_id="w", batch_id="b", rows=b"\0\0\0\0",
             cols=b"\1\0\0\0", weights=b"\0\0\x80?")]), timeout=30))
@@ -75,9 +82,11 @@ def test_a_store_that_lost_its_data_is_detected(kind: str, how: str, tmp_path: P
         refitted = status_of(lambda: refit(stub, CATALOG, dim=4))
         record_property("statuses", json.dumps({
             "describe": describe.name, "pinned_pull": pinned.name, "active_pull": active.name,
+            "warm_lookup": looked_up.name,
             "push": push.name, "upsert": upsert.name, "refit": refitted.name}))
         assert describe is grpc.StatusCode.DATA_LOSS
         assert pinned is grpc.StatusCode.DATA_LOSS and active is grpc.StatusCode.DATA_LOSS
+        assert looked_up is grpc.StatusCode.DATA_LOSS
         assert push is grpc.StatusCode.DATA_LOSS and refitted is grpc.StatusCode.DATA_LOSS
         assert upsert is grpc.StatusCode.DATA_LOSS
         # Nothing was written in place of the lost catalog.

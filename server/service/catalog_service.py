@@ -30,6 +30,7 @@ from server.recpca import FitSettings, Projection, fit_recpca, fit_recpca_stream
 from server.recpca.streamed import run_locally
 from server.service.dim_prefix import prefix, served_dim
 from server.service.refit_progress import RefitProgress
+from server.service.row_cache import RowCache
 from server.stores.base import (
     CatalogState,
     CatalogStore,
@@ -79,6 +80,7 @@ class Limits:
     # Serialized GetItemEmbeddings chunks of full-catalog pulls kept by the servicer (LRU);
     # 0 disables them. Off whenever version_cache_size is 0.
     chunk_cache_bytes: int = 1 << 30
+    row_cache_items: int = 2_000_000  # id -> row entries kept for look-ups (0: none)
     fit_engine: str = "local"  # where refits compute their moments (server.fit_engines)
     ray_address: str = ""
 
@@ -93,6 +95,7 @@ class Limits:
             version_cache_size=config.version_cache_size,
             raw_dtype=RAW_DTYPES[config.raw_vector_dtype],
             request_id_ttl_seconds=config.request_id_ttl_seconds,
+            row_cache_items=config.row_cache_items,
             fit_engine=config.fit_engine,
             ray_address=config.ray_address,
         )
@@ -158,6 +161,7 @@ class Selection:
     fitted: int = 0  # rows the version covers (later rows go through the projection)
     projection: Projection | None = None  # W and μ of the version, for those later rows
     epoch: str = ""  # the catalog's epoch: cached bytes of another epoch are another catalog's
+    view: VersionView | None = None  # the version in memory, when the selection was made from it
 
 
 class VersionView:
@@ -206,6 +210,7 @@ class CatalogService:
         self.fit_run = fit_engine(self.limits.fit_engine, self.limits.ray_address)
         self._views: OrderedDict[tuple[str, str, int], VersionView] = OrderedDict()
         self._views_lock = threading.Lock()
+        self.row_cache = RowCache(self.limits.row_cache_items)
 
     # -- catalogs ---------------------------------------------------------------------
     def _catalog(self, name: str) -> CatalogState:
@@ -305,8 +310,10 @@ class CatalogService:
             verify_catalog(name)
             found, rows = self.store.catalog_and_rows(name, ids)
             if found is None:
+                self.row_cache.drop(name)
                 raise NotFound(f"catalog {name!r} does not exist")
             state = found
+            self.row_cache.add(name, state.epoch, ids, rows)
             if np.any(rows < 0):
                 missing = ids[int(np.argmax(rows < 0))]
                 raise NotFound(f"item {shown(missing)} is not in catalog {name!r}")
@@ -323,13 +330,43 @@ class CatalogService:
         if view is None and rows is not None:
             view = self.view(name, state.epoch, version)
         if view is not None:
-            record, projection = view.record, view.projection
-        else:  # a whole-catalog pull streams the version's blocks: no need to load them all
-            record = self._record(name, version)
-            components, mean = self.store.read_projection(name, version)
-            projection = Projection(components, mean, float(record.diagnostics.get("lam", 0)))
+            return self._selection(view, rows, count, state.epoch)
+        # A whole-catalog pull streams the version's blocks: no need to load them all.
+        record = self._record(name, version)
+        components, mean = self.store.read_projection(name, version)
+        projection = Projection(components, mean, float(record.diagnostics.get("lam", 0)))
         return Selection(record.version, record.dim, "reduced", rows, count, record.encoder,
                          record.item_count, projection, state.epoch)
+
+    async def select_in_memory(self, name: str, version: int, ids: Sequence[str]
+                               ) -> Selection | None:
+        """A look-up of reduced vectors answered from this process's memory after one
+        awaited read of the catalog header (no worker thread): every id's row cached for
+        the catalog's current epoch, the version's view held and covering those rows.
+        ``None`` when any of that is missing: the caller then runs ``select``."""
+        verify_version(version)
+        verify_catalog(name)
+        for item_id in ids:
+            verify_item_id(item_id)
+        cached = self.row_cache.rows(name, ids)
+        if cached is None or np.any(cached[1] < 0):
+            return None
+        epoch, rows = cached
+        state = await self.store.catalog_head(name)
+        if state is None or state.epoch != epoch:  # gone or re-created: entries are stale
+            self.row_cache.drop(name)
+            return None  # ``select`` reads the store again and says what happened
+        view = self.cached_view(name, epoch, self._resolve(state, version))
+        if view is None or int(rows.max()) >= len(view.reduced):
+            return None
+        return self._selection(view, rows, len(rows), epoch)
+
+    @staticmethod
+    def _selection(view: VersionView, rows: np.ndarray | None, count: int, epoch: str
+                   ) -> Selection:
+        record = view.record
+        return Selection(record.version, record.dim, "reduced", rows, count, record.encoder,
+                         record.item_count, view.projection, epoch, view)
 
     def chunk(
         self, name: str, selection: Selection, start: int, stop: int
@@ -346,7 +383,7 @@ class CatalogService:
             if selection.rows is None:
                 return self.store.read_raw(name, int(rows[0]), int(rows[-1]) + 1)
             return self.store.read_raw_rows(name, rows)
-        view = self.cached_view(name, selection.epoch, selection.version)
+        view = selection.view or self.cached_view(name, selection.epoch, selection.version)
         if view is None and selection.rows is None and selection.projection is not None:
             return self._streamed(name, selection, int(rows[0]), int(rows[-1]) + 1)
         view = view or self.view(name, selection.epoch, selection.version)

@@ -91,6 +91,10 @@ STATUS: dict[type[ServiceError], tuple[grpc.StatusCode, str]] = {
 # Room for the header, field tags and the chunk's id strings beyond its vector bytes.
 CHUNK_OVERHEAD = 1024
 PREFETCH_GROUPS = 1  # groups prepared ahead of the one being sent
+# Look-ups of at most this many ids are served on the event loop when their rows and version
+# are in memory (microseconds of work); larger ones go to a worker thread, so one call never
+# holds the loop for long.
+LOOP_LOOKUP_IDS = 4096
 OPERATION_POLL_SECONDS = 0.1  # WatchRefitOperation looks at its operation this often
 
 
@@ -231,9 +235,15 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         dtype, kind = DTYPE.name(request.dtype), KIND.name(request.kind)
         await self._check(context, verify_pull, dtype, kind, request.max_chunk_bytes)
         assert dtype is not None and kind is not None  # verify_pull refused None
-        # One worker-thread hop resolves the selection and prepares its first chunk (a
-        # look-up of a few ids is usually one chunk); later chunks are prefetched.
-        pull: _Pull = await self._run(context, self._open, request, kind, dtype)
+        # A look-up whose rows and version this process holds is served on the event loop
+        # after one awaited header read; otherwise one worker-thread hop resolves the
+        # selection and prepares its first chunk. Later chunks are prefetched.
+        pull = None
+        if kind == "reduced" and 0 < len(request.item_ids) <= LOOP_LOOKUP_IDS:
+            pull = await self._outcome(context, self._open_in_memory(request, dtype),
+                                       self._open)
+        if pull is None:
+            pull = await self._run(context, self._open, request, kind, dtype)
         selection = pull.selection
         header = pb.EmbeddingHeader(
             version=selection.version, dim=pull.dim, dtype=DTYPE.number(dtype),
@@ -273,10 +283,21 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                 future.cancel()
 
     def _open(self, request: pb.GetItemEmbeddingsRequest, kind: str, dtype: str) -> _Pull:
-        """The selection, its chunking and its first group's messages (worker thread): a
-        look-up of a few ids is served after this one thread hop."""
+        """The selection, its chunking and its first group's messages (worker thread)."""
         selection = self.service.select(request.catalog, request.version,
                                         list(request.item_ids), kind)
+        return self._pull(request, selection, kind, dtype)
+
+    async def _open_in_memory(self, request: pb.GetItemEmbeddingsRequest, dtype: str
+                              ) -> _Pull | None:
+        """``_open`` on the event loop for a look-up served from memory, or ``None``."""
+        selection = await self.service.select_in_memory(request.catalog, request.version,
+                                                        list(request.item_ids))
+        return None if selection is None else self._pull(request, selection, "reduced", dtype)
+
+    def _pull(self, request: pb.GetItemEmbeddingsRequest, selection: Selection, kind: str,
+              dtype: str) -> _Pull:
+        """A selection's chunking and its first group's messages."""
         dim = served_dim(request.dim, selection.dim, kind)
         budget = min(request.max_chunk_bytes or self.default_chunk_bytes, self.max_send_bytes)
         row_bytes = dim * bytes_per_value(dtype) + 8

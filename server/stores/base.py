@@ -37,6 +37,7 @@ Invariants every implementation keeps:
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,6 +227,11 @@ class CatalogStore(abc.ABC):
 
     @abc.abstractmethod
     def get_catalog(self, name: str) -> CatalogState | None: ...
+
+    async def catalog_head(self, name: str) -> CatalogState | None:
+        """``get_catalog`` awaited on the event loop: a look-up whose rows are cached reads
+        only this. A store with an asyncio client answers it without a worker thread."""
+        return await asyncio.to_thread(self.get_catalog, name)
 
     @abc.abstractmethod
     def catalog_names(self) -> list[str]:

@@ -42,6 +42,7 @@ that owns the catalog.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -52,7 +53,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import redis
+import redis.asyncio as redis_async
 import scipy.sparse as sp
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
@@ -239,6 +243,18 @@ def _unavailable_as_store_error(method: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+def _async_client(url: str, options: dict[str, Any]) -> redis_async.Redis | AsyncRedisCluster:
+    """The asyncio twin of the store's client: same URL and options. It only reads (look-up
+    headers), so it may retry once on a fresh connection: a Redis restarted under the server
+    is then seen at once for what it is, not as one call's UNAVAILABLE."""
+    options = {**options, "retry": AsyncRetry(NoBackoff(), 1)}
+    scheme, separator, rest = url.partition("://")
+    if separator and scheme in CLUSTER_SCHEMES:
+        options.pop("health_check_interval", None)
+        return AsyncRedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **options)
+    return redis_async.Redis.from_url(url, **options)
+
+
 @dataclass(frozen=True)
 class _Meta:
     """A catalog's immutable settings, as its header key holds them (``raw``)."""
@@ -338,6 +354,10 @@ class RedisStore(CatalogStore):
             "retry": Retry(NoBackoff(), 0),
         }
         options.update(client_options)
+        self._url, self._options = url, dict(options)
+        # The asyncio client of the event loop that last used it (made on first use: an
+        # asyncio client belongs to one loop).
+        self._async: tuple[asyncio.AbstractEventLoop, Any] | None = None
         scheme, separator, rest = url.partition("://")
         self._client: redis.Redis | RedisCluster
         if separator and scheme in CLUSTER_SCHEMES:
@@ -385,8 +405,8 @@ class RedisStore(CatalogStore):
         self._epochs.check(name, None if meta is None else meta.epoch)
         return meta
 
-    def _state(self, name: str, meta: _Meta, count: bytes | None,
-               active: bytes | None) -> CatalogState:
+    def _state(self, name: str, meta: _Meta, count: bytes | str | None,
+               active: bytes | str | None) -> CatalogState:
         return CatalogState(name, meta.encoder, int(count or 0), int(active or 0),
                             meta.raw_dtype, meta.epoch)
 
@@ -470,6 +490,21 @@ class RedisStore(CatalogStore):
             pipe.get(self._key(name, "count"))
             pipe.get(self._key(name, "active"))
             text, count, active = pipe.execute()
+        meta = self._checked_meta(name, text)
+        return None if meta is None else self._state(name, meta, count, active)
+
+    async def catalog_head(self, name: str) -> CatalogState | None:
+        """One MGET of header, count and active pointer on the asyncio client (the keys share
+        the catalog's slot, so it is one atomic read on a cluster too)."""
+        verify_catalog(name)
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            self._async = (loop, _async_client(self._url, self._options))
+        keys = [self._key(name, suffix) for suffix in ("meta", "count", "active")]
+        try:
+            text, count, active = await self._async[1].mget(keys)
+        except _UNAVAILABLE as error:
+            raise StoreUnavailableError(f"redis does not answer: {error}") from error
         meta = self._checked_meta(name, text)
         return None if meta is None else self._state(name, meta, count, active)
 

@@ -1,0 +1,65 @@
+"""Item id → row of each catalog, kept in process so a look-up needs no store read for ids.
+
+A committed id's row never changes (rows are only appended; an upsert of a known id changes
+its vectors, not its row), so an entry stays true for as long as the catalog is the same
+catalog: entries are kept per catalog *epoch*, and a catalog seen with another epoch (lost,
+re-created) starts empty. Bounded by a total number of entries: whole catalogs are dropped,
+least recently used first, and a catalog larger than the bound keeps what it has.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class RowCache:
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._catalogs: OrderedDict[str, tuple[str, dict[str, int]]] = OrderedDict()
+        self._entries = 0
+        self._lock = threading.Lock()
+
+    def rows(self, name: str, ids: Sequence[str]) -> tuple[str, np.ndarray] | None:
+        """The epoch the entries belong to and the row of each id (-1 where unknown), or
+        ``None`` when nothing of the catalog is held."""
+        with self._lock:
+            held = self._catalogs.get(name)
+            if held is None:
+                return None
+            self._catalogs.move_to_end(name)
+        epoch, rows = held
+        try:  # every id held, the usual case: no per-id Python code
+            return epoch, np.fromiter(map(rows.__getitem__, ids), np.int64, len(ids))
+        except KeyError:
+            return epoch, np.fromiter(map(rows.get, ids, itertools.repeat(-1)), np.int64,
+                                      len(ids))
+
+    def add(self, name: str, epoch: str, ids: Sequence[str], rows: np.ndarray) -> None:
+        """Remember committed rows (``rows >= 0``) of ``ids`` read from catalog ``name``
+        with ``epoch``."""
+        with self._lock:
+            epoch_held, known = self._catalogs.pop(name, (epoch, {}))
+            if epoch_held != epoch:  # another catalog by that name now: start over
+                self._entries -= len(known)
+                known = {}
+            new = {item: row for item, row in zip(ids, rows.tolist(), strict=True)
+                   if row >= 0 and item not in known}
+            while self._catalogs and self._entries + len(new) > self.max_entries:
+                _, (_, dropped) = self._catalogs.popitem(last=False)  # least recently used
+                self._entries -= len(dropped)
+            room = max(self.max_entries - self._entries, 0)
+            known.update(itertools.islice(new.items(), room))
+            self._entries += min(len(new), room)
+            self._catalogs[name] = (epoch, known)
+
+    def drop(self, name: str) -> None:
+        """Forget a catalog (its store said it is gone or replaced)."""
+        with self._lock:
+            held = self._catalogs.pop(name, None)
+            if held is not None:
+                self._entries -= len(held[1])
