@@ -6,9 +6,13 @@ byte layout byte for byte (ARCHITECTURE §7).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
+
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
 
 WIRE_DTYPES: dict[str, np.dtype[Any]] = {
     "float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2"),
@@ -16,6 +20,8 @@ WIRE_DTYPES: dict[str, np.dtype[Any]] = {
 # PushCooccurrenceRequest's rows, cols and weights blocks.
 ROW_DTYPE, WEIGHT_DTYPE = np.dtype("<u4"), np.dtype("<f4")
 _ROW_LIMIT = 2**32  # rows travel as uint32
+_LENGTH_DELIMITED = 2  # protobuf wire type of bytes, strings and messages
+ITEM_IDS_FIELD = 4  # GetItemEmbeddingsResponse.item_ids (repeated string)
 
 
 def to_bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
@@ -84,3 +90,45 @@ def decode_pairs(
         np.frombuffer(cols, ROW_DTYPE),
         np.frombuffer(weights, WEIGHT_DTYPE),
     )
+
+
+def varint(value: int) -> bytes:
+    """A non-negative integer as a protobuf base-128 varint."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def field_header(number: int, size: int) -> bytes:
+    """Tag and length of a length-delimited field of ``size`` bytes: the header plus the
+    bytes are that field on the wire, so a server can append stored bytes to a serialized
+    message without building the field in protobuf."""
+    return varint(number << 3 | _LENGTH_DELIMITED) + varint(size)
+
+
+def item_id_entries(ids: Sequence[str]) -> tuple[bytes, np.ndarray]:
+    """``ids`` as GetItemEmbeddingsResponse's ``item_ids`` field on the wire (one entry per
+    id: tag, length, UTF-8), and where each entry ends (``<u4`` byte offsets). Entries of
+    consecutive rows concatenate to the field of those rows, so a store can keep them and
+    a server cut any row range's field out of them without touching each id again."""
+    tag = varint(ITEM_IDS_FIELD << 3 | _LENGTH_DELIMITED)
+    entries = [tag + varint(len(data)) + data for data in (item_id.encode() for item_id in ids)]
+    ends = np.cumsum([len(entry) for entry in entries], dtype=np.int64)
+    if len(ends) and ends[-1] > np.iinfo(np.uint32).max:
+        raise ValueError("the ids' entries exceed 4 GiB")
+    return b"".join(entries), ends.astype("<u4")
+
+
+def item_ids_of(entries: bytes) -> list[str]:
+    """The ids of ``item_id_entries``' bytes, parsed by protobuf (UTF-8 checked); ValueError
+    for bytes that are not such entries."""
+    try:
+        message = pb.GetItemEmbeddingsResponse.FromString(entries)
+    except DecodeError as error:
+        raise ValueError(f"not item id entries: {error}") from error
+    if message.ListFields() and [f.number for f, _ in message.ListFields()] != [ITEM_IDS_FIELD]:
+        raise ValueError("not item id entries: other fields in them")
+    return list(message.item_ids)
