@@ -129,6 +129,4 @@ def item_ids_of(entries: bytes) -> list[str]:
         message = pb.GetItemEmbeddingsResponse.FromString(entries)
     except DecodeError as error:
         raise ValueError(f"not item id entries: {error}") from error
-    if message.ListFields() and [f.number for f, _ in message.ListFields()] != [ITEM_IDS_FIELD]:
-        raise ValueError("not item id entries: other fields in them")
     return list(message.item_ids)

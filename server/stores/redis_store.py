@@ -235,19 +235,19 @@ return 1
 
 # Rows of id blocks: KEYS are (idends, idwire) pairs of consecutive blocks, ARGV the rows
 # [first, last) wanted of each (last > first); returns each block's end offsets of those
-# rows and the bytes of their entries. One atomic step: no other commit in between.
+# rows (with the row before first's, where the entries start, unless first is 0) and the
+# bytes of their entries. One atomic step: no other commit in between.
 _ID_ROWS = """
 local out = {}
 for i = 1, #KEYS, 2 do
   local first, last = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-  local from = 0
-  if first > 0 then
-    local before = redis.call('GETRANGE', KEYS[i], 4 * first - 4, 4 * first - 1)
-    if #before == 4 then from = struct.unpack('<I4', before) end
+  local lead = first > 0 and 1 or 0
+  local ends = redis.call('GETRANGE', KEYS[i], 4 * (first - lead), 4 * last - 1)
+  local from, to = 0, 0
+  if #ends >= 4 then
+    if lead == 1 then from = struct.unpack('<I4', ends) end
+    to = struct.unpack('<I4', ends, #ends - 3)
   end
-  local ends = redis.call('GETRANGE', KEYS[i], 4 * first, 4 * last - 1)
-  local to = from
-  if #ends >= 4 then to = struct.unpack('<I4', ends, #ends - 3) end
   out[#out + 1] = ends
   out[#out + 1] = to > from and redis.call('GETRANGE', KEYS[i + 1], from, to - 1) or ''
 end
@@ -266,24 +266,32 @@ return 0
 
 
 @decoding("item id block")
-def _item_ids_of(entries: bytes | memoryview) -> list[str]:
-    return item_ids_of(bytes(entries))
+def _item_ids_of(field: IdField) -> list[str]:
+    ids = item_ids_of(bytes(field.data))
+    if len(ids) != len(field):
+        raise ValueError(f"{len(ids)} ids in the entries of {len(field)} rows")
+    return ids
 
 
 @decoding("item id block")
-def _joined_id_field(ends: list[bytes], entries: list[bytes], rows: int) -> IdField:
-    """One ``IdField`` from the (ends, entries) of consecutive blocks' rows, each block's
-    ends rebased from its own block to the joined bytes."""
+def _joined_id_field(reply: list[bytes], leads: list[bool], rows: int) -> IdField:
+    """One ``IdField`` from ``_ID_ROWS``' reply for consecutive blocks (``leads``: whether a
+    block's ends start with the row before its first), each block's ends rebased from its
+    own block to the joined bytes; a block whose ends and entries disagree is corrupt."""
     parts, total = [], 0
-    for block_ends, block_entries in zip(ends, entries, strict=True):
+    for block_ends, entries, lead in zip(reply[0::2], reply[1::2], leads, strict=True):
         offsets = np.frombuffer(block_ends, "<u4").astype(np.int64)
-        if len(offsets):  # the entries start where the row before the first one ended
-            parts.append(offsets - (int(offsets[-1]) - len(block_entries)) + total)
-        total += len(block_entries)
+        start = int(offsets[0]) if lead and len(offsets) else 0
+        offsets = offsets[int(lead):]
+        if np.any(np.diff(offsets, prepend=start) <= 0) or len(entries) != (
+                int(offsets[-1]) - start if len(offsets) else 0):
+            raise ValueError(f"{len(entries)} bytes of entries do not end where their rows do")
+        parts.append(offsets - start + total)
+        total += len(entries)
     joined = np.concatenate(parts) if parts else np.empty(0, np.int64)
-    if len(joined) != rows or (len(joined) and joined[-1] != total):
-        raise ValueError(f"id blocks hold {len(joined)} rows in {total} bytes, expected {rows}")
-    return IdField(b"".join(entries), joined)
+    if len(joined) != rows:
+        raise ValueError(f"id blocks hold {len(joined)} rows, expected {rows}")
+    return IdField(b"".join(reply[1::2]), joined)
 
 
 def _unavailable_as_store_error(method: Callable[P, T]) -> Callable[P, T]:
@@ -631,7 +639,7 @@ class RedisStore(CatalogStore):
         if stop <= start:
             return []
         if meta.id_blocks:
-            return _item_ids_of(self._id_field(name, meta, start, stop).data)
+            return _item_ids_of(self._id_field(name, meta, start, stop))
         values = self._client.lrange(self._key(name, "rowids"), start, stop - 1)
         return [value if isinstance(value, str) else value.decode() for value in values]
 
@@ -654,7 +662,7 @@ class RedisStore(CatalogStore):
         if not keys:
             return IdField.of([])
         reply = self._scripts["id_rows"](keys=keys, args=args)
-        return _joined_id_field(reply[0::2], reply[1::2], stop - start)
+        return _joined_id_field(reply, [first > 0 for first in args[0::2]], stop - start)
 
     def _request_key(self, name: str, request_id: str) -> str:
         return self._key(name, "req", hashlib.sha256(request_id.encode()).hexdigest())
