@@ -21,7 +21,6 @@ WIRE_DTYPES: dict[str, np.dtype[Any]] = {
 ROW_DTYPE, WEIGHT_DTYPE = np.dtype("<u4"), np.dtype("<f4")
 _ROW_LIMIT = 2**32  # rows travel as uint32
 _LENGTH_DELIMITED = 2  # protobuf wire type of bytes, strings and messages
-ITEM_IDS_FIELD = 4  # GetItemEmbeddingsResponse.item_ids (repeated string)
 
 
 def to_bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
@@ -111,15 +110,17 @@ def field_header(number: int, size: int) -> bytes:
 
 def item_id_entries(ids: Sequence[str]) -> tuple[bytes, np.ndarray]:
     """``ids`` as GetItemEmbeddingsResponse's ``item_ids`` field on the wire (one entry per
-    id: tag, length, UTF-8), and where each entry ends (``<u4`` byte offsets). Entries of
+    id: tag, length, UTF-8), and where each entry ends (int64 byte offsets). Entries of
     consecutive rows concatenate to the field of those rows, so a store can keep them and
     a server cut any row range's field out of them without touching each id again."""
-    tag = varint(ITEM_IDS_FIELD << 3 | _LENGTH_DELIMITED)
-    entries = [tag + varint(len(data)) + data for data in (item_id.encode() for item_id in ids)]
-    ends = np.cumsum([len(entry) for entry in entries], dtype=np.int64)
-    if len(ends) and ends[-1] > np.iinfo(np.uint32).max:
-        raise ValueError("the ids' entries exceed 4 GiB")
-    return b"".join(entries), ends.astype("<u4")
+    # protobuf writes the entries (in C); only their lengths are computed here: a tag byte,
+    # the varint of the id's UTF-8 length (one byte per 7 bits), the UTF-8 bytes.
+    data = pb.GetItemEmbeddingsResponse(item_ids=list(ids)).SerializeToString()
+    sizes = np.fromiter(map(len, map(str.encode, ids)), np.int64, len(ids))
+    entry = sizes + 2
+    for bits in (7, 14, 21, 28):
+        entry += sizes >= 1 << bits
+    return data, np.cumsum(entry)
 
 
 def item_ids_of(entries: bytes) -> list[str]:

@@ -207,7 +207,7 @@ class IdField:
     so any row range's field is a slice, without touching each id."""
 
     data: bytes | memoryview
-    ends: np.ndarray  # <u4, one per row
+    ends: np.ndarray  # int64, one per row
 
     @classmethod
     def of(cls, ids: Sequence[str]) -> IdField:
