@@ -6,9 +6,13 @@ byte layout byte for byte (ARCHITECTURE §7).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
+
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
 
 WIRE_DTYPES: dict[str, np.dtype[Any]] = {
     "float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2"),
@@ -16,6 +20,7 @@ WIRE_DTYPES: dict[str, np.dtype[Any]] = {
 # PushCooccurrenceRequest's rows, cols and weights blocks.
 ROW_DTYPE, WEIGHT_DTYPE = np.dtype("<u4"), np.dtype("<f4")
 _ROW_LIMIT = 2**32  # rows travel as uint32
+_LENGTH_DELIMITED = 2  # protobuf wire type of bytes, strings and messages
 
 
 def to_bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
@@ -84,3 +89,45 @@ def decode_pairs(
         np.frombuffer(cols, ROW_DTYPE),
         np.frombuffer(weights, WEIGHT_DTYPE),
     )
+
+
+def varint(value: int) -> bytes:
+    """A non-negative integer as a protobuf base-128 varint."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def field_header(number: int, size: int) -> bytes:
+    """Tag and length of a length-delimited field of ``size`` bytes: the header plus the
+    bytes are that field on the wire, so a server can append stored bytes to a serialized
+    message without building the field in protobuf."""
+    return varint(number << 3 | _LENGTH_DELIMITED) + varint(size)
+
+
+def item_id_entries(ids: Sequence[str]) -> tuple[bytes, np.ndarray]:
+    """``ids`` as GetItemEmbeddingsResponse's ``item_ids`` field on the wire (one entry per
+    id: tag, length, UTF-8), and where each entry ends (int64 byte offsets). Entries of
+    consecutive rows concatenate to the field of those rows, so a store can keep them and
+    a server cut any row range's field out of them without touching each id again."""
+    # protobuf writes the entries (in C); only their lengths are computed here: a tag byte,
+    # the varint of the id's UTF-8 length (one byte per 7 bits), the UTF-8 bytes.
+    data = pb.GetItemEmbeddingsResponse(item_ids=list(ids)).SerializeToString()
+    sizes = np.fromiter(map(len, map(str.encode, ids)), np.int64, len(ids))
+    entry = sizes + 2
+    for bits in (7, 14, 21, 28):
+        entry += sizes >= 1 << bits
+    return data, np.cumsum(entry)
+
+
+def item_ids_of(entries: bytes) -> list[str]:
+    """The ids of ``item_id_entries``' bytes, parsed by protobuf (UTF-8 checked); ValueError
+    for bytes that are not such entries."""
+    try:
+        message = pb.GetItemEmbeddingsResponse.FromString(entries)
+    except DecodeError as error:
+        raise ValueError(f"not item id entries: {error}") from error
+    return list(message.item_ids)

@@ -153,6 +153,12 @@ CORRUPTIONS = {
                       lambda s: s.read_reduced(CATALOG, 1, 0, 8)),
     "raw block": (lambda c, k, bad: c.set(k("raw:1"), bad),
                   lambda s: s.read_raw(CATALOG, 0, 8)),
+    "float16 reduced block": (lambda c, k, bad: c.set(k("v:1:red16:0"), bad),
+                              lambda s: s.read_reduced_bytes(CATALOG, 1, 0, 8, "float16")),
+    "id offsets block": (lambda c, k, bad: c.set(k("idends:0"), bad),
+                         lambda s: s.item_ids(CATALOG, 0, 8)),
+    "id entries block": (lambda c, k, bad: c.set(k("idwire:1"), bad),
+                         lambda s: s.item_id_field(CATALOG, 0, 8)),
     "pair log": (lambda c, k, bad: c.lset(k("pairs"), 0, bad),
                  lambda s: s.read_counts(CATALOG, 8)),
 }

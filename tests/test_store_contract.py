@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from redis.crc import key_slot
 
+from protos.codecs import encode_vectors
+from protos.tfllmer.v1 import embedding_service_pb2 as pb
 from server.cooccurrence_merge import counts_from_pairs
 from server.errors import InvalidArgument
 from server.stores import (
@@ -25,6 +27,7 @@ from server.stores import (
     CooccurrenceTotals,
     DataLostError,
     EncoderIdentity,
+    IdField,
     ItemChanges,
     LocalStore,
     NewVersion,
@@ -158,6 +161,34 @@ def test_rows_are_appended_in_order_and_never_move(store):
     assert store.item_ids(CATALOG, 2, 4) == ["c", "d"]
     assert store.item_ids(CATALOG, 4, 2) == []
     assert store.text_hashes(CATALOG, np.array([3, 0])) == ["h-d", "h-a"]
+
+
+def test_an_id_field_is_the_wire_field_of_those_rows_ids(store):
+    ids = [f"i{i}" for i in range(5)] + ["é" * 100, "x" * 512, "日本"] + [f"j{i}" for i in range(4)]
+    add_items(store, ids[:7])
+    add_items(store, ids[7:], seed=1)  # starts inside a block
+    for start, stop in [(0, 12), (0, 100), (3, 9), (5, 6), (4, 8), (8, 8), (9, 4), (11, 40),
+                        (20, 30), (-3, 2)]:
+        expected = ids[max(start, 0):stop]
+        field = store.item_id_field(CATALOG, start, stop)
+        assert bytes(field.data) == pb.GetItemEmbeddingsResponse(
+            item_ids=expected).SerializeToString()
+        assert field.ends.tolist() == IdField.of(expected).ends.tolist()
+        if len(expected) >= 3:  # any row range of it is a slice
+            assert bytes(field.part(1, 3).data) == IdField.of(expected[1:3]).data
+        assert store.item_ids(CATALOG, start, stop) == expected
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_reduced_bytes_are_the_served_vectors_in_the_wire_dtype(store, dtype):
+    add_items(store, [f"i{i}" for i in range(10)])
+    new = new_version(10)
+    store.write_version(CATALOG, new, activate=True)
+    for start, stop in [(0, 10), (3, 9), (9, 20), (5, 5), (-2, 3)]:
+        expected = encode_vectors(new.reduced[max(start, 0):stop], dtype)
+        assert bytes(store.read_reduced_bytes(CATALOG, 1, start, stop, dtype)) == expected
+    with pytest.raises(NotFoundError):
+        store.read_reduced_bytes(CATALOG, 2, 0, 10, dtype)
 
 
 def test_catalog_names_lists_every_catalog_sorted(store):

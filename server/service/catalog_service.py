@@ -416,6 +416,17 @@ class CatalogService:
             parts.append(selection.projection.transform(self.store.read_raw(name, fitted, stop)))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def stored_vectors(self, name: str, selection: Selection, start: int, stop: int,
+                       dtype: str) -> bytes | None:
+        """Positions ``[start, stop)`` of a whole-catalog pull as the wire bytes of ``dtype``
+        read straight from the store (no float32 round trip), when the version is not in
+        memory and covers every one of those rows; None otherwise (``chunk`` serves them)."""
+        if (selection.kind != "reduced" or selection.rows is not None
+                or stop > selection.fitted
+                or self.cached_view(name, selection.epoch, selection.version) is not None):
+            return None
+        return self.store.read_reduced_bytes(name, selection.version, start, stop, dtype)
+
     def cached_view(self, name: str, epoch: str, version: int) -> VersionView | None:
         """The view of a version if this process holds it already (never loads). Keyed by
         the catalog's epoch too: a catalog lost and created again numbers its versions

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from protos.codecs import bytes_per_value, vector_buffer
+from protos.codecs import bytes_per_value, field_header, varint, vector_buffer
 from protos.enums import DTYPE, KIND, TRANSFORM, VERSION_STATUS
 from protos.metadata import SERVICE
 from protos.tfllmer.v1 import embedding_service_pb2 as pb
@@ -55,6 +55,7 @@ from server.stores.base import (
     CooccurrenceTotals,
     DataLostError,
     EncoderIdentity,
+    IdField,
     StoreUnavailableError,
     VersionRecord,
 )
@@ -334,8 +335,21 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         cached = self._cached_group(pull, group)
         if cached is not None:
             return cached
-        request, selection = pull.request, pull.selection
         spans = pull.spans(group)
+        chunks = self._stored_chunks(pull, spans)
+        if chunks is None:
+            chunks = self._read_chunks(pull, spans)
+        messages: Messages = []
+        for (start, stop), chunk in zip(spans, chunks, strict=True):
+            key = pull.cache_key(start, stop)
+            if key is not None:
+                self.chunk_cache.put(key, chunk)
+            messages += chunk
+        return messages
+
+    def _read_chunks(self, pull: _Pull, spans: list[tuple[int, int]]) -> list[Messages]:
+        """The chunks of ``spans`` from float32 vectors and id strings (any selection)."""
+        request, selection = pull.request, pull.selection
         first, last = spans[0][0], spans[-1][1]
         rows, vectors = self.service.chunk(request.catalog, selection, first, last)
         vectors = prefix(vectors, pull.dim)
@@ -345,16 +359,35 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             ids = self.service.store.item_ids(request.catalog, first, last)
         else:  # the caller named the ids; these rows were resolved from them in order
             ids = list(request.item_ids[first:last])
-        messages: Messages = []
+        chunks = []
         for start, stop in spans:
             part = slice(start - first, stop - first)
-            chunk = self._messages(start, rows[part], ids[part] if ids else [], vectors[part],
-                                   pull.dtype, pull.budget)
-            key = pull.cache_key(start, stop)
-            if key is not None:
-                self.chunk_cache.put(key, chunk)
-            messages += chunk
-        return messages
+            chunks.append(self._messages(start, rows[part], ids[part] if ids else [],
+                                         vectors[part], pull.dtype, pull.budget))
+        return chunks
+
+    def _stored_chunks(self, pull: _Pull, spans: list[tuple[int, int]]
+                       ) -> list[Messages] | None:
+        """The chunks of ``spans`` of a whole-catalog pull of a version not in memory, from
+        the bytes the store keeps: vectors as stored in the pulled dtype, ids as their wire
+        entries (no numpy round trip, no protobuf string serialization). None where
+        ``_read_chunks`` serves them: a dim prefix, rows past the fit, a cached view."""
+        request, selection = pull.request, pull.selection
+        first, last = spans[0][0], spans[-1][1]
+        if pull.dim != selection.dim:
+            return None
+        vectors = self.service.stored_vectors(request.catalog, selection, first, last,
+                                              pull.dtype)
+        if vectors is None:
+            return None
+        ids = (None if request.omit_item_ids
+               else self.service.store.item_id_field(request.catalog, first, last))
+        block, row_bytes = memoryview(vectors), pull.dim * bytes_per_value(pull.dtype)
+        return [self._stored_messages(
+                    start, ids.part(start - first, stop - first) if ids is not None else None,
+                    block[(start - first) * row_bytes : (stop - first) * row_bytes],
+                    stop - start, pull.budget)
+                for start, stop in spans]
 
     @staticmethod
     def _messages(start: int, rows: np.ndarray, ids: list[str], vectors: np.ndarray,
@@ -365,15 +398,34 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         message = pb.GetItemEmbeddingsResponse(
             start=start, rows=rows.astype("<u4").tobytes(), item_ids=ids)
         block = vector_buffer(vectors, dtype)
-        field = _VECTORS_TAG + _varint(len(block)) if len(block) else b""
+        field = field_header(VECTORS_FIELD, len(block)) if len(block) else b""
         size = message.ByteSize() + len(field) + len(block)
-        if len(rows) == 1 or size + CHUNK_OVERHEAD <= budget:
+        if _fits(size, len(rows), budget):
             data = b"".join((message.SerializeToString(), field, block))
             return [(data, len(rows), len(block))]
         half = len(rows) // 2
         split = EmbeddingServicer._messages
         return (split(start, rows[:half], ids[:half], vectors[:half], dtype, budget)
                 + split(start + half, rows[half:], ids[half:], vectors[half:], dtype, budget))
+
+    @staticmethod
+    def _stored_messages(start: int, ids: IdField | None, vectors: memoryview, count: int,
+                         budget: int) -> Messages:
+        """``_messages`` of catalog rows ``[start, start + count)`` from their ids' wire
+        entries and vector bytes, byte for byte what protobuf writes for them (its fields
+        in order: start, rows, item_ids, then the vector block), split the same way."""
+        rows = np.arange(start, start + count, dtype="<u4").tobytes()
+        parts = (_START_TAG + varint(start) if start else b"", field_header(ROWS_FIELD, len(rows)),
+                 rows, ids.data if ids is not None else b"",
+                 field_header(VECTORS_FIELD, len(vectors)) if len(vectors) else b"", vectors)
+        if _fits(sum(len(part) for part in parts), count, budget):
+            return [(b"".join(parts), count, len(vectors))]
+        half, row_bytes = count // 2, len(vectors) // count
+        split = EmbeddingServicer._stored_messages
+        return (split(start, ids.part(0, half) if ids is not None else None,
+                      vectors[: half * row_bytes], half, budget)
+                + split(start + half, ids.part(half, count) if ids is not None else None,
+                        vectors[half * row_bytes :], count - half, budget))
 
     async def PushCooccurrence(self, request_iterator: AsyncIterator[pb.PushCooccurrenceRequest],
                                context: grpc.aio.ServicerContext) -> pb.PushCooccurrenceResponse:
@@ -536,17 +588,15 @@ class _Pull:
                 self.request.omit_item_ids, start, stop)
 
 
-# Tag of GetItemEmbeddingsResponse.vectors (field 5, length-delimited).
-_VECTORS_TAG = bytes([5 << 3 | 2])
+# GetItemEmbeddingsResponse's fields that the servicer writes itself (field numbers).
+ROWS_FIELD, VECTORS_FIELD = 3, 5
+_START_TAG = varint(2 << 3)  # start: field 2, varint
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+def _fits(size: int, rows: int, budget: int) -> bool:
+    """Whether a message of ``size`` bytes is sent whole: it fits the budget with room for
+    the header, or holds one row (which can not be split)."""
+    return rows == 1 or size + CHUNK_OVERHEAD <= budget
 
 
 def _serialize_response(message: pb.GetItemEmbeddingsResponse | bytes) -> bytes:

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from protos.codecs import encode_vectors, item_id_entries
 from server.errors import Aborted, DataLoss, NotFound, ServiceError, Unavailable
 from server.recpca.row_blocks import RowBlocks
 
@@ -200,6 +201,29 @@ class NewVersion:
     reduced: np.ndarray  # served vectors of rows [0, item_count), float32 (item_count × d)
 
 
+@dataclass(frozen=True)
+class IdField:
+    """The ``item_ids`` field of GetItemEmbeddingsResponse for consecutive rows, as its wire
+    bytes (``protos.codecs.item_id_entries``): ``ends[i]`` is where row ``i``'s entry ends,
+    so any row range's field is a slice, without touching each id."""
+
+    data: bytes | memoryview
+    ends: np.ndarray  # int64, one per row
+
+    @classmethod
+    def of(cls, ids: Sequence[str]) -> IdField:
+        return cls(*item_id_entries(ids))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def part(self, start: int, stop: int) -> IdField:
+        """Rows ``[start, stop)`` of this field (a view of its bytes, no copy)."""
+        first = int(self.ends[start - 1]) if start else 0
+        last = int(self.ends[stop - 1]) if stop > start else first
+        return IdField(memoryview(self.data)[first:last], self.ends[start:stop] - first)
+
+
 class CatalogStore(abc.ABC):
     """Persistence of catalogs, items, raw vectors, versions, co-occurrence counts and the
     refit lock. Every method raises ``StoreUnavailableError`` when the backend is down."""
@@ -264,6 +288,12 @@ class CatalogStore(abc.ABC):
     @abc.abstractmethod
     def item_ids(self, name: str, start: int, stop: int) -> list[str]:
         """External ids of rows ``[start, stop)`` (clipped to the item count)."""
+
+    def item_id_field(self, name: str, start: int, stop: int) -> IdField:
+        """The ids of rows ``[start, stop)`` (clipped to the item count) as the wire bytes of
+        a response's ``item_ids``: what a whole-catalog pull sends. Default: ``item_ids``
+        encoded; a store that keeps the ids encoded cuts the bytes out of its blocks."""
+        return IdField.of(self.item_ids(name, start, stop))
 
     @abc.abstractmethod
     def commit_items(self, name: str, changes: ItemChanges, request: RequestRecord | None = None,
@@ -335,6 +365,13 @@ class CatalogStore(abc.ABC):
     def read_reduced(self, name: str, version: int, start: int, stop: int) -> np.ndarray:
         """Stored served vectors of rows ``[start, stop)`` (clipped to the version's
         item count), float32."""
+
+    def read_reduced_bytes(self, name: str, version: int, start: int, stop: int,
+                           dtype: str) -> bytes:
+        """``read_reduced`` as the little-endian bytes of the wire ``dtype`` (float32,
+        float16, bfloat16), what a whole-catalog pull sends. Default: ``read_reduced``
+        converted; a store that keeps the vectors in that dtype returns its bytes."""
+        return encode_vectors(self.read_reduced(name, version, start, stop), dtype)
 
     @abc.abstractmethod
     def collect_garbage(self, name: str, min_age_seconds: float) -> int:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from typing import Any
 
 from server.stores.base import CooccurrenceTotals, EncoderIdentity, NewVersion, VersionRecord
 from server.stores.packing import decoding
 
 
-def record_json(new: NewVersion, created_at: float) -> str:
-    """The immutable fields of a version record."""
+def record_json(new: NewVersion, created_at: float, **layout: Any) -> str:
+    """The immutable fields of a version record, with ``layout``: what a store notes about
+    how it keeps the payload (read by that store only, ignored by ``parse_record``)."""
     return json.dumps(
         {
+            **layout,
             "item_count": new.item_count,
             "dim": new.dim,
             "encoder": asdict(new.encoder),

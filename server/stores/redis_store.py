@@ -4,11 +4,16 @@ Key layout (``P`` the key prefix; every key of catalog ``c`` carries the hash ta
 a catalog lives in one slot and every MULTI/EXEC or script touches one catalog only)::
 
     P:store                 epoch of the whole store (a restarted-empty Redis has none)
-    P:{c}:meta              JSON {encoder, raw_dtype, block_rows, created_at, epoch}, written
-                            once; every call reads it, so no process trusts a cached copy
+    P:{c}:meta              JSON {encoder, raw_dtype, block_rows, created_at, epoch,
+                            id_blocks}, written once; every call reads it, so no process
+                            trusts a cached copy
     P:{c}:count             item count; commit_items WATCHes it
     P:{c}:ids               hash  item id -> row
-    P:{c}:rowids            list  row -> item id
+    P:{c}:idwire:<b>        ids of rows [b·B, (b+1)·B) (catalogs with "id_blocks"), each as
+                            its GetItemEmbeddingsResponse.item_ids entry on the wire (tag,
+                            length, UTF-8), APPENDed: a whole-catalog pull sends a slice
+    P:{c}:idends:<b>        <u4 end offset of each of those rows' entries in idwire:<b>
+    P:{c}:rowids            list  row -> item id (catalogs created before "id_blocks" only)
     P:{c}:texthash          hash  row -> text hash
     P:{c}:texts             hash  text hash -> text (content-addressed, written before commit)
     P:{c}:raw:<b>           raw vectors of rows [b·B, (b+1)·B) in the raw dtype (APPEND, SETRANGE)
@@ -19,6 +24,10 @@ a catalog lives in one slot and every MULTI/EXEC or script touches one catalog o
     P:{c}:pending           hash  version -> JSON {started, blocks}: payloads not yet published
     P:{c}:v:<n>:W           packed float64 W (D × d);  P:{c}:v:<n>:mean  packed float64 μ
     P:{c}:v:<n>:red:<b>     reduced float32 vectors of rows [b·B, (b+1)·B)
+    P:{c}:v:<n>:red16:<b>   the same rows as float16, sent as stored by float16 pulls
+                            (versions whose record has "reduced_float16"; older versions
+                            are converted from float32): half again the float32 blocks'
+                            memory, i.e. a version's served vectors take items × d × 6 bytes
     P:{c}:versions          hash  version -> immutable record JSON (published versions only)
     P:{c}:active            active version number
     P:{c}:activated         hash  version -> last activation time (unix seconds)
@@ -61,6 +70,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from protos.codecs import WIRE_DTYPES, item_ids_of
 from server.call_lifetime import CallEnded, check_commit, commit_deadline_ms, deadline_passed
 from server.cooccurrence_merge import counts_from_pairs
 from server.quoting import shown
@@ -74,6 +84,7 @@ from server.stores.base import (
     CorruptDataError,
     DataLostError,
     EncoderIdentity,
+    IdField,
     ItemChanges,
     NewVersion,
     NotFoundError,
@@ -105,6 +116,11 @@ from server.validation import verify_catalog
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# Wire dtype -> key of a version's reduced blocks in it (float32 always, float16 for
+# versions whose record has _FLOAT16_COPY).
+_REDUCED_KINDS = {"float32": "red", "float16": "red16"}
+_FLOAT16_COPY = "reduced_float16"
 
 _CHUNK = 10_000  # fields per HSET/HMGET/RPUSH command, so no single command is huge
 _BLOCKS_PER_READ = 16  # row blocks per MULTI when a whole table is read
@@ -221,6 +237,27 @@ for i = 2, #KEYS do redis.call('UNLINK', KEYS[i]) end
 return 1
 """
 
+# Rows of id blocks: KEYS are (idends, idwire) pairs of consecutive blocks, ARGV the rows
+# [first, last) wanted of each (last > first); returns each block's end offsets of those
+# rows (with the row before first's, where the entries start, unless first is 0) and the
+# bytes of their entries. One atomic step: no other commit in between.
+_ID_ROWS = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local first, last = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local lead = first > 0 and 1 or 0
+  local ends = redis.call('GETRANGE', KEYS[i], 4 * (first - lead), 4 * last - 1)
+  local from, to = 0, 0
+  if #ends >= 4 then
+    if lead == 1 then from = struct.unpack('<I4', ends) end
+    to = struct.unpack('<I4', ends, #ends - 3)
+  end
+  out[#out + 1] = ends
+  out[#out + 1] = to > from and redis.call('GETRANGE', KEYS[i + 1], from, to - 1) or ''
+end
+return out
+"""
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -230,6 +267,35 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+@decoding("item id block")
+def _item_ids_of(field: IdField) -> list[str]:
+    ids = item_ids_of(bytes(field.data))
+    if len(ids) != len(field):
+        raise ValueError(f"{len(ids)} ids in the entries of {len(field)} rows")
+    return ids
+
+
+@decoding("item id block")
+def _joined_id_field(reply: list[bytes], leads: list[bool], rows: int) -> IdField:
+    """One ``IdField`` from ``_ID_ROWS``' reply for consecutive blocks (``leads``: whether a
+    block's ends start with the row before its first), each block's ends rebased from its
+    own block to the joined bytes; a block whose ends and entries disagree is corrupt."""
+    parts, total = [], 0
+    for block_ends, entries, lead in zip(reply[0::2], reply[1::2], leads, strict=True):
+        offsets = np.frombuffer(block_ends, "<u4").astype(np.int64)
+        start = int(offsets[0]) if lead and len(offsets) else 0
+        offsets = offsets[int(lead):]
+        if np.any(np.diff(offsets, prepend=start) <= 0) or len(entries) != (
+                int(offsets[-1]) - start if len(offsets) else 0):
+            raise ValueError(f"{len(entries)} bytes of entries do not end where their rows do")
+        parts.append(offsets - start + total)
+        total += len(entries)
+    joined = np.concatenate(parts) if parts else np.empty(0, np.int64)
+    if len(joined) != rows:
+        raise ValueError(f"id blocks hold {len(joined)} rows, expected {rows}")
+    return IdField(b"".join(reply[1::2]), joined)
 
 
 def _unavailable_as_store_error(method: Callable[P, T]) -> Callable[P, T]:
@@ -265,6 +331,7 @@ class _Meta:
     epoch: str
     raw: bytes
     raw_files: bool = False  # raw vectors in block files of a raw file store
+    id_blocks: bool = False  # ids in idwire/idends blocks (else the rowids list)
 
     @property
     def raw_row_bytes(self) -> int:
@@ -279,7 +346,8 @@ def _parse_meta(text: bytes | str) -> _Meta:
     raw = text if isinstance(text, bytes) else text.encode()
     epoch = fields.get("epoch") or hashlib.sha256(raw).hexdigest()[:32]
     meta = _Meta(EncoderIdentity(**fields["encoder"]), fields["raw_dtype"], fields["block_rows"],
-                 str(epoch), raw, bool(fields.get("raw_files", False)))
+                 str(epoch), raw, bool(fields.get("raw_files", False)),
+                 bool(fields.get("id_blocks", False)))
     check_raw_dtype(meta.raw_dtype)
     if not isinstance(meta.block_rows, int) or meta.block_rows < 1:
         raise ValueError(f"block_rows {meta.block_rows!r}")
@@ -381,6 +449,7 @@ class RedisStore(CatalogStore):
             "publish": _PUBLISH,
             "activate": _ACTIVATE,
             "collect": _COLLECT,
+            "id_rows": _ID_ROWS,
             "renew": _RENEW,
             "release": _RELEASE,
         }
@@ -479,6 +548,7 @@ class RedisStore(CatalogStore):
             "block_rows": self._block_rows,
             "created_at": time.time(),
             "epoch": new_epoch(),
+            "id_blocks": True,
             **({"raw_files": True} if self._raw_files is not None else {}),
         }).encode()
 
@@ -599,12 +669,35 @@ class RedisStore(CatalogStore):
 
     @_unavailable_as_store_error
     def item_ids(self, name: str, start: int, stop: int) -> list[str]:
-        self._meta(name)
+        meta = self._meta(name)
         start = max(start, 0)
         if stop <= start:
             return []
+        if meta.id_blocks:
+            return _item_ids_of(self._id_field(name, meta, start, stop))
         values = self._client.lrange(self._key(name, "rowids"), start, stop - 1)
         return [value if isinstance(value, str) else value.decode() for value in values]
+
+    @_unavailable_as_store_error
+    def item_id_field(self, name: str, start: int, stop: int) -> IdField:
+        meta = self._meta(name)
+        if not meta.id_blocks:
+            return super().item_id_field(name, start, stop)
+        return self._id_field(name, meta, max(start, 0), stop)
+
+    def _id_field(self, name: str, meta: _Meta, start: int, stop: int) -> IdField:
+        """The wire entries of rows ``[start, stop)`` (clipped to the count) cut out of
+        their id blocks by one script: one atomic read, only the bytes of those rows."""
+        stop = min(stop, self._count(name))
+        keys, args = [], []
+        for block in range(start // meta.block_rows, -(-stop // meta.block_rows)):
+            first = max(start - block * meta.block_rows, 0)
+            keys += [self._key(name, "idends", block), self._key(name, "idwire", block)]
+            args += [first, min(stop - block * meta.block_rows, meta.block_rows)]
+        if not keys:
+            return IdField.of([])
+        reply = self._scripts["id_rows"](keys=keys, args=args)
+        return _joined_id_field(reply, [first > 0 for first in args[0::2]], stop - start)
 
     def _request_key(self, name: str, request_id: str) -> str:
         return self._key(name, "req", hashlib.sha256(request_id.encode()).hexdigest())
@@ -679,6 +772,9 @@ class RedisStore(CatalogStore):
                         raise ConflictError(f"a concurrent upsert of {name!r} committed first")
                     if taken:
                         raise ValueError(f"item id {shown(taken[0])} already has a row")
+                # The first block's ids so far: only this commit (count is WATCHed) appends.
+                id_offset = int(pipe.strlen(self._key(name, "idwire", count // meta.block_rows))
+                                ) if meta.id_blocks and changes.new_ids else 0
                 blocks = None
                 if meta.raw_files:  # block files first, complete; the manifest in the EXEC
                     blocks = self._files(name).plan_commit(
@@ -688,7 +784,7 @@ class RedisStore(CatalogStore):
                 pipe.multi()
                 if header is not None:  # the catalog and its first items in one step
                     pipe.set(meta_key, header)
-                self._queue_items(pipe, name, meta, changes)
+                self._queue_items(pipe, name, meta, changes, id_offset)
                 if blocks is not None:
                     self._queue_manifest(pipe, name, blocks)
                 self._queue_texts(pipe, name, changes.texts)
@@ -702,13 +798,14 @@ class RedisStore(CatalogStore):
             raise ConflictError(f"a concurrent upsert of {name!r} committed first") from error
         return changes.base_count + len(changes.new_ids)
 
-    def _queue_items(self, pipe: Any, name: str, meta: _Meta, changes: ItemChanges) -> None:
+    def _queue_items(self, pipe: Any, name: str, meta: _Meta, changes: ItemChanges,
+                     id_offset: int) -> None:
         base, block_rows = changes.base_count, meta.block_rows
         new_rows = range(base, base + len(changes.new_ids))
+        self._queue_ids(pipe, name, meta, base, changes.new_ids, id_offset)
         for i in range(0, len(new_rows), _CHUNK):
             chunk_rows, ids = new_rows[i : i + _CHUNK], changes.new_ids[i : i + _CHUNK]
             pipe.hset(self._key(name, "ids"), mapping=dict(zip(ids, chunk_rows, strict=True)))
-            pipe.rpush(self._key(name, "rowids"), *ids)
             hashes = zip(chunk_rows, changes.new_text_hashes[i : i + _CHUNK], strict=True)
             pipe.hset(self._key(name, "texthash"), mapping=dict(hashes))
         if len(new_rows) and not meta.raw_files:
@@ -731,6 +828,27 @@ class RedisStore(CatalogStore):
                 offset = within * meta.raw_row_bytes
                 pipe.setrange(self._key(name, "raw", block), offset, vector.tobytes())
         pipe.set(self._key(name, "count"), base + len(new_rows))
+
+    def _queue_ids(self, pipe: Any, name: str, meta: _Meta, base: int, ids: list[str],
+                   offset: int) -> None:
+        """Append the ids of rows ``base, base + 1, …``: as wire entries to their id blocks
+        (``offset``: the bytes the first block holds already), or, in a catalog created
+        before id blocks, to the rowids list."""
+        if not meta.id_blocks:
+            for i in range(0, len(ids), _CHUNK):
+                pipe.rpush(self._key(name, "rowids"), *ids[i : i + _CHUNK])
+            return
+        entries, done = IdField.of(ids), 0
+        while done < len(ids):
+            block, within = divmod(base + done, meta.block_rows)
+            take = min(meta.block_rows - within, len(ids) - done)
+            part = entries.part(done, done + take)
+            ends = part.ends + (offset if done == 0 else 0)
+            if ends[-1] > np.iinfo(np.uint32).max:
+                raise ValueError(f"the ids of block {block} exceed 4 GiB: use fewer block_rows")
+            pipe.append(self._key(name, "idwire", block), part.data)
+            pipe.append(self._key(name, "idends", block), ends.astype("<u4").tobytes())
+            done += take
 
     def _files(self, name: str) -> RawFileStore:
         if self._raw_files is None:
@@ -835,7 +953,7 @@ class RedisStore(CatalogStore):
         meta = self._meta(name)
         check_new_version(new, meta.encoder.dim, self._count(name))
         created_at = time.time()
-        record = record_json(new, created_at)
+        record = record_json(new, created_at, **{_FLOAT16_COPY: True})
         version = self._write_payload(name, new, created_at)
         activated_at = time.time() if activate else None
         try:
@@ -852,26 +970,33 @@ class RedisStore(CatalogStore):
             parse_record(version, record, version if activate else 0, activated_at), previous)
 
     def _payload_keys(self, name: str, version: int, blocks: int) -> list[str]:
+        """Every key of a version's payload (its float16 copy too: absent keys of versions
+        written before it existed are harmless to UNLINK)."""
         keys = [self._key(name, "v", version, "W"), self._key(name, "v", version, "mean")]
-        return keys + [self._key(name, "v", version, "red", b) for b in range(blocks)]
+        return keys + [self._key(name, "v", version, kind, b)
+                       for kind in _REDUCED_KINDS.values() for b in range(blocks)]
 
     def _write_payload(self, name: str, new: NewVersion, started: float) -> int:
-        """Allocate a version number and write W, μ and the reduced vectors, unpublished:
-        until ``_publish`` nothing reads them, and ``collect_garbage`` can find them."""
+        """Allocate a version number and write W, μ, the reduced vectors and their float16
+        copy (after all float32 blocks), unpublished: until ``_publish`` nothing reads them,
+        and ``collect_garbage`` can find them."""
         meta = self._meta(name)
         version = int(self._client.incr(self._key(name, "vseq")))
         reduced = np.ascontiguousarray(new.reduced, dtype="<f4")
         blocks = -(-len(reduced) // meta.block_rows)
         pending = json.dumps({"started": started, "blocks": blocks})
         self._client.hset(self._key(name, "pending"), str(version), pending)
-        keys = self._payload_keys(name, version, blocks)
         with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(keys[0], pack_array(np.asarray(new.components, dtype=np.float64)))
-            pipe.set(keys[1], pack_array(np.asarray(new.mean, dtype=np.float64)))
-            for block, key in enumerate(keys[2:]):
+            pipe.set(self._key(name, "v", version, "W"),
+                     pack_array(np.asarray(new.components, dtype=np.float64)))
+            pipe.set(self._key(name, "v", version, "mean"),
+                     pack_array(np.asarray(new.mean, dtype=np.float64)))
+            for sets, (dtype, block) in enumerate(
+                    ((d, b) for d in _REDUCED_KINDS for b in range(blocks)), 1):
                 rows = reduced[block * meta.block_rows : (block + 1) * meta.block_rows]
-                pipe.set(key, rows.tobytes())
-                if block % 16 == 15:  # bound what the client buffers
+                pipe.set(self._key(name, "v", version, _REDUCED_KINDS[dtype], block),
+                         rows.astype(WIRE_DTYPES[dtype]).tobytes())
+                if sets % 16 == 0:  # bound what the client buffers
                     pipe.execute()
             pipe.execute()
         return version
@@ -966,6 +1091,23 @@ class RedisStore(CatalogStore):
         )
         # Read-only over the bytes read (no copy): versions are immutable, nothing writes.
         return np.frombuffer(data, dtype="<f4").reshape(len(rows), dim)
+
+    @_unavailable_as_store_error
+    def read_reduced_bytes(self, name: str, version: int, start: int, stop: int,
+                           dtype: str) -> bytes:
+        """The stored bytes (one MULTI, no conversion) of float32 and, for versions written
+        with their float16 copy, float16; other dtypes and older versions are converted."""
+        meta = self._meta(name)
+        record = self._record(name, version)
+        if dtype not in _REDUCED_KINDS or (dtype != "float32" and not record.get(_FLOAT16_COPY)):
+            return super().read_reduced_bytes(name, version, start, stop, dtype)
+        start, stop = max(start, 0), min(stop, int(record["item_count"]))
+        return self._read_rows(
+            lambda block: self._key(name, "v", version, _REDUCED_KINDS[dtype], block),
+            np.arange(start, max(start, stop)),
+            int(record["dim"]) * WIRE_DTYPES[dtype].itemsize,
+            meta.block_rows,
+        )
 
     @_unavailable_as_store_error
     def collect_garbage(self, name: str, min_age_seconds: float) -> int:
