@@ -77,6 +77,7 @@ def non_defaults(pem_files: dict[str, str]) -> dict[str, tuple[str, object]]:
         "request_id_ttl_seconds": ("600", 600.0),
         "refit_lock_lease_seconds": ("90", 90.0),
         "version_cache_size": ("0", 0),
+        "row_cache_items": ("5000", 5000),
         "fit_engine": ("RAY", "ray"),
         "ray_address": ("ray://ray-head:10001", "ray://ray-head:10001"),
         "shutdown_grace_seconds": ("5", 5.0),
