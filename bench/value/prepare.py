@@ -130,7 +130,7 @@ class _Session:
             "test_users_with_cold_target": int(test_cold.sum())})
 
     def _ingest(self, catalog: str, items: list[tuple[str, str]], label: str) -> None:
-        from server import admin
+        from trainer_client import admin
 
         path = self.scratch / f"{catalog}-{label}.csv"
         with path.open("w", newline="", encoding="utf-8") as handle:
