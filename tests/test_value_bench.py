@@ -17,7 +17,7 @@ from bench.value.cold_split import choose_cold, cold_split, without_items
 from bench.value.design import COLD, FORMULATIONS, MAIN, SERVED_PCA
 from bench.value.protocol import FINAL_SEED_BASE, choose, spec
 from bench.value.report import write_report
-from bench.value.runs import Budget
+from bench.value.runs import Budget, fingerprint
 from bench.value.stats import paired_ratio, seed_bootstrap_ratio
 from trainer_client.sequences import LeaveOneOutSplit, UserSequences, leave_one_out
 
@@ -92,11 +92,12 @@ def _toy_work(tmp_path: Path) -> Path:
 
 
 def _record(variant: str, split: str, table: str, seed: int, scale: float, curve: list[float],
-            budget: Budget) -> dict:
+            budget: Budget, work: Path) -> dict:
     users = list(range(24))
     values = np.linspace(0.0, 0.2, 24) * scale
     return {
         "spec": asdict(spec(variant, split, table, seed, "final")), "budget": asdict(budget),
+        "prepared": fingerprint(PreparedData.load(work / split)),
         "losses": [5.0 - 0.1 * k for k in range(len(curve))],
         "valid_curve": [{"epoch": k + 1, "NDCG@10": v, "HR@10": v} for k, v in enumerate(curve)],
         "valid_seconds": [2.0 * (k + 1) for k in range(len(curve))],
@@ -117,18 +118,23 @@ def test_the_report_computes_every_target_from_the_log(tmp_path: Path) -> None:
     records = []
     for k in range(2):
         seed = FINAL_SEED_BASE + k
-        records += [_record("pca_norm", MAIN, SERVED_PCA, seed, 1.0, slow, budget),
-                    _record("tf_llmer", MAIN, chosen, seed, 1.1, fast, budget),
-                    _record("pca_norm", COLD, SERVED_PCA, seed, 1.0, slow, budget),
-                    _record("tf_llmer", COLD, chosen, seed, 0.9, fast, budget)]
-    (work / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        records += [_record("pca_norm", MAIN, SERVED_PCA, seed, 1.0, slow, budget, work),
+                    _record("tf_llmer", MAIN, chosen, seed, 1.1, fast, budget, work),
+                    _record("pca_norm", COLD, SERVED_PCA, seed, 1.0, slow, budget, work),
+                    _record("tf_llmer", COLD, chosen, seed, 0.9, fast, budget, work)]
+    # A run on other prepared tables (another encoder, say) never counts here.
+    stale = _record("tf_llmer", MAIN, chosen, FINAL_SEED_BASE + 2, 9.0, fast, budget, work)
+    stale["prepared"] = "0" * 16
+    log = tmp_path / "results" / "value_toy_runs.jsonl"
+    log.parent.mkdir()
+    log.write_text("".join(json.dumps(r) + "\n" for r in [*records, stale]))
     args = argparse.Namespace(work=work, name="toy", results_dir=tmp_path / "results",
-                              data=work, cold_fraction=0.15)
+                              data=work, cold_fraction=0.15, run_log=log)
     payload = write_report(args, budget)
     targets = payload["targets"]
     assert set(targets) == {"converged_ndcg10", "time_to_quality", "tail_ndcg10",
                             "cold_start_ndcg10", "zero_shot_ndcg10"}
-    assert targets["converged_ndcg10"]["value"] == pytest.approx(1.1)
+    assert targets["converged_ndcg10"]["value"] == pytest.approx(1.1)  # the stale run: 9.0
     assert targets["converged_ndcg10"]["met"]
     # Threshold 0.95 × 0.1: PCA + norm reaches it at epoch 6, TF-LLMER at epoch 2.
     assert targets["time_to_quality"]["value"] == pytest.approx(2 / 6)
@@ -180,7 +186,11 @@ def test_every_stage_runs_through_the_service_on_any_atomic_folder(tmp_path: Pat
     (tmp_path / "choice.json").write_text(json.dumps({"table": FORMULATIONS[0].key}))
     main([*common, "--stage", "train", "--seeds", "1", "--cold-seeds", "1", "--extras", "",
           "--choice-from", str(tmp_path / "choice.json")])
-    assert (work / "runs.jsonl").read_text().count("\n") == 4  # the pair, on both splits
+    log = results / "value_my-catalog_runs.jsonl"
+    assert log.read_text().count("\n") == 4  # the pair, on both splits
+    main([*common, "--stage", "train", "--seeds", "1", "--cold-seeds", "1", "--extras", "",
+          "--choice-from", str(tmp_path / "choice.json")])
+    assert log.read_text().count("\n") == 4  # resumed from the log: nothing trained twice
     main([*common, "--stage", "report"])
     payload = json.loads((results / "value_my-catalog.json").read_text())
     assert payload["targets"]["converged_ndcg10"]["value"] > 0

@@ -8,8 +8,9 @@
 
 Stage ``prepare`` goes through the real service (ingest, push, refit, fetch) for the main and
 the cold-start catalogs; ``train`` runs the protocol (``bench.value.protocol``), resuming from
-its run log; ``report`` writes ``bench/results/value_<name>.{json,md}`` and ``…_curves.png``
-from whatever runs have finished, with a ``targets`` object.
+its run log (``bench/results/value_<name>_runs.jsonl``, committed: runs on the same prepared
+data add up across sessions); ``report`` writes ``bench/results/value_<name>.{json,md}`` and
+``…_curves.png`` from whatever runs have finished, with a ``targets`` object.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stage", choices=("all", "prepare", "train", "report"),
                         default="all")
     parser.add_argument("--work", type=Path, default=None,
-                        help="prepared data and run log [runs/value/<name>]")
+                        help="prepared data [runs/value/<name>]")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--run-log", type=Path, default=None,
+                        help="the runs so far, added to as runs finish "
+                             "[<results-dir>/value_<name>_runs.jsonl]")
     parser.add_argument("--store-url", default=None, help="store of the in-process server")
     parser.add_argument("--cold-fraction", type=float, default=DEFAULT_COLD_FRACTION,
                         help="share of items held out of training for the cold split [0.15]")
@@ -62,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.data = dataset_dir(dataset)
     args.name = args.data.name
     args.work = args.work or Path("runs/value") / args.name
+    args.run_log = args.run_log or args.results_dir / f"value_{args.name}_runs.jsonl"
     args.with_seeds = [v for v in args.with_seeds.split(",") if v]
     args.extras = [v for v in args.extras.split(",") if v]
     return args
@@ -81,9 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         from bench.value.protocol import run_all
         from bench.value.runs import Runner
 
-        run_all(Runner(args.work, budget), choice_from=args.choice_from, seeds=args.seeds,
-                cold_seeds=args.cold_seeds, with_seeds=args.with_seeds, extras=args.extras,
-                extra_seeds=args.extra_seeds)
+        run_all(Runner(args.work, args.run_log, budget), choice_from=args.choice_from,
+                seeds=args.seeds, cold_seeds=args.cold_seeds, with_seeds=args.with_seeds,
+                extras=args.extras, extra_seeds=args.extra_seeds)
     if args.stage in ("all", "report"):
         from bench.value.report import write_report
 

@@ -34,7 +34,7 @@ from bench.quality.prepare import PreparedData
 from bench.quality.variants import BY_NAME, VARIANTS
 from bench.report import machine_info, markdown_table, write_results
 from bench.value.design import BY_KEY, COLD, MAIN, PCA_NORM, SERVED_PCA, TF_LLMER
-from bench.value.runs import Budget, read_log
+from bench.value.runs import Budget, matching_records, prepared_splits
 from bench.value.stats import paired_ratio, seed_bootstrap_ratio
 from trainer_client.evaluation import (
     epochs_to_quality,
@@ -109,13 +109,11 @@ def compare(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]],
 
 
 class Report:
-    def __init__(self, work: Path, budget: Budget) -> None:
+    def __init__(self, work: Path, log_path: Path, budget: Budget) -> None:
         self.work, self.budget = work, budget
-        self.main = PreparedData.load(work / MAIN)
-        self.cold = PreparedData.load(work / COLD) if (work / COLD).is_dir() else None
-        records = [r for _, r in read_log(work / "runs.jsonl")
-                   if r["budget"] == {**r["budget"], "epochs": budget.epochs,
-                                      "patience": budget.patience}]
+        data = prepared_splits(work)
+        self.main, self.cold = data[MAIN], data.get(COLD)
+        records = list(matching_records(log_path, budget, data).values())
         self.tuning = [r for r in records if r["spec"]["phase"] == "tune"]
         self.finals: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in sorted(records, key=lambda r: r["spec"]["seed"]):
@@ -292,7 +290,7 @@ class Report:
 
 
 def write_report(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
-    report = Report(args.work, budget)
+    report = Report(args.work, args.run_log, budget)
     rows, details = report.variant_rows()
     cold = report.cold_start()
     zero = report.zero_shot()

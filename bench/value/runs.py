@@ -1,9 +1,16 @@
 """Stage 2 of the value benchmark: training runs in this process, one after another, each
 appended to a JSONL log as it finishes, so an interrupted benchmark resumes where it stopped
-and a time limit leaves every finished run usable."""
+and a time limit leaves every finished run usable.
+
+The log lives beside the results (``bench/results/value_<name>_runs.jsonl``, committed), so
+runs add up across sessions and machines: each record carries the fingerprint of the prepared
+split it trained on, and only records whose fingerprint matches the prepared data of this run
+count (stage ``prepare`` is deterministic: the same data, encoder and fits give the same bytes,
+and anything else starts over instead of mixing runs of different tables)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -11,10 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.quality.prepare import PreparedData
 from bench.quality.runs import read_records
 from bench.quality.variants import BY_NAME
-from bench.value.design import DIM
+from bench.value.design import COLD, DIM, MAIN
 
 
 @dataclass(frozen=True)
@@ -43,22 +52,45 @@ class Budget:
     max_len: int = 50
 
 
-class Runner:
-    """Trains specs not yet in the log (for the same budget), one thread per run."""
+def fingerprint(data: PreparedData) -> str:
+    """What a run trained on: the split's sequences and targets and every item table."""
+    digest = hashlib.sha256()
+    split = data.split
+    for array in (split.train.items, split.train.offsets, split.valid_targets,
+                  split.test_targets, *(data.tables[key] for key in sorted(data.tables))):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(json.dumps(sorted(data.tables)).encode())
+    return digest.hexdigest()[:16]
 
-    def __init__(self, work: Path, budget: Budget, device: str = "cpu") -> None:
+
+def prepared_splits(work: Path) -> dict[str, PreparedData]:
+    return {split: PreparedData.load(work / split) for split in (MAIN, COLD)
+            if (work / split).is_dir()}
+
+
+def matching_records(log_path: Path, budget: Budget, data: dict[str, PreparedData]
+                     ) -> dict[str, dict[str, Any]]:
+    """The log's records of this budget that trained on exactly ``data``, by spec key."""
+    prints = {split: fingerprint(prepared) for split, prepared in data.items()}
+    return {key: record for key, record in read_log(log_path)
+            if record["budget"] == asdict(budget)
+            and record.get("prepared") == prints.get(record["spec"]["split"])}
+
+
+class Runner:
+    """Trains specs not yet in the log (for the same budget and prepared data), one thread
+    per run."""
+
+    def __init__(self, work: Path, log_path: Path, budget: Budget, device: str = "cpu") -> None:
         import torch
 
         torch.set_num_threads(1)  # measured: on 2 shared cores one thread per run is fastest
-        self.work, self.budget, self.device = work, budget, device
-        self.log_path = work / "runs.jsonl"
-        self.done = {key: record for key, record in read_log(self.log_path)
-                     if record["budget"] == asdict(budget)}
-        self._data: dict[str, PreparedData] = {}
+        self.work, self.log_path, self.budget, self.device = work, log_path, budget, device
+        self._data = prepared_splits(work)
+        self._prints = {split: fingerprint(data) for split, data in self._data.items()}
+        self.done = matching_records(log_path, budget, self._data)
 
     def data(self, split: str) -> PreparedData:
-        if split not in self._data:
-            self._data[split] = PreparedData.load(self.work / split)
         return self._data[split]
 
     def run(self, spec: RunSpec) -> dict[str, Any]:
@@ -67,8 +99,9 @@ class Runner:
         started = time.strftime("%H:%M:%S")
         print(f"{started} start {spec.describe()}", flush=True)
         record = {"spec": asdict(spec), "budget": asdict(self.budget),
-                  **self._train(spec)}
+                  "prepared": self._prints[spec.split], **self._train(spec)}
         self.done[spec.key] = record
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a") as log:
             log.write(json.dumps(record) + "\n")
         print(f"{time.strftime('%H:%M:%S')} done  {spec.describe()}: best epoch "
