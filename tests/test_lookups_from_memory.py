@@ -66,6 +66,20 @@ def test_a_disabled_cache_holds_nothing() -> None:
     assert found is None or found[1].tolist() == [-1]
 
 
+def test_one_caller_at_a_time_fills_a_catalog_that_fits() -> None:
+    cache = RowCache(10)
+    assert cache.claim_fill("c", "e1", 5)
+    assert not cache.claim_fill("c", "e1", 5)  # another caller: already under way
+    cache.add("c", "e1", list("abcde"), np.arange(5))
+    cache.end_fill("c")
+    assert not cache.claim_fill("c", "e1", 5)  # held whole
+    assert cache.claim_fill("c", "e1", 6)  # items added since
+    cache.end_fill("c")
+    assert cache.claim_fill("c", "e2", 5)  # re-created: what is held is not its rows
+    cache.end_fill("c")
+    assert not cache.claim_fill("big", "e", 11)  # larger than the bound: per id only
+
+
 # -- a real server process --------------------------------------------------------------
 def _ids(rows: range | list[int]) -> list[str]:
     return [f"{CATALOG}-{row}" for row in rows]
@@ -94,6 +108,28 @@ def test_a_warm_lookup_reads_only_the_catalog_header_from_redis(tmp_path: Path) 
         for table in repeated:
             assert table.item_ids == ids and table.rows.tolist() == first.rows.tolist()
             np.testing.assert_array_equal(table.vectors, first.vectors)
+
+
+def test_after_one_miss_lookups_of_other_ids_read_only_the_header(tmp_path: Path) -> None:
+    with served("redis", tmp_path) as env:
+        synthetic_catalog(env.store, CATALOG, 2000)  # type: ignore[arg-type]
+        refit(env.stub, CATALOG, dim=8)
+        expected = env.store.read_reduced(CATALOG, 1, 0, 2000)
+        with EmbeddingClient(env.server.address, token="") as client:
+            client.fetch_embeddings(CATALOG, ids=_ids([3]))  # one miss: the catalog's ids
+            before = _command_calls(env)
+            picks = [np.random.default_rng(seed).choice(2000, 64, replace=False)
+                     for seed in range(10)]
+            tables = [client.fetch_embeddings(CATALOG, ids=_ids(pick.tolist()))
+                      for pick in picks]
+            after = _command_calls(env)
+        delta = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+        assert delta.get("mget") == 10, delta
+        for command in ("hmget", "getrange", "get", "lrange", "evalsha", "hget"):
+            assert delta.get(command, 0) <= 2, (command, delta)  # ≤ 2: the health probe's GET
+        for pick, table in zip(picks, tables, strict=True):
+            assert table.rows.tolist() == pick.tolist()
+            np.testing.assert_array_equal(table.vectors, expected[pick])
 
 
 @pytest.mark.parametrize("kind", ["local", "redis"])

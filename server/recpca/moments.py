@@ -38,7 +38,7 @@ from server.recpca.graph import NormalizedGraph, strict_upper_triangle
 Backend = Literal["auto", "numpy", "torch"]
 ProgressCallback = Callable[[int], None]
 DEFAULT_BLOCK_ROWS = 8192
-STRIP_BYTES = 256 * 2**20
+STRIP_BYTES = 512 * 2**20  # 1M × 384 float16: 3 strips, each pass a conversion of X
 
 
 @dataclass(frozen=True)

@@ -314,6 +314,7 @@ class CatalogService:
                 raise NotFound(f"catalog {name!r} does not exist")
             state = found
             self.row_cache.add(name, state.epoch, ids, rows)
+            self._fill_row_cache(name, state)
             if np.any(rows < 0):
                 missing = ids[int(np.argmax(rows < 0))]
                 raise NotFound(f"item {shown(missing)} is not in catalog {name!r}")
@@ -337,6 +338,19 @@ class CatalogService:
         projection = Projection(components, mean, float(record.diagnostics.get("lam", 0)))
         return Selection(record.version, record.dim, "reduced", rows, count, record.encoder,
                          record.item_count, projection, state.epoch)
+
+    def _fill_row_cache(self, name: str, state: CatalogState) -> None:
+        """After a look-up that missed the row cache: hold every id of the catalog (one read
+        of its ids in row order), so the look-ups that follow map ids in memory. Ids read
+        after a re-creation would be held under the older epoch, which no later header
+        matches: they are never used, only dropped."""
+        if not self.row_cache.claim_fill(name, state.epoch, state.item_count):
+            return
+        try:
+            ids = self.store.item_ids(name, 0, state.item_count)
+            self.row_cache.add(name, state.epoch, ids, np.arange(len(ids)))
+        finally:
+            self.row_cache.end_fill(name)
 
     async def select_in_memory(self, name: str, version: int, ids: Sequence[str]
                                ) -> Selection | None:

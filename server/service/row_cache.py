@@ -5,6 +5,10 @@ its vectors, not its row), so an entry stays true for as long as the catalog is 
 catalog: entries are kept per catalog *epoch*, and a catalog seen with another epoch (lost,
 re-created) starts empty. Bounded by a total number of entries: whole catalogs are dropped,
 least recently used first, and a catalog larger than the bound keeps what it has.
+
+Ids are learnt from the look-ups that miss, and a catalog that fits the bound is then
+filled whole (``claim_fill``: one caller reads every id at once), so random look-ups over a
+large catalog stop missing after the first one instead of after every id has been asked for.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class RowCache:
         self.max_entries = max_entries
         self._catalogs: OrderedDict[str, tuple[str, dict[str, int]]] = OrderedDict()
         self._entries = 0
+        self._filling: set[str] = set()
         self._lock = threading.Lock()
 
     def rows(self, name: str, ids: Sequence[str]) -> tuple[str, np.ndarray] | None:
@@ -56,6 +61,22 @@ class RowCache:
             known.update(itertools.islice(new.items(), room))
             self._entries += min(len(new), room)
             self._catalogs[name] = (epoch, known)
+
+    def claim_fill(self, name: str, epoch: str, count: int) -> bool:
+        """Whether the caller should add every id of catalog ``name`` (``count`` items at
+        ``epoch``): fewer are held, they fit the bound, and no other caller is filling it.
+        A claim is ended by ``end_fill``."""
+        with self._lock:
+            held = self._catalogs.get(name)
+            held_count = len(held[1]) if held is not None and held[0] == epoch else 0
+            if held_count >= count or count > self.max_entries or name in self._filling:
+                return False
+            self._filling.add(name)
+            return True
+
+    def end_fill(self, name: str) -> None:
+        with self._lock:
+            self._filling.discard(name)
 
     def drop(self, name: str) -> None:
         """Forget a catalog (its store said it is gone or replaced)."""
