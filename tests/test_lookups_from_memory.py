@@ -70,14 +70,19 @@ def test_one_caller_at_a_time_fills_a_catalog_that_fits() -> None:
     cache = RowCache(10)
     assert cache.claim_fill("c", "e1", 5)
     assert not cache.claim_fill("c", "e1", 5)  # another caller: already under way
-    cache.add("c", "e1", list("abcde"), np.arange(5))
+    cache.fill("c", "e1", list("abcde"))
     cache.end_fill("c")
+    assert cache.rows("c", ["e", "a"])[1].tolist() == [4, 0]  # type: ignore[index]
     assert not cache.claim_fill("c", "e1", 5)  # held whole
     assert cache.claim_fill("c", "e1", 6)  # items added since
     cache.end_fill("c")
     assert cache.claim_fill("c", "e2", 5)  # re-created: what is held is not its rows
     cache.end_fill("c")
     assert not cache.claim_fill("big", "e", 11)  # larger than the bound: per id only
+    cache.add("other", "e", list("xyz"), np.arange(3))
+    cache.fill("c", "e2", list("abcdefgh"))  # the least recently used catalog makes room
+    assert cache.rows("other", ["x"]) is None
+    assert cache.rows("c", ["h"])[1].tolist() == [7]  # type: ignore[index]
 
 
 # -- a real server process --------------------------------------------------------------

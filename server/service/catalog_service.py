@@ -347,8 +347,7 @@ class CatalogService:
         if not self.row_cache.claim_fill(name, state.epoch, state.item_count):
             return
         try:
-            ids = self.store.item_ids(name, 0, state.item_count)
-            self.row_cache.add(name, state.epoch, ids, np.arange(len(ids)))
+            self.row_cache.fill(name, state.epoch, self.store.item_ids(name, 0, state.item_count))
         finally:
             self.row_cache.end_fill(name)
 

@@ -62,6 +62,22 @@ class RowCache:
             self._entries += min(len(new), room)
             self._catalogs[name] = (epoch, known)
 
+    def fill(self, name: str, epoch: str, ids: Sequence[str]) -> None:
+        """Hold ``ids`` as every row of catalog ``name`` at ``epoch`` (row ``i`` is
+        ``ids[i]``), replacing what was held; the map is built outside the lock, so look-ups
+        of other catalogs are not held up while a large one is filled."""
+        rows = {item: row for row, item in enumerate(ids)}
+        if len(rows) > self.max_entries:
+            return
+        with self._lock:
+            _, known = self._catalogs.pop(name, (epoch, {}))
+            self._entries -= len(known)
+            while self._catalogs and self._entries + len(rows) > self.max_entries:
+                _, (_, dropped) = self._catalogs.popitem(last=False)  # least recently used
+                self._entries -= len(dropped)
+            self._catalogs[name] = (epoch, rows)
+            self._entries += len(rows)
+
     def claim_fill(self, name: str, epoch: str, count: int) -> bool:
         """Whether the caller should add every id of catalog ``name`` (``count`` items at
         ``epoch``): fewer are held, they fit the bound, and no other caller is filling it.
