@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from server.cooccurrence_merge import counts_from_pairs
 from server.recpca import FitSettings, fit_recpca, fit_recpca_streamed
-from server.recpca.diagnostics import alignment_at_k, alignment_over_blocks, query_count
+from server.recpca.diagnostics import alignment_at_k, alignment_over_blocks
 from server.recpca.row_blocks import ArrayRowBlocks
 
 
@@ -41,14 +41,6 @@ def test_alignment_over_blocks_equals_alignment_over_the_whole_matrix(block_rows
             return (embeddings[s : s + block_rows] for s in range(0, 999, block_rows))
 
         assert alignment_over_blocks(blocks, counts, 10, sample) == whole
-
-
-def test_the_alignment_sample_shrinks_only_where_its_exact_search_would_rival_the_fit():
-    assert query_count(1_000, 2000) == 2000
-    assert query_count(500_000, 2000) == 2000  # 10⁹ scores: the bound
-    assert query_count(1_000_000, 2000) == 1000
-    assert query_count(100_000_000, 2000) == 1000  # never under the floor
-    assert query_count(1_000_000, 300) == 300  # a smaller sample asked for is kept
 
 
 def test_served_vectors_block_by_block_equal_the_whole_matrix_transform():
