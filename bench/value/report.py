@@ -34,7 +34,7 @@ from bench.quality.prepare import PreparedData
 from bench.quality.variants import BY_NAME, VARIANTS
 from bench.report import machine_info, markdown_table, write_results
 from bench.value.design import BY_KEY, COLD, MAIN, PCA_NORM, SERVED_PCA, TF_LLMER
-from bench.value.runs import Budget, matching_records, prepared_splits
+from bench.value.runs import Budget, fingerprints, matching_records, prepared_splits
 from bench.value.stats import paired_ratio, seed_bootstrap_ratio
 from trainer_client.evaluation import (
     epochs_to_quality,
@@ -113,7 +113,7 @@ class Report:
         self.work, self.budget = work, budget
         data = prepared_splits(work)
         self.main, self.cold = data[MAIN], data.get(COLD)
-        records = list(matching_records(log_path, budget, data).values())
+        records = list(matching_records(log_path, budget, fingerprints(data)).values())
         self.tuning = [r for r in records if r["spec"]["phase"] == "tune"]
         self.finals: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in sorted(records, key=lambda r: r["spec"]["seed"]):

@@ -68,10 +68,14 @@ def prepared_splits(work: Path) -> dict[str, PreparedData]:
             if (work / split).is_dir()}
 
 
-def matching_records(log_path: Path, budget: Budget, data: dict[str, PreparedData]
+def fingerprints(data: dict[str, PreparedData]) -> dict[str, str]:
+    return {split: fingerprint(prepared) for split, prepared in data.items()}
+
+
+def matching_records(log_path: Path, budget: Budget, prints: dict[str, str]
                      ) -> dict[str, dict[str, Any]]:
-    """The log's records of this budget that trained on exactly ``data``, by spec key."""
-    prints = {split: fingerprint(prepared) for split, prepared in data.items()}
+    """The log's records of this budget that trained on the prepared splits whose
+    fingerprints are ``prints``, by spec key."""
     return {key: record for key, record in read_log(log_path)
             if record["budget"] == asdict(budget)
             and record.get("prepared") == prints.get(record["spec"]["split"])}
@@ -87,8 +91,8 @@ class Runner:
         torch.set_num_threads(1)  # measured: on 2 shared cores one thread per run is fastest
         self.work, self.log_path, self.budget, self.device = work, log_path, budget, device
         self._data = prepared_splits(work)
-        self._prints = {split: fingerprint(data) for split, data in self._data.items()}
-        self.done = matching_records(log_path, budget, self._data)
+        self._prints = fingerprints(self._data)
+        self.done = matching_records(log_path, budget, self._prints)
 
     def data(self, split: str) -> PreparedData:
         return self._data[split]

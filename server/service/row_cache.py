@@ -54,9 +54,7 @@ class RowCache:
                 known = {}
             new = {item: row for item, row in zip(ids, rows.tolist(), strict=True)
                    if row >= 0 and item not in known}
-            while self._catalogs and self._entries + len(new) > self.max_entries:
-                _, (_, dropped) = self._catalogs.popitem(last=False)  # least recently used
-                self._entries -= len(dropped)
+            self._make_room(len(new))
             room = max(self.max_entries - self._entries, 0)
             known.update(itertools.islice(new.items(), room))
             self._entries += min(len(new), room)
@@ -72,9 +70,7 @@ class RowCache:
         with self._lock:
             _, known = self._catalogs.pop(name, (epoch, {}))
             self._entries -= len(known)
-            while self._catalogs and self._entries + len(rows) > self.max_entries:
-                _, (_, dropped) = self._catalogs.popitem(last=False)  # least recently used
-                self._entries -= len(dropped)
+            self._make_room(len(rows))
             self._catalogs[name] = (epoch, rows)
             self._entries += len(rows)
 
@@ -93,6 +89,13 @@ class RowCache:
     def end_fill(self, name: str) -> None:
         with self._lock:
             self._filling.discard(name)
+
+    def _make_room(self, entries: int) -> None:
+        """Drop whole catalogs, least recently used first, until ``entries`` more fit (or
+        none is left); the caller holds the lock."""
+        while self._catalogs and self._entries + entries > self.max_entries:
+            _, (_, dropped) = self._catalogs.popitem(last=False)
+            self._entries -= len(dropped)
 
     def drop(self, name: str) -> None:
         """Forget a catalog (its store said it is gone or replaced)."""
